@@ -1,0 +1,1 @@
+from entropy_kernels._version import __version__
