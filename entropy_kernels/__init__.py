@@ -1,1 +1,14 @@
-from entropy_kernels._version import __version__
+"""entropy_kernels: fused GPU kernels for entropy in LLM training and decoding.
+
+Example
+-------
+>>> import torch, entropy_kernels as ek
+>>> ek.entropy(torch.zeros(1, 4))    # uniform over 4 tokens: log 4
+tensor([1.3863])
+"""
+
+from . import ops  # noqa: F401  (registers the torch.library ops)
+from ._version import __version__
+from .ops.entropy import entropy
+
+__all__ = ["__version__", "entropy"]

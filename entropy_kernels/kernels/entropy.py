@@ -1,0 +1,257 @@
+"""Triton kernels for the entropy of ``softmax(logits / T)`` over the last dimension.
+
+Forward reads every logit exactly once. Each program streams one row (or one slice of a row when
+the row is split for parallelism) and keeps, for a running max ``m`` shared by all lanes,
+
+    s = Σ exp(z - m)              u = Σ (z - m) · exp(z - m)
+
+so that ``lse = m + log s`` and ``H = log s - u / s``. Keeping ``u`` relative to ``m`` (instead of
+``Σ z·exp(z - m)``) avoids the cancellation ``lse - E[z]`` that loses all precision when logits
+are large (|z| ~ 1e4). A larger max ``m'`` rescales by ``c = exp(m - m')``:
+``s ← c·s``, ``u ← c·(u + (m - m')·s)``. Rows split over several programs write ``(m, s, u)``
+partials that :func:`_entropy_combine_kernel` merges with the same rule.
+
+Backward reads the logits once more and writes the gradient:
+``dlogits = p · (g_lse - g_H · (log p + H)) / T``.
+
+Masked logits (``-inf``) are handled explicitly so no ``0 · inf`` NaN appears.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from ._rows import row_layout
+
+NEG_INF = float("-inf")
+
+
+@triton.jit
+def _row_start(row, n_inner, stride_outer, stride_inner):
+    # int64: row * stride exceeds 2**31 for large batches of 150k-vocab rows.
+    row64 = row.to(tl.int64)
+    return (row64 // n_inner) * stride_outer + (row64 % n_inner) * stride_inner
+
+
+@triton.jit
+def _inv_temperature(row, row_temp_ptr, inv_temp, HAS_ROW_TEMP: tl.constexpr):
+    if HAS_ROW_TEMP:
+        return 1.0 / tl.load(row_temp_ptr + row).to(tl.float32)
+    return inv_temp
+
+
+@triton.jit
+def _entropy_fwd_kernel(
+    x_ptr, row_temp_ptr, inv_temp,
+    entropy_ptr, lse_ptr, part_ptr,
+    n_cols, n_inner, stride_outer, stride_inner, cols_per_split, n_splits,
+    HAS_ROW_TEMP: tl.constexpr, SPLIT: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    acc_ty = tl.float64 if ACC64 else tl.float32
+    x_row = x_ptr + _row_start(row, n_inner, stride_outer, stride_inner)
+    inv_t = _inv_temperature(row, row_temp_ptr, inv_temp, HAS_ROW_TEMP)
+
+    col_begin = split * cols_per_split
+    col_end = tl.minimum(col_begin + cols_per_split, n_cols)
+    offs = tl.arange(0, BLOCK)
+    m = tl.full((), NEG_INF, acc_ty)
+    s_vec = tl.zeros((BLOCK,), acc_ty)
+    u_vec = tl.zeros((BLOCK,), acc_ty)
+    for start in range(col_begin, col_end, BLOCK):
+        cols = start + offs
+        x = tl.load(x_row + cols, mask=cols < col_end, other=NEG_INF)
+        z = x.to(acc_ty) * inv_t
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        # While everything seen is -inf, use 0 as the shift so exp() gives 0, not nan.
+        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
+        scale = tl.exp(m - m_safe)
+        shift = tl.where(m == NEG_INF, 0.0, m - m_safe)
+        e = tl.exp(z - m_safe)
+        u_vec = scale * (u_vec + shift * s_vec) + tl.where(e > 0, (z - m_safe) * e, 0.0)
+        s_vec = scale * s_vec + e
+        m = m_new
+    s = tl.sum(s_vec, axis=0)
+    u = tl.sum(u_vec, axis=0)
+    if SPLIT:
+        part = part_ptr + (row.to(tl.int64) * n_splits + split) * 3
+        tl.store(part + 0, m)
+        tl.store(part + 1, s)
+        tl.store(part + 2, u)
+    else:
+        log_s = tl.log(s)
+        tl.store(lse_ptr + row, m + log_s)
+        tl.store(entropy_ptr + row, log_s - u / s)
+
+
+@triton.jit
+def _entropy_combine_kernel(part_ptr, entropy_ptr, lse_ptr, n_splits, BLOCK_S: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_S)
+    valid = offs < n_splits
+    part = part_ptr + (row.to(tl.int64) * n_splits + offs) * 3
+    m_i = tl.load(part + 0, mask=valid, other=NEG_INF)
+    s_i = tl.load(part + 1, mask=valid, other=0.0)
+    u_i = tl.load(part + 2, mask=valid, other=0.0)
+    m = tl.max(m_i, axis=0)
+    m_safe = tl.where(m == NEG_INF, 0.0, m)
+    w = tl.exp(m_i - m_safe)
+    shift = tl.where(m_i == NEG_INF, 0.0, m_i - m_safe)
+    s = tl.sum(w * s_i, axis=0)
+    u = tl.sum(w * (u_i + shift * s_i), axis=0)
+    log_s = tl.log(s)
+    tl.store(lse_ptr + row, m + log_s)
+    tl.store(entropy_ptr + row, log_s - u / s)
+
+
+@triton.jit
+def _entropy_bwd_kernel(
+    x_ptr, row_temp_ptr, inv_temp,
+    entropy_ptr, lse_ptr, grad_entropy_ptr, grad_lse_ptr, grad_x_ptr,
+    n_cols, n_inner, stride_outer, stride_inner, cols_per_split,
+    HAS_ROW_TEMP: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    acc_ty = tl.float64 if ACC64 else tl.float32
+    x_row = x_ptr + _row_start(row, n_inner, stride_outer, stride_inner)
+    g_row = grad_x_ptr + row.to(tl.int64) * n_cols
+    inv_t = _inv_temperature(row, row_temp_ptr, inv_temp, HAS_ROW_TEMP)
+    lse = tl.load(lse_ptr + row).to(acc_ty)
+    h = tl.load(entropy_ptr + row).to(acc_ty)
+    g_h = tl.load(grad_entropy_ptr + row).to(acc_ty)
+    g_lse = tl.load(grad_lse_ptr + row).to(acc_ty)
+
+    col_begin = split * cols_per_split
+    col_end = tl.minimum(col_begin + cols_per_split, n_cols)
+    offs = tl.arange(0, BLOCK)
+    for start in range(col_begin, col_end, BLOCK):
+        cols = start + offs
+        in_row = cols < col_end
+        x = tl.load(x_row + cols, mask=in_row, other=NEG_INF)
+        z = x.to(acc_ty) * inv_t
+        log_p = z - lse
+        p = tl.exp(log_p)
+        g = p * (g_lse - g_h * (log_p + h)) * inv_t
+        g = tl.where(z == NEG_INF, 0.0, g)  # masked logits: p = 0, no gradient (not 0 * inf)
+        tl.store(g_row + cols, g.to(grad_x_ptr.dtype.element_ty), mask=in_row)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configuration. Heuristics, not autotuning: one config per dtype width keeps compile
+# time and torch.compile tracing predictable.
+# ----------------------------------------------------------------------------------------------
+
+def _block_and_warps(dtype: torch.dtype, n_cols: int) -> Tuple[int, int]:
+    # 16-byte vector loads per thread, 256 threads: 4096 16-bit or 2048 32-bit values per step.
+    block = 4096 if dtype.itemsize <= 2 else 2048
+    block = min(block, max(16, triton.next_power_of_2(n_cols)))
+    num_warps = 8 if block >= 2048 else 4
+    return block, num_warps
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: a small "GPU" so that row splitting is exercised on CPU too
+
+
+def _num_splits(n_rows: int, n_cols: int, block: int, device: torch.device) -> int:
+    """Split rows over several programs when there are too few rows to fill the GPU."""
+    n_blocks = triton.cdiv(n_cols, block)
+    want_programs = 4 * _sm_count(device)
+    if n_rows >= want_programs or n_blocks < 4:
+        return 1
+    # keep at least 2 blocks per split so the partial/combine overhead stays small
+    return max(1, min(triton.cdiv(want_programs, n_rows), n_blocks // 2))
+
+
+def _grid(lay, logits: torch.Tensor, block: Optional[int], num_splits: Optional[int]):
+    """(block, num_warps, splits, columns per split) for a row layout; both kernels use it, so
+    forward and backward agree on how rows are split."""
+    default_block, num_warps = _block_and_warps(logits.dtype, lay.n_cols)
+    block = block or default_block
+    splits = num_splits or _num_splits(lay.n_rows, lay.n_cols, block, logits.device)
+    splits = max(1, min(splits, triton.cdiv(lay.n_cols, block)))
+    cols_per_split = triton.cdiv(triton.cdiv(lay.n_cols, block), splits) * block
+    return block, num_warps, triton.cdiv(lay.n_cols, cols_per_split), cols_per_split
+
+
+def entropy_forward(
+    logits: torch.Tensor,
+    row_temperature: Optional[torch.Tensor],
+    temperature: float,
+    *,
+    block: Optional[int] = None,
+    num_splits: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel(s). Returns ``(entropy, lse)`` with ``logits.shape[:-1]``.
+
+    ``block`` and ``num_splits`` override the heuristics (tests use them to exercise multi-block
+    and split rows on tiny shapes).
+
+    Example
+    -------
+    >>> h, lse = entropy_forward(torch.randn(8, 1000, device="cuda"), None, 1.0)  # doctest: +SKIP
+    """
+    lay = row_layout(logits)
+    out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    entropy = torch.empty(logits.shape[:-1], dtype=out_dtype, device=logits.device)
+    lse = torch.empty(logits.shape[:-1], dtype=out_dtype, device=logits.device)
+    if lay.n_rows == 0:
+        return entropy, lse
+    block, num_warps, splits, cols_per_split = _grid(lay, logits, block, num_splits)
+    has_row_temp = row_temperature is not None
+    row_temp = row_temperature if has_row_temp else entropy  # dummy pointer, never read
+    part = torch.empty((lay.n_rows, splits, 3) if splits > 1 else (1,), dtype=out_dtype, device=logits.device)
+    acc64 = logits.dtype == torch.float64
+    wrap_triton(_entropy_fwd_kernel)[(lay.n_rows, splits)](
+        lay.tensor, row_temp, 1.0 / temperature,
+        entropy, lse, part,
+        lay.n_cols, lay.n_inner, lay.stride_outer, lay.stride_inner, cols_per_split, splits,
+        HAS_ROW_TEMP=has_row_temp, SPLIT=splits > 1, ACC64=acc64, BLOCK=block, num_warps=num_warps,
+    )
+    if splits > 1:
+        wrap_triton(_entropy_combine_kernel)[(lay.n_rows,)](
+            part, entropy, lse, splits, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1,
+        )
+    return entropy, lse
+
+
+def entropy_backward(
+    grad_entropy: torch.Tensor,
+    grad_lse: torch.Tensor,
+    logits: torch.Tensor,
+    entropy: torch.Tensor,
+    lse: torch.Tensor,
+    row_temperature: Optional[torch.Tensor],
+    temperature: float,
+    *,
+    block: Optional[int] = None,
+    num_splits: Optional[int] = None,
+) -> torch.Tensor:
+    """Launch the backward kernel. Returns ``dlogits`` (contiguous, dtype of ``logits``).
+
+    Example
+    -------
+    >>> g = entropy_backward(gh, gl, x, h, lse, None, 1.0)  # doctest: +SKIP
+    """
+    lay = row_layout(logits)
+    grad_x = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    if lay.n_rows == 0:
+        return grad_x
+    block, num_warps, splits, cols_per_split = _grid(lay, logits, block, num_splits)
+    has_row_temp = row_temperature is not None
+    wrap_triton(_entropy_bwd_kernel)[(lay.n_rows, splits)](
+        lay.tensor, row_temperature if has_row_temp else entropy, 1.0 / temperature,
+        entropy.contiguous(), lse.contiguous(), grad_entropy.contiguous(), grad_lse.contiguous(), grad_x,
+        lay.n_cols, lay.n_inner, lay.stride_outer, lay.stride_inner, cols_per_split,
+        HAS_ROW_TEMP=has_row_temp, ACC64=logits.dtype == torch.float64, BLOCK=block, num_warps=num_warps,
+    )
+    return grad_x

@@ -1,0 +1,14 @@
+"""torch.library ops in the ``entropy_kernels::`` namespace, one module per capability.
+
+Every module follows the pattern of :mod:`entropy_kernels.ops.entropy` -- read that one first:
+
+1. ``@torch.library.triton_op`` defines the op. Its body routes by device through
+   :func:`entropy_kernels._backend.use_triton`: the Triton launcher (which calls kernels via
+   ``wrap_triton`` so ``torch.compile`` can see and inline them) or the pure-torch reference.
+   The same body serves as the fake impl, so shapes are computed in exactly one place.
+2. A second op for the backward, same routing; ``register_autograd`` connects them.
+3. A public function that validates arguments (``_validation``), prepares tensors and calls the
+   op; it carries the docstring with an example and is re-exported by ``entropy_kernels``.
+"""
+
+from . import entropy  # noqa: F401  (registers entropy_kernels::entropy_fwd / entropy_bwd)
