@@ -12,7 +12,8 @@ are large (|z| ~ 1e4). A larger max ``m'`` rescales by ``c = exp(m - m')``:
 partials that :func:`_entropy_combine_kernel` merges with the same rule.
 
 Backward reads the logits once more and writes the gradient:
-``dlogits = p · (g_lse - g_H · (log p + H)) / T``.
+``dlogits = p · (g_lse - g_H · (log p + H)) / T`` with ``log p = (z - m) - log s`` from the
+saved per-row ``stats = (m, log s)``.
 
 Masked logits (``-inf``) are handled explicitly so no ``0 · inf`` NaN appears.
 """
@@ -46,9 +47,21 @@ def _inv_temperature(row, row_temp_ptr, inv_temp, HAS_ROW_TEMP: tl.constexpr):
 
 
 @triton.jit
+def _finish_row(row, m, s, u, entropy_ptr, lse_ptr, stats_ptr):
+    # stats = (m, log s) lets the backward form log p = (z - m) - log s without the rounding
+    # of a stored fp32 lse (ulp 1e-3 at |z| ~ 1e4).
+    m_safe = tl.where(m == NEG_INF, 0.0, m)
+    log_s = tl.log(s)
+    tl.store(lse_ptr + row, m + log_s)
+    tl.store(entropy_ptr + row, log_s - u / s)
+    tl.store(stats_ptr + 2 * row, m_safe)
+    tl.store(stats_ptr + 2 * row + 1, log_s)
+
+
+@triton.jit
 def _entropy_fwd_kernel(
     x_ptr, row_temp_ptr, inv_temp,
-    entropy_ptr, lse_ptr, part_ptr,
+    entropy_ptr, lse_ptr, stats_ptr, part_ptr,
     n_cols, n_inner, stride_outer, stride_inner, cols_per_split, n_splits,
     HAS_ROW_TEMP: tl.constexpr, SPLIT: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -85,13 +98,11 @@ def _entropy_fwd_kernel(
         tl.store(part + 1, s)
         tl.store(part + 2, u)
     else:
-        log_s = tl.log(s)
-        tl.store(lse_ptr + row, m + log_s)
-        tl.store(entropy_ptr + row, log_s - u / s)
+        _finish_row(row, m, s, u, entropy_ptr, lse_ptr, stats_ptr)
 
 
 @triton.jit
-def _entropy_combine_kernel(part_ptr, entropy_ptr, lse_ptr, n_splits, BLOCK_S: tl.constexpr):
+def _entropy_combine_kernel(part_ptr, entropy_ptr, lse_ptr, stats_ptr, n_splits, BLOCK_S: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_S)
     valid = offs < n_splits
@@ -105,15 +116,13 @@ def _entropy_combine_kernel(part_ptr, entropy_ptr, lse_ptr, n_splits, BLOCK_S: t
     shift = tl.where(m_i == NEG_INF, 0.0, m_i - m_safe)
     s = tl.sum(w * s_i, axis=0)
     u = tl.sum(w * (u_i + shift * s_i), axis=0)
-    log_s = tl.log(s)
-    tl.store(lse_ptr + row, m + log_s)
-    tl.store(entropy_ptr + row, log_s - u / s)
+    _finish_row(row, m, s, u, entropy_ptr, lse_ptr, stats_ptr)
 
 
 @triton.jit
 def _entropy_bwd_kernel(
     x_ptr, row_temp_ptr, inv_temp,
-    entropy_ptr, lse_ptr, grad_entropy_ptr, grad_lse_ptr, grad_x_ptr,
+    entropy_ptr, stats_ptr, grad_entropy_ptr, grad_lse_ptr, grad_x_ptr,
     n_cols, n_inner, stride_outer, stride_inner, cols_per_split,
     HAS_ROW_TEMP: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -123,7 +132,8 @@ def _entropy_bwd_kernel(
     x_row = x_ptr + _row_start(row, n_inner, stride_outer, stride_inner)
     g_row = grad_x_ptr + row.to(tl.int64) * n_cols
     inv_t = _inv_temperature(row, row_temp_ptr, inv_temp, HAS_ROW_TEMP)
-    lse = tl.load(lse_ptr + row).to(acc_ty)
+    m = tl.load(stats_ptr + 2 * row).to(acc_ty)
+    log_s = tl.load(stats_ptr + 2 * row + 1).to(acc_ty)
     h = tl.load(entropy_ptr + row).to(acc_ty)
     g_h = tl.load(grad_entropy_ptr + row).to(acc_ty)
     g_lse = tl.load(grad_lse_ptr + row).to(acc_ty)
@@ -136,7 +146,7 @@ def _entropy_bwd_kernel(
         in_row = cols < col_end
         x = tl.load(x_row + cols, mask=in_row, other=NEG_INF)
         z = x.to(acc_ty) * inv_t
-        log_p = z - lse
+        log_p = (z - m) - log_s
         p = tl.exp(log_p)
         g = p * (g_lse - g_h * (log_p + h)) * inv_t
         g = tl.where(z == NEG_INF, 0.0, g)  # masked logits: p = 0, no gradient (not 0 * inf)
@@ -190,22 +200,24 @@ def entropy_forward(
     *,
     block: Optional[int] = None,
     num_splits: Optional[int] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel(s). Returns ``(entropy, lse)`` with ``logits.shape[:-1]``.
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel(s). Returns ``(entropy, lse, stats)``: ``logits.shape[:-1]``,
+    and ``stats[..., 2]`` = (row max of z, log Σ exp(z - max)) for the backward.
 
     ``block`` and ``num_splits`` override the heuristics (tests use them to exercise multi-block
     and split rows on tiny shapes).
 
     Example
     -------
-    >>> h, lse = entropy_forward(torch.randn(8, 1000, device="cuda"), None, 1.0)  # doctest: +SKIP
+    >>> h, lse, stats = entropy_forward(torch.randn(8, 1000, device="cuda"), None, 1.0)  # doctest: +SKIP
     """
     lay = row_layout(logits)
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     entropy = torch.empty(logits.shape[:-1], dtype=out_dtype, device=logits.device)
     lse = torch.empty(logits.shape[:-1], dtype=out_dtype, device=logits.device)
+    stats = torch.empty((*logits.shape[:-1], 2), dtype=out_dtype, device=logits.device)
     if lay.n_rows == 0:
-        return entropy, lse
+        return entropy, lse, stats
     block, num_warps, splits, cols_per_split = _grid(lay, logits, block, num_splits)
     has_row_temp = row_temperature is not None
     row_temp = row_temperature if has_row_temp else entropy  # dummy pointer, never read
@@ -213,15 +225,15 @@ def entropy_forward(
     acc64 = logits.dtype == torch.float64
     wrap_triton(_entropy_fwd_kernel)[(lay.n_rows, splits)](
         lay.tensor, row_temp, 1.0 / temperature,
-        entropy, lse, part,
+        entropy, lse, stats, part,
         lay.n_cols, lay.n_inner, lay.stride_outer, lay.stride_inner, cols_per_split, splits,
         HAS_ROW_TEMP=has_row_temp, SPLIT=splits > 1, ACC64=acc64, BLOCK=block, num_warps=num_warps,
     )
     if splits > 1:
         wrap_triton(_entropy_combine_kernel)[(lay.n_rows,)](
-            part, entropy, lse, splits, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1,
+            part, entropy, lse, stats, splits, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1,
         )
-    return entropy, lse
+    return entropy, lse, stats
 
 
 def entropy_backward(
@@ -229,7 +241,7 @@ def entropy_backward(
     grad_lse: torch.Tensor,
     logits: torch.Tensor,
     entropy: torch.Tensor,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     row_temperature: Optional[torch.Tensor],
     temperature: float,
     *,
@@ -240,7 +252,7 @@ def entropy_backward(
 
     Example
     -------
-    >>> g = entropy_backward(gh, gl, x, h, lse, None, 1.0)  # doctest: +SKIP
+    >>> g = entropy_backward(gh, gl, x, h, stats, None, 1.0)  # doctest: +SKIP
     """
     lay = row_layout(logits)
     grad_x = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
@@ -250,7 +262,7 @@ def entropy_backward(
     has_row_temp = row_temperature is not None
     wrap_triton(_entropy_bwd_kernel)[(lay.n_rows, splits)](
         lay.tensor, row_temperature if has_row_temp else entropy, 1.0 / temperature,
-        entropy.contiguous(), lse.contiguous(), grad_entropy.contiguous(), grad_lse.contiguous(), grad_x,
+        entropy.contiguous(), stats.contiguous(), grad_entropy.contiguous(), grad_lse.contiguous(), grad_x,
         lay.n_cols, lay.n_inner, lay.stride_outer, lay.stride_inner, cols_per_split,
         HAS_ROW_TEMP=has_row_temp, ACC64=logits.dtype == torch.float64, BLOCK=block, num_warps=num_warps,
     )

@@ -22,8 +22,9 @@ else:  # pragma: no cover - Triton ships with torch's CUDA wheels
 @triton_op("entropy_kernels::entropy_fwd", mutates_args=())
 def entropy_fwd(
     logits: torch.Tensor, row_temperature: Optional[torch.Tensor], temperature: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(entropy, lse) of softmax(logits / T) over the last dim. Internal: use :func:`entropy`."""
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(entropy, lse, stats) of softmax(logits / T) over the last dim; ``stats[..., 2]`` =
+    (row max, log-normaliser) is saved for the backward. Internal: use :func:`entropy`."""
     if _backend.use_triton(logits):
         return _kernels.entropy_forward(logits, row_temperature, temperature)
     return entropy_forward_reference(logits, row_temperature, temperature)
@@ -35,31 +36,32 @@ def entropy_bwd(
     grad_lse: torch.Tensor,
     logits: torch.Tensor,
     entropy: torch.Tensor,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     row_temperature: Optional[torch.Tensor],
     temperature: float,
 ) -> torch.Tensor:
     """d(logits) of Σ g_H·H + g_lse·lse. Internal: the backward of :func:`entropy_fwd`."""
     if _backend.use_triton(logits):
-        return _kernels.entropy_backward(grad_entropy, grad_lse, logits, entropy, lse, row_temperature, temperature)
-    return entropy_backward_reference(grad_entropy, grad_lse, logits, entropy, lse, row_temperature, temperature)
+        return _kernels.entropy_backward(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, temperature)
+    return entropy_backward_reference(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, temperature)
 
 
 def _setup_context(ctx, inputs, output):
     logits, row_temperature, temperature = inputs
-    entropy, lse = output
-    ctx.save_for_backward(logits, entropy, lse, row_temperature)
+    entropy, lse, stats = output
+    ctx.mark_non_differentiable(stats)
+    ctx.save_for_backward(logits, entropy, stats, row_temperature)
     ctx.temperature = temperature
 
 
-def _backward(ctx, grad_entropy, grad_lse):
-    logits, entropy, lse, row_temperature = ctx.saved_tensors
+def _backward(ctx, grad_entropy, grad_lse, _grad_stats):
+    logits, entropy, stats, row_temperature = ctx.saved_tensors
     # An output that did not reach the loss gets no gradient: zeros (O(rows), cheap).
     if grad_entropy is None:
         grad_entropy = torch.zeros_like(entropy)
     if grad_lse is None:
-        grad_lse = torch.zeros_like(lse)
-    grad_logits = entropy_bwd(grad_entropy, grad_lse, logits, entropy, lse, row_temperature, ctx.temperature)
+        grad_lse = torch.zeros_like(entropy)
+    grad_logits = entropy_bwd(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, ctx.temperature)
     # The temperature is not differentiated (a per-row temperature is a sampling setting).
     return grad_logits, None, None
 
@@ -119,5 +121,5 @@ def entropy(
         scalar_temperature = 1.0
     else:
         scalar_temperature = _validation.check_positive_scalar("temperature", temperature)
-    h, lse = entropy_fwd(logits, row_temperature, scalar_temperature)
+    h, lse, _ = entropy_fwd(logits, row_temperature, scalar_temperature)
     return (h, lse) if return_lse else h

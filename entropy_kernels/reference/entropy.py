@@ -12,7 +12,7 @@ which every entry is ``-inf`` has ``lse = -inf``, ``H = nan`` (as in torch) and 
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -28,30 +28,46 @@ def _scaled(logits: torch.Tensor, row_temperature: Optional[torch.Tensor], tempe
     return z / temperature
 
 
+class _Shifted(NamedTuple):
+    shifted: torch.Tensor  # z - rowmax (exact for nearby values: no cancellation at |z| ~ 1e4)
+    max: torch.Tensor
+
+
+def _shifted(z: torch.Tensor) -> _Shifted:
+    row_max = z.amax(dim=-1)
+    row_max = torch.where(torch.isneginf(row_max), torch.zeros_like(row_max), row_max)
+    return _Shifted(z - row_max.unsqueeze(-1), row_max)
+
+
 def entropy_forward_reference(
     logits: torch.Tensor, row_temperature: Optional[torch.Tensor] = None, temperature: float = 1.0
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Entropy and log-sum-exp of ``softmax(logits / T)`` over the last dim.
 
     ``row_temperature`` (flattened ``[N]``, one per row) overrides the scalar ``temperature``.
-    Returns ``(entropy, lse)`` with the leading shape of ``logits``, in fp32 (fp64 for fp64 input).
+    Returns ``(entropy, lse, stats)``: the first two with the leading shape of ``logits``, in
+    fp32 (fp64 for fp64 input); ``stats[..., 2] = (m, log Σ exp(z - m))`` with ``m`` the row max
+    of z (0 for a fully masked row) is what the backward needs: ``log p = (z - m) - log s`` keeps
+    full precision where ``z - lse`` with a rounded fp32 ``lse`` would not (|z| ~ 1e4).
 
     Example
     -------
-    >>> h, lse = entropy_forward_reference(torch.zeros(2, 4))
+    >>> h, lse, _ = entropy_forward_reference(torch.zeros(2, 4))
     >>> torch.allclose(h, torch.log(torch.tensor(4.0)).expand(2))
     True
     """
-    z = _scaled(logits, row_temperature, temperature)
-    lse = torch.logsumexp(z, dim=-1)
-    log_p = z - lse.unsqueeze(-1)
+    z = _shifted(_scaled(logits, row_temperature, temperature))
+    lse_shifted = torch.logsumexp(z.shifted, dim=-1)
+    lse = z.max + lse_shifted
+    log_p = z.shifted - lse_shifted.unsqueeze(-1)
     p = log_p.exp()
     # p == 0 where z == -inf; define 0 * log 0 = 0 (without it: 0 * -inf = nan).
     plogp = torch.where(p > 0, p * log_p, torch.zeros_like(p))
     entropy = -plogp.sum(dim=-1)
     all_masked = torch.isneginf(lse)
     entropy = torch.where(all_masked, torch.full_like(entropy, float("nan")), entropy)
-    return entropy, lse
+    stats = torch.stack([z.max, lse_shifted], dim=-1)
+    return entropy, lse, stats
 
 
 def entropy_backward_reference(
@@ -59,7 +75,7 @@ def entropy_backward_reference(
     grad_lse: torch.Tensor,
     logits: torch.Tensor,
     entropy: torch.Tensor,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     row_temperature: Optional[torch.Tensor] = None,
     temperature: float = 1.0,
 ) -> torch.Tensor:
@@ -68,19 +84,20 @@ def entropy_backward_reference(
     Example
     -------
     >>> x = torch.randn(3, 5)
-    >>> h, lse = entropy_forward_reference(x)
-    >>> g = entropy_backward_reference(torch.ones(3), torch.zeros(3), x, h, lse)
+    >>> h, lse, stats = entropy_forward_reference(x)
+    >>> g = entropy_backward_reference(torch.ones(3), torch.zeros(3), x, h, stats)
     >>> g.shape
     torch.Size([3, 5])
     """
-    z = _scaled(logits, row_temperature, temperature)
-    finite = ~torch.isneginf(z)
-    log_p = z - lse.unsqueeze(-1)
-    p = torch.where(finite, log_p.exp(), torch.zeros_like(z))
-    coeff = grad_lse.unsqueeze(-1) - grad_entropy.unsqueeze(-1) * (torch.where(finite, log_p, torch.zeros_like(z)) + entropy.unsqueeze(-1))
-    grad = torch.where(finite, p * coeff, torch.zeros_like(z))
+    z = _shifted(_scaled(logits, row_temperature, temperature))
+    finite = ~torch.isneginf(z.shifted)
+    log_p = z.shifted - stats[..., 1:]
+    zeros = torch.zeros_like(z.shifted)
+    p = torch.where(finite, log_p.exp(), zeros)
+    coeff = grad_lse.unsqueeze(-1) - grad_entropy.unsqueeze(-1) * (torch.where(finite, log_p, zeros) + entropy.unsqueeze(-1))
+    grad = torch.where(finite, p * coeff, zeros)
     if row_temperature is not None:
-        grad = grad / row_temperature.to(z.dtype).reshape(logits.shape[:-1]).unsqueeze(-1)
+        grad = grad / row_temperature.to(grad.dtype).reshape(logits.shape[:-1]).unsqueeze(-1)
     else:
         grad = grad / temperature
     return grad.to(logits.dtype)
