@@ -20,6 +20,7 @@ import threading
 from typing import Iterator, Optional
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 __all__ = [
     "triton_available",
@@ -78,7 +79,9 @@ def use_triton(t: torch.Tensor) -> bool:
         return False
     if t.device.type == "cuda":
         return True
-    return t.device.type == "cpu" and getattr(_state, "triton_on_cpu", False)
+    # Under tracing (fake tensors) the interpreter would execute the kernel on fake data, so
+    # interpreted CPU kernels take the reference path there; shapes are identical.
+    return t.device.type == "cpu" and getattr(_state, "triton_on_cpu", False) and not is_fake(t)
 
 
 _native_error: Optional[str] = None

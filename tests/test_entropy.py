@@ -214,3 +214,53 @@ def test_outputs_are_fresh(backend):
 def test_bad_input_raises_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ------------------------------------------------- torch.library / autograd / compile -------
+
+def test_gradcheck_float64(backend):
+    # small: gradcheck perturbs every input twice, and the interpreter is slow
+    x = random_logits((2, 2, 9), torch.float64, backend.device, masked_fraction=0.1).requires_grad_()
+    temperature = (torch.rand(2, 1, dtype=torch.float64) + 0.5).to(backend.device)
+
+    def f(x):
+        h, lse = ek.entropy(x, temperature=temperature, return_lse=True)
+        return h, lse
+
+    with backend.context():
+        assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_row_temperature", [False, True])
+def test_opcheck(backend, with_row_temperature):
+    x = random_logits((4, 77), torch.float32, backend.device, masked_fraction=0.1)
+    row_t = (torch.rand(4) + 0.5).to(backend.device) if with_row_temperature else None
+    with backend.context():
+        torch.library.opcheck(torch.ops.entropy_kernels.entropy_fwd.default, (x.requires_grad_(), row_t, 0.8))
+        h, lse, stats = torch.ops.entropy_kernels.entropy_fwd(x.detach(), row_t, 0.8)
+        g = torch.randn_like(h)
+        torch.library.opcheck(
+            torch.ops.entropy_kernels.entropy_bwd.default, (g, torch.randn_like(lse), x.detach(), h, stats, row_t, 0.8)
+        )
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torch_compile_fullgraph_matches_eager(device):
+    torch._dynamo.reset()
+    x = random_logits((3, 4, 200), torch.float32, device, masked_fraction=0.1)
+    temperature = (torch.rand(3, 1) + 0.5).to(device)
+
+    def loss(x, t_scalar):
+        h, lse = ek.entropy(x[:, :-1], temperature=t_scalar, return_lse=True)
+        h2 = ek.entropy(x, temperature=temperature)
+        return (h * 3).sum() - lse.mean() + h2.sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    xe = x.clone().requires_grad_()
+    xc = x.clone().requires_grad_()
+    eager_out = loss(xe, 0.7)
+    compiled_out = compiled(xc, 0.7)
+    eager_out.backward()
+    compiled_out.backward()
+    torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
