@@ -12,3 +12,8 @@ Every module follows the pattern of :mod:`entropy_kernels.ops.entropy` -- read t
 """
 
 from . import entropy  # noqa: F401  (registers entropy_kernels::entropy_fwd / entropy_bwd)
+
+# public function -> the torch.library ops behind it (for `entropy-kernels info` and the docs)
+OPS = {
+    "entropy": ("entropy_kernels::entropy_fwd", "entropy_kernels::entropy_bwd"),
+}

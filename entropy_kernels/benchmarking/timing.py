@@ -1,0 +1,88 @@
+"""Timing and peak-memory measurement, the one implementation every benchmark uses (SPEC §3).
+
+GPU: ``triton.testing.do_bench`` (median of many runs after warm-up, L2 flushed between runs);
+peak memory = ``max_memory_allocated`` above what was allocated before the call.
+CPU: wall-clock median of repeated calls; memory is not measured.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class Measurement:
+    p50_ms: float
+    p20_ms: float
+    p80_ms: float
+    peak_mem_bytes: Optional[int]  # above the steady state; None where not measured (CPU)
+
+
+def _cpu_times(fn: Callable[[], object], warmup: int, rep: int) -> Sequence[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rep):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[idx]
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Bytes allocated at peak during ``fn()`` above what was allocated before it (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return max(0, torch.cuda.max_memory_allocated(device) - before)
+
+
+def measure(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    grad_to_none: Optional[Sequence[torch.Tensor]] = None,
+    warmup_ms: int = 25,
+    rep_ms: int = 100,
+    cpu_warmup: int = 2,
+    cpu_rep: int = 10,
+) -> Measurement:
+    """Median/p20/p80 time of ``fn()`` in ms and its peak extra memory.
+
+    Example
+    -------
+    >>> m = measure(lambda: torch.ones(1000).sum(), torch.device("cpu"), cpu_rep=3)
+    >>> m.p50_ms > 0
+    True
+    """
+
+    def call():
+        if grad_to_none:
+            for t in grad_to_none:
+                t.grad = None
+        return fn()
+
+    mem = peak_memory(call, device)
+    if device.type == "cuda":
+        import triton.testing
+
+        p50, p20, p80 = triton.testing.do_bench(
+            fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=list(grad_to_none or []), quantiles=[0.5, 0.2, 0.8]
+        )
+        return Measurement(p50, p20, p80, mem)
+    times = sorted(_cpu_times(call, cpu_warmup, cpu_rep))
+    return Measurement(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), mem)

@@ -1,0 +1,104 @@
+"""The ``entropy-kernels`` command.
+
+    entropy-kernels info                 versions, build, GPU, backend of every op
+    entropy-kernels bench --quick        small shapes (CPU or GPU), prints a table, writes files
+    entropy-kernels bench --full         the ANCHORS.md shapes (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+
+def _info(_args) -> int:
+    from . import __version__, _backend
+    from .ops import OPS
+
+    print(f"entropy_kernels {__version__} ({Path(__file__).resolve().parent})")
+    print(f"torch           {torch.__version__} (CUDA {torch.version.cuda})")
+    try:
+        import triton
+
+        print(f"triton          {triton.__version__}{' (interpreter)' if _backend.interpreting() else ''}")
+    except Exception:
+        print("triton          not installed: CUDA ops fall back to the torch reference")
+    C = _backend.native()
+    if C is None:
+        print(f"_C              FAILED to import: {_backend.native_error()}")
+    else:
+        info = C.build_info()
+        cuda = f"CUDA {info['cuda_runtime_version']} for sm {info['cuda_archs']}" if info["with_cuda"] else "CPU only"
+        print(f"_C              {cuda} ({info['compiler']})")
+        if info["with_cuda"]:
+            n = C.cuda_device_count()
+            names = ", ".join(C.cuda_device_name(i) for i in range(n)) or "none"
+            print(f"_C sees         {n} GPU(s): {names}; driver {C.cuda_driver_version()}")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    print(f"torch GPU       {gpu}")
+    print("\nop               cpu                      cuda")
+    for name in OPS:
+        print(f"{name:16s} {_backend.describe_backend('cpu'):24s} {_backend.describe_backend('cuda')}")
+    return 0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def _bench(args) -> int:
+    from .benchmarking import cases_for, environment, run_cases, write_results
+    from .benchmarking.report import markdown_table
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no GPU", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size = "full" if args.full else "quick"
+    if size == "full" and device.type != "cuda":
+        print("warning: --full shapes are meant for a GPU; running them on CPU will be slow", file=sys.stderr)
+    cases = cases_for(args.ops, size, device)
+    providers = args.providers.split(",") if args.providers else None
+    print(f"running {len(cases)} case(s) on {device} ({size})")
+    results = run_cases(cases, providers, log=print if args.verbose else (lambda s: None))
+    env = environment(device)
+    stem = f"{_slug(env['gpu'] or 'cpu')}_{size}"
+    paths = write_results(results, env, Path(args.out), stem)
+    print()
+    print(markdown_table(results))
+    print(f"\nwrote {paths['json']} and {paths['markdown']}")
+    return 1 if any(r.error for r in results if r.kind == "ours") else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entropy-kernels", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_info = sub.add_parser("info", help="versions, build, GPU and the backend of each op")
+    p_info.set_defaults(fn=_info)
+
+    p_bench = sub.add_parser("bench", help="benchmark ours vs torch eager vs torch.compile vs floors")
+    size = p_bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small shapes, CPU-friendly (default)")
+    size.add_argument("--full", action="store_true", help="the ANCHORS.md shapes (GPU)")
+    p_bench.add_argument("--ops", nargs="*", help="ops to benchmark (default: all)")
+    p_bench.add_argument("--providers", help="comma-separated provider names, e.g. entropy_kernels,torch,floor (default: all)")
+    p_bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    p_bench.add_argument("--out", default="ek-results", help="directory for JSON + markdown (default: ek-results)")
+    p_bench.add_argument("-v", "--verbose", action="store_true", help="print each measurement as it finishes")
+    p_bench.set_defaults(fn=_bench)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
