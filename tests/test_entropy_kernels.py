@@ -8,7 +8,7 @@ import torch
 from entropy_kernels import _backend
 from test_entropy import NEG_INF, oracle, random_logits, rel_err
 
-pytestmark = pytest.mark.skipif(not _backend.triton_available(), reason="needs triton")
+pytestmark = [pytest.mark.kernels, pytest.mark.skipif(not _backend.triton_available(), reason="needs triton")]
 
 
 def _device():
@@ -23,7 +23,6 @@ def _kernels():
     return K
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("block, num_splits", [(16, 1), (16, 3), (32, 7), (64, 2), (128, None)])
 @pytest.mark.parametrize("n_cols", [1, 15, 16, 17, 100, 301])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
@@ -45,7 +44,6 @@ def test_kernel_blocks_and_splits(block, num_splits, n_cols, dtype):
     assert rel_err(grad, xr.grad) <= (1e-9 if dtype == torch.float64 else 2e-3)
 
 
-@pytest.mark.interpreter
 def test_kernel_split_rows_with_masked_slices():
     """A split whose whole slice is -inf must merge as an empty partial, not as nan."""
     K = _kernels()
@@ -59,7 +57,6 @@ def test_kernel_split_rows_with_masked_slices():
     assert torch.isnan(h[2]) and torch.isneginf(lse[2])
 
 
-@pytest.mark.interpreter
 def test_kernel_row_temperature_and_strides():
     K = _kernels()
     base = random_logits((3, 6, 80), torch.float32, _device())

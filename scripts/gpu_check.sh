@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Full check on a GPU machine without network access (e.g. the device tool's H100/H200):
+# builds in place, runs the whole test-suite on CUDA, the Triton-interpreter tests, and the
+# --full benchmarks, and leaves the results in $OUT (default: ./ek-results).
+#
+#   bash scripts/gpu_check.sh
+#
+# Peers (cut-cross-entropy, liger-kernel, dfloat11) are picked up from ./.peers if present
+# (wheels unpacked with `pip install --target .peers`); they are optional.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-ek-results}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+[ -d .peers ] && export PYTHONPATH="$PWD/.peers${PYTHONPATH:+:$PYTHONPATH}"
+
+status=0
+step() { echo; echo "=== $* ==="; }
+
+step "build (offline, in place)"
+"$PY" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+"$PY" -c "import entropy_kernels._C" || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null | tee "$OUT/gpu.txt"
+entropy-kernels info | tee -a "$OUT/gpu.txt"
+
+step "tests on CUDA"
+TRITON_INTERPRET=0 EK_EXPECT_CUDA_BUILD=1 "$PY" -m pytest tests -q -rs 2>&1 | tee "$OUT/tests-cuda.log" | tail -30
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+step "Triton kernels under the interpreter (CPU tensors)"
+TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES= "$PY" -m pytest tests -q -m "interpreter or kernels" 2>&1 | tee "$OUT/tests-interpreter.log" | tail -5
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+step "benchmarks (--full)"
+entropy-kernels bench --full -v --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+echo; echo "results in $OUT (copy the *_full.json/.md into benchmarks/results/ and commit them)"
+exit $status
