@@ -63,7 +63,7 @@ def entropy_forward_reference(
     p = log_p.exp()
     # p == 0 where z == -inf; define 0 * log 0 = 0 (without it: 0 * -inf = nan).
     plogp = torch.where(p > 0, p * log_p, torch.zeros_like(p))
-    entropy = -plogp.sum(dim=-1)
+    entropy = 0.0 - plogp.sum(dim=-1)  # not -sum: a one-token row would give -0.0
     all_masked = torch.isneginf(lse)
     entropy = torch.where(all_masked, torch.full_like(entropy, float("nan")), entropy)
     stats = torch.stack([z.max, lse_shifted], dim=-1)
