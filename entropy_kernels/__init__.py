@@ -10,5 +10,6 @@ tensor([1.3863])
 from . import ops  # noqa: F401  (registers the torch.library ops)
 from ._version import __version__
 from .ops.entropy import entropy
+from .ops.linear_cross_entropy import linear_cross_entropy
 
-__all__ = ["__version__", "entropy"]
+__all__ = ["__version__", "entropy", "linear_cross_entropy"]

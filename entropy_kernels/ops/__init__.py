@@ -12,8 +12,15 @@ Every module follows the pattern of :mod:`entropy_kernels.ops.entropy` -- read t
 """
 
 from . import entropy  # noqa: F401  (registers entropy_kernels::entropy_fwd / entropy_bwd)
+from . import linear_softmax  # noqa: F401  (entropy_kernels::linear_softmax_stats / _backward)
+from . import linear_cross_entropy  # noqa: F401  (entropy_kernels::linear_cross_entropy_chunked)
 
 # public function -> the torch.library ops behind it (for `entropy-kernels info` and the docs)
 OPS = {
     "entropy": ("entropy_kernels::entropy_fwd", "entropy_kernels::entropy_bwd"),
+    "linear_cross_entropy": (
+        "entropy_kernels::linear_softmax_stats",
+        "entropy_kernels::linear_softmax_backward",
+        "entropy_kernels::linear_cross_entropy_chunked",
+    ),
 }

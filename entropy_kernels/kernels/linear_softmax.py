@@ -1,0 +1,309 @@
+"""Triton kernels of the linear-softmax core: per-token statistics of ``softmax(z)`` for
+``z = cap(h Wᵀ + b)·inv_T`` and their backward, without ``[N, V]`` logits in global memory.
+The math and the meaning of the statistics are in :mod:`entropy_kernels.reference.linear_softmax`.
+
+Forward: programs own a tile of ``BLOCK_N`` tokens and a contiguous slice of the vocabulary
+(``n_splits`` slices); they compute ``BLOCK_N × BLOCK_V`` logits tiles with ``tl.dot`` over D and
+fold each tile into per-row online statistics ``(m, s = Σe^{z-m}, u = Σ(z-m)e^{z-m}, Σz, z_y)``,
+written as partials and merged by :func:`_lsm_combine_kernel` (same rescaling rule as the
+entropy kernel). Memory: ``O(N · n_splits)``.
+
+Backward: one program per (token tile, vocabulary tile) recomputes its logits tile, forms
+``dz = p·(A + B·z) + C·[j=y] + D`` from per-token coefficients, optionally skips the tile when
+every entry is below the filter threshold (peaked LM distributions), and accumulates
+``dh += dz·W`` and ``dW += dzᵀ·h`` with atomic adds (fp32 buffers, or directly into the 16-bit
+gradients when ``accum_fp32`` is off).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+NEG_INF = float("-inf")
+N_PARTIALS = 5  # m, s, u, sum_z, z_y
+
+
+@triton.jit
+def _logits_tile(
+    h_ptr, w_ptr, b_ptr, rows64, row_ok, cols, col_ok, D, stride_h, stride_w, softcap, inv_temp,
+    HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """(z, capped) for a BLOCK_N × BLOCK_V tile: fp32 logits after bias, softcap, temperature."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    cols64 = cols.to(tl.int64)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        d_ok = dd < D
+        hb = tl.load(h_ptr + rows64[:, None] * stride_h + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        wb = tl.load(w_ptr + cols64[None, :] * stride_w + dd[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        acc = tl.dot(hb, wb, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    capped = acc
+    if SOFTCAP:
+        # c·tanh(x/c) with tanh(t) = 2·sigmoid(2t) - 1 (available in every Triton backend)
+        capped = softcap * (2.0 * tl.sigmoid(2.0 * acc / softcap) - 1.0)
+    return capped * inv_temp, capped
+
+
+@triton.jit
+def _lsm_fwd_kernel(
+    h_ptr, w_ptr, b_ptr, y_ptr, part_ptr,
+    N, V, D, stride_h, stride_w, cols_per_split, n_splits, softcap, inv_temp,
+    HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    rows64 = rows.to(tl.int64)
+    y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
+
+    m = tl.full((BLOCK_N,), NEG_INF, tl.float32)
+    s = tl.zeros((BLOCK_N,), tl.float32)
+    u = tl.zeros((BLOCK_N,), tl.float32)
+    sum_z = tl.zeros((BLOCK_N,), tl.float32)
+    z_y = tl.zeros((BLOCK_N,), tl.float32)
+    v_begin = split * cols_per_split
+    v_end = tl.minimum(v_begin + cols_per_split, V)
+    for v0 in range(v_begin, v_end, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < v_end
+        z, _ = _logits_tile(
+            h_ptr, w_ptr, b_ptr, rows64, row_ok, cols, col_ok, D, stride_h, stride_w, softcap, inv_temp,
+            HAS_BIAS, SOFTCAP, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D,
+        )
+        valid = col_ok[None, :]
+        sum_z += tl.sum(tl.where(valid, z, 0.0), axis=1)
+        z_y += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), axis=1)
+        z = tl.where(valid, z, NEG_INF)
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
+        scale = tl.exp(m - m_safe)
+        shift = tl.where(m == NEG_INF, 0.0, m - m_safe)
+        e = tl.exp(z - m_safe[:, None])
+        u = scale * (u + shift * s) + tl.sum(tl.where(e > 0, (z - m_safe[:, None]) * e, 0.0), axis=1)
+        s = scale * s + tl.sum(e, axis=1)
+        m = m_new
+    part = part_ptr + (rows64 * n_splits + split) * 5
+    tl.store(part + 0, m, mask=row_ok)
+    tl.store(part + 1, s, mask=row_ok)
+    tl.store(part + 2, u, mask=row_ok)
+    tl.store(part + 3, sum_z, mask=row_ok)
+    tl.store(part + 4, z_y, mask=row_ok)
+
+
+@triton.jit
+def _lsm_combine_kernel(part_ptr, stats_ptr, N, n_splits, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < N
+    splits = tl.arange(0, BLOCK_S)
+    ok = row_ok[:, None] & (splits < n_splits)[None, :]
+    part = part_ptr + (rows.to(tl.int64)[:, None] * n_splits + splits[None, :]) * 5
+    m_i = tl.load(part + 0, mask=ok, other=NEG_INF)
+    s_i = tl.load(part + 1, mask=ok, other=0.0)
+    u_i = tl.load(part + 2, mask=ok, other=0.0)
+    sum_z = tl.sum(tl.load(part + 3, mask=ok, other=0.0), axis=1)
+    z_y = tl.sum(tl.load(part + 4, mask=ok, other=0.0), axis=1)
+    m = tl.max(m_i, axis=1)
+    m_safe = tl.where(m == NEG_INF, 0.0, m)
+    w = tl.exp(m_i - m_safe[:, None])
+    shift = tl.where(m_i == NEG_INF, 0.0, m_i - m_safe[:, None])
+    s = tl.sum(w * s_i, axis=1)
+    u = tl.sum(w * (u_i + shift * s_i), axis=1)
+    log_s = tl.log(s)
+    out = stats_ptr + rows.to(tl.int64) * 4
+    tl.store(out + 0, m + log_s, mask=row_ok)
+    tl.store(out + 1, log_s - u / s, mask=row_ok)
+    tl.store(out + 2, sum_z, mask=row_ok)
+    tl.store(out + 3, z_y, mask=row_ok)
+
+
+@triton.jit
+def _lsm_bwd_kernel(
+    h_ptr, w_ptr, b_ptr, y_ptr, stats_ptr, coef_ptr, thresh_ptr,
+    dh_ptr, dw_ptr, db_ptr,
+    N, V, D, stride_h, stride_w, softcap, inv_temp, n_tiles_v,
+    HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, FILTER: tl.constexpr, PRECISION: tl.constexpr,
+    GROUP_N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Grouped order: GROUP_N token tiles sweep the vocabulary together, so a W tile is reused
+    # from L2 by neighbouring programs while their dW atomics go to different rows of W.
+    pid = tl.program_id(0)
+    n_tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_N * n_tiles_v
+    group = pid // per_group
+    first_n = group * GROUP_N
+    group_size = tl.minimum(n_tiles_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % per_group) % group_size
+    pid_v = (pid % per_group) // group_size
+
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    rows64 = rows.to(tl.int64)
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    col_ok = cols < V
+    cols64 = cols.to(tl.int64)
+    z, capped = _logits_tile(
+        h_ptr, w_ptr, b_ptr, rows64, row_ok, cols, col_ok, D, stride_h, stride_w, softcap, inv_temp,
+        HAS_BIAS, SOFTCAP, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D,
+    )
+    y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
+    lse = tl.load(stats_ptr + rows64 * 4, mask=row_ok, other=0.0)
+    coef = coef_ptr + rows64 * 4
+    a = tl.load(coef + 0, mask=row_ok, other=0.0)
+    b = tl.load(coef + 1, mask=row_ok, other=0.0)
+    c = tl.load(coef + 2, mask=row_ok, other=0.0)
+    d = tl.load(coef + 3, mask=row_ok, other=0.0)
+    p = tl.exp(z - lse[:, None])
+    dz = p * (a[:, None] + b[:, None] * z) + tl.where(cols[None, :] == y[:, None], c[:, None], 0.0) + d[:, None]
+    dz = tl.where(row_ok[:, None] & col_ok[None, :], dz, 0.0)
+    keep = True
+    if FILTER:
+        thresh = tl.load(thresh_ptr + rows, mask=row_ok, other=float("inf"))
+        keep = tl.max(tl.max(tl.abs(dz) - thresh[:, None], axis=1), axis=0) > 0.0
+    if keep:
+        dz = dz * inv_temp
+        if SOFTCAP:
+            t = capped / softcap
+            dz = dz * (1.0 - t * t)
+        if HAS_BIAS:
+            tl.atomic_add(db_ptr + cols, tl.sum(dz, axis=0).to(db_ptr.dtype.element_ty), mask=col_ok, sem="relaxed")
+        dz_in = dz.to(h_ptr.dtype.element_ty)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            d_ok = dd < D
+            wb = tl.load(w_ptr + cols64[:, None] * stride_w + dd[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            dh_part = tl.dot(dz_in, wb, input_precision=PRECISION)
+            tl.atomic_add(
+                dh_ptr + rows64[:, None] * D + dd[None, :], dh_part.to(dh_ptr.dtype.element_ty),
+                mask=row_ok[:, None] & d_ok[None, :], sem="relaxed",
+            )
+            hb = tl.load(h_ptr + rows64[:, None] * stride_h + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            dw_part = tl.dot(tl.trans(dz_in), hb, input_precision=PRECISION)
+            tl.atomic_add(
+                dw_ptr + cols64[:, None] * D + dd[None, :], dw_part.to(dw_ptr.dtype.element_ty),
+                mask=col_ok[:, None] & d_ok[None, :], sem="relaxed",
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 products (torch's matmul default), not TF32.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _blocks(n: int, v: int, d: int, block_n, block_v, block_d) -> Tuple[int, int, int]:
+    bn = block_n or (128 if n >= 128 else max(16, triton.next_power_of_2(n)))
+    bv = block_v or 128
+    bd = block_d or 64
+    return bn, bv, bd
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def linear_softmax_forward(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    softcap: float,
+    inv_temperature: float,
+    *,
+    block_n: Optional[int] = None,
+    block_v: Optional[int] = None,
+    block_d: Optional[int] = None,
+    num_splits: Optional[int] = None,
+) -> torch.Tensor:
+    """``[N, 4]`` fp32 stats (lse, entropy, sum_z, z_y) for ``h [N, D]``, ``weight [V, D]``.
+
+    Example
+    -------
+    >>> stats = linear_softmax_forward(h, w, None, y, 0.0, 1.0)  # doctest: +SKIP
+    """
+    n, d = h.shape
+    v = weight.shape[0]
+    stats = torch.empty((n, 4), dtype=torch.float32, device=h.device)
+    if n == 0:
+        return stats
+    bn, bv, bd = _blocks(n, v, d, block_n, block_v, block_d)
+    n_tiles = triton.cdiv(n, bn)
+    v_tiles = triton.cdiv(v, bv)
+    # enough programs for ~2 waves; every split keeps >= 8 vocabulary tiles to amortise the h loads
+    splits = num_splits or max(1, min(triton.cdiv(2 * _sm_count(h.device), n_tiles), v_tiles // 8))
+    splits = max(1, min(splits, v_tiles))
+    cols_per_split = triton.cdiv(v_tiles, splits) * bv
+    splits = triton.cdiv(v, cols_per_split)
+    part = torch.empty((n, splits, 5), dtype=torch.float32, device=h.device)
+    wrap_triton(_lsm_fwd_kernel)[(n_tiles, splits)](
+        h, weight, bias if bias is not None else weight, targets, part,
+        n, v, d, h.stride(0), weight.stride(0), cols_per_split, splits, softcap, inv_temperature,
+        HAS_BIAS=bias is not None, SOFTCAP=softcap > 0, PRECISION=_precision(h.dtype),
+        BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, num_warps=8 if bn * bv >= 128 * 128 else 4,
+    )
+    block_s = max(2, triton.next_power_of_2(splits))
+    block_r = max(1, min(64, 2048 // block_s))
+    wrap_triton(_lsm_combine_kernel)[(triton.cdiv(n, block_r),)](
+        part, stats, n, splits, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=4,
+    )
+    return stats
+
+
+def linear_softmax_backward(
+    coeffs: torch.Tensor,
+    thresh: Optional[torch.Tensor],
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    stats: torch.Tensor,
+    softcap: float,
+    inv_temperature: float,
+    accum_fp32: bool,
+    *,
+    block_n: Optional[int] = None,
+    block_v: Optional[int] = None,
+    block_d: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dh, dW, db)`` for logits-gradient coefficients ``coeffs [N, 4]`` (db empty w/o bias).
+
+    ``thresh [N]`` enables tile skipping: a tile is skipped when every ``|dz|`` is below its
+    row's threshold. ``accum_fp32`` accumulates in fp32 buffers (more memory, less rounding)
+    instead of atomically adding into 16-bit gradients.
+
+    Example
+    -------
+    >>> dh, dw, db = linear_softmax_backward(coeffs, None, h, w, None, y, stats, 0.0, 1.0, False)  # doctest: +SKIP
+    """
+    n, d = h.shape
+    v = weight.shape[0]
+    acc_dtype = torch.float32 if (accum_fp32 or h.dtype == torch.float32) else h.dtype
+    dh = torch.zeros((n, d), dtype=acc_dtype, device=h.device)
+    dw = torch.zeros((v, d), dtype=acc_dtype, device=h.device)
+    db = torch.zeros((v if bias is not None else 0,), dtype=torch.float32, device=h.device)
+    if n > 0:
+        bn, bv, bd = _blocks(n, v, d, block_n, block_v, block_d)
+        v_tiles = triton.cdiv(v, bv)
+        wrap_triton(_lsm_bwd_kernel)[(triton.cdiv(n, bn) * v_tiles,)](
+            h, weight, bias if bias is not None else weight, targets, stats, coeffs,
+            thresh if thresh is not None else stats,
+            dh, dw, db if bias is not None else dh,
+            n, v, d, h.stride(0), weight.stride(0), softcap, inv_temperature, v_tiles,
+            HAS_BIAS=bias is not None, SOFTCAP=softcap > 0, FILTER=thresh is not None,
+            PRECISION=_precision(h.dtype), GROUP_N=8, BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd,
+            num_warps=8 if bn * bv >= 128 * 128 else 4,
+        )
+    db_out = db.to(bias.dtype) if bias is not None else db
+    return dh.to(h.dtype), dw.to(weight.dtype), db_out

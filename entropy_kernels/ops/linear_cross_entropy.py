@@ -1,0 +1,314 @@
+"""Cut cross-entropy: :func:`linear_cross_entropy` from hidden states and the LM-head weight,
+without ``[tokens, vocab]`` logits. Three implementations behind one function:
+
+- ``"fused"``: the differentiable ``entropy_kernels::linear_softmax_stats`` op (Triton GEMM
+  tiles + online softmax statistics; logits recomputed tile by tile in the backward, O(N)
+  extra memory, optional gradient filtering). Any reduction, differentiable ``lse``.
+- ``"chunked"``: ``entropy_kernels::linear_cross_entropy_chunked`` computes the gradient during
+  the forward, one chunk of tokens at a time (cuBLAS GEMM → Triton row kernel that turns the
+  chunk's logits into their gradient in place → two cuBLAS GEMMs). 3 GEMMs instead of 4, one
+  chunk of logits in memory. Scalar reductions only; the returned ``lse`` is detached.
+- ``"reference"``: plain torch autograd through full fp32 logits.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch.library import triton_op
+
+from .. import _backend, _validation
+from ..reference.cross_entropy import (
+    ce_chunk_grad_reference,
+    linear_cross_entropy_reference,
+    reduce_losses,
+    token_losses_from_stats,
+)
+from .linear_softmax import linear_softmax_stats
+
+if _backend.triton_available():
+    from ..kernels import cross_entropy_chunk as _chunk_kernels
+else:  # pragma: no cover
+    _chunk_kernels = None
+
+IMPLS = ("auto", "fused", "chunked", "reference")
+REDUCTIONS = ("mean", "sum", "none")
+DEFAULT_FILTER_EPS = 2.0**-12  # below bf16 resolution relative to the row's gradient scale
+DEFAULT_CHUNK_BYTES = 512 * 2**20  # logits of one chunk in the chunked impl
+
+
+def default_chunk_size(n_tokens: int, vocab: int, itemsize: int, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Tokens per chunk so that one chunk of logits fits ``budget_bytes`` (multiple of 128).
+
+    Example
+    -------
+    >>> default_chunk_size(8192, 256000, 2)
+    1024
+    """
+    chunk = max(128, (budget_bytes // max(1, vocab * itemsize)) // 128 * 128)
+    return int(min(chunk, max(n_tokens, 1)))
+
+
+@triton_op("entropy_kernels::linear_cross_entropy_chunked", mutates_args=())
+def linear_cross_entropy_chunked(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    token_weight: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    chunk_size: int,
+    accum_fp32: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Σ_i w_i·loss_i, stats [N, 4], dh, dW, db)``: the loss and its gradients, chunk by chunk.
+
+    The gradients are those of the returned scalar; autograd scales them by the upstream
+    gradient. ``db`` is empty without bias.
+    """
+    n, d = h.shape
+    vocab = weight.shape[0]
+    acc = torch.float32 if (accum_fp32 or h.dtype == torch.float32) else h.dtype
+    dh = torch.empty((n, d), dtype=h.dtype, device=h.device)
+    dw = torch.zeros((vocab, d), dtype=acc, device=h.device)
+    db = torch.zeros((vocab if bias is not None else 0,), dtype=torch.float32, device=h.device)
+    stats = torch.empty((n, 4), dtype=torch.float32, device=h.device)
+    triton_path = _backend.use_triton(h)
+    for start in range(0, n, chunk_size):
+        end = min(start + chunk_size, n)
+        h_c, y_c, w_c = h[start:end], targets[start:end], token_weight[start:end]
+        logits = h_c @ weight.T if bias is None else torch.addmm(bias, h_c, weight.T)
+        if triton_path:
+            stats[start:end] = _chunk_kernels.ce_chunk_grad_(logits, y_c, w_c, softcap, label_smoothing, z_loss)
+            dz = logits
+        else:
+            dz, stats[start:end] = ce_chunk_grad_reference(logits, y_c, w_c, softcap, label_smoothing, z_loss)
+        dh[start:end] = dz @ weight
+        if acc == dz.dtype:
+            dw.addmm_(dz.T, h_c)
+        else:
+            dw.addmm_(dz.T.to(acc), h_c.to(acc))
+        if bias is not None:
+            db += dz.sum(0, dtype=torch.float32)
+    per_token = token_losses_from_stats(stats, targets, vocab, ignore_index, label_smoothing, z_loss)
+    loss = (per_token * token_weight).sum()
+    db_out = db.to(bias.dtype) if bias is not None else db
+    return loss, stats, dh, dw.to(weight.dtype), db_out
+
+
+def _chunked_setup_context(ctx, inputs, output):
+    _, stats, dh, dw, db = output
+    ctx.mark_non_differentiable(stats, dh, dw, db)
+    ctx.has_bias = inputs[2] is not None
+    ctx.save_for_backward(dh, dw, db)
+
+
+def _chunked_backward(ctx, grad_loss, *_):
+    dh, dw, db = ctx.saved_tensors
+    g = grad_loss.to(dh.dtype)
+    return (
+        dh * g if ctx.needs_input_grad[0] else None,
+        dw * g.to(dw.dtype) if ctx.needs_input_grad[1] else None,
+        db * g.to(db.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None,
+        None, None, None, None, None, None, None, None,
+    )
+
+
+linear_cross_entropy_chunked.register_autograd(_chunked_backward, setup_context=_chunked_setup_context)
+
+
+# ------------------------------------------------------------------------------ public API ---
+
+def _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, shift, impl, filter_eps, chunk_size):
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        _validation.check_tensor(name, t)
+        _validation.check_float_dtype(name, t)
+    _validation.check_tensor("targets", targets)
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"targets must be int64 or int32 class indices, got {targets.dtype}")
+    _validation.check_min_dim("hidden", hidden, 1, "(the last one is the hidden size D)")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be [V, D], got shape {tuple(weight.shape)}")
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"hidden's last dim ({hidden.shape[-1]}) must equal weight's D ({weight.shape[1]})")
+    if weight.shape[0] == 0:
+        raise ValueError("weight must have at least one vocabulary row")
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype")
+    if tuple(targets.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(f"targets shape {tuple(targets.shape)} must equal hidden's leading shape {tuple(hidden.shape[:-1])}")
+    _validation.check_same_device("weight", weight, "hidden", hidden)
+    _validation.check_same_device("targets", targets, "hidden", hidden)
+    if bias is not None:
+        _validation.check_tensor("bias", bias)
+        _validation.check_same_device("bias", bias, "hidden", hidden)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got shape {tuple(bias.shape)}")
+        if bias.dtype != weight.dtype:
+            raise TypeError(f"bias ({bias.dtype}) must have weight's dtype ({weight.dtype})")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if isinstance(label_smoothing, bool) or not 0.0 <= float(label_smoothing) < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if isinstance(z_loss, bool) or not float(z_loss) >= 0.0:
+        raise ValueError(f"z_loss must be >= 0, got {z_loss}")
+    if softcap is not None:
+        _validation.check_positive_scalar("softcap", softcap)
+    if filter_eps not in ("auto", None) and (isinstance(filter_eps, bool) or not float(filter_eps) >= 0.0):
+        raise ValueError(f"filter_eps must be 'auto', None or a float >= 0, got {filter_eps!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if shift and hidden.dim() < 2:
+        raise ValueError("shift=True needs hidden [..., T, D] with a time dimension")
+    if targets.device.type == "cpu":
+        # On CPU this costs nothing extra; on CUDA it would be a host sync, so there an
+        # out-of-range target gives a nan loss for that token instead (see docstring).
+        bad = (targets != ignore_index) & ((targets < 0) | (targets >= weight.shape[0]))
+        if bool(bad.any()):
+            first = targets[bad][0].item()
+            raise ValueError(f"targets must be in [0, {weight.shape[0]}) or ignore_index={ignore_index}, found {first}")
+
+
+def _shift_targets(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """targets[..., t+1] at position t and ignore_index at the last position (one small copy)."""
+    pad = torch.full_like(targets[..., :1], ignore_index)
+    return torch.cat([targets[..., 1:], pad], dim=-1)
+
+
+def _choose_impl(impl, reduction, return_lse, needs_grad) -> str:
+    if impl != "auto":
+        return impl
+    # chunked: 3 GEMMs instead of 4 and cuBLAS speed, when its limits allow (scalar loss, no lse
+    # gradient, a backward to come); otherwise fused (O(N) memory, any reduction).
+    if needs_grad and reduction != "none" and not return_lse:
+        return "chunked"
+    return "fused"
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
+    shift: bool = False,
+    return_lse: bool = False,
+    impl: str = "auto",
+    filter_eps: Union[str, float, None] = "auto",
+    accum_fp32: bool = False,
+    chunk_size: Optional[int] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets`` without building logits.
+
+    Parameters
+    ----------
+    hidden : Tensor ``[..., D]``
+        fp32, bf16 or fp16 (fp64 works on the reference/CPU path).
+    weight : Tensor ``[V, D]``
+        LM-head / classifier weight, same dtype as ``hidden``.
+    targets : Tensor ``[...]``
+        int64/int32 class ids; ``ignore_index`` marks tokens without a loss. On CPU an
+        out-of-range target raises ``ValueError``; on CUDA (where checking would synchronise)
+        it gives a ``nan`` loss for that token.
+    bias : Tensor ``[V]``, optional
+    ignore_index : int
+    reduction : "mean" | "sum" | "none"
+        ``mean`` averages over non-ignored tokens; with none of them it is ``nan``, as in
+        ``torch.nn.functional.cross_entropy`` (``sum`` gives 0, ``none`` zeros).
+    label_smoothing : float in [0, 1)
+        ``(1-ε)·CE + ε·(lse - mean_j z_j)``, torch's definition.
+    z_loss : float
+        Adds ``z_loss · lse²`` per token.
+    softcap : float, optional
+        Logits ``c·tanh(z/c)`` before the softmax (Gemma-2's final-logit softcapping).
+    shift : bool
+        Next-token prediction: position ``t`` predicts ``targets[..., t+1]``; the last position
+        has no target. With ``reduction="none"`` the output is ``[..., T-1]``.
+    return_lse : bool
+        Also return the per-token ``logsumexp`` of the (softcapped) logits, fp32 ``[...]``.
+    impl : "auto" | "fused" | "chunked" | "reference"
+        See the module docstring. ``auto`` picks ``chunked`` when a backward will follow, the
+        loss is a scalar and ``lse`` is not requested; ``fused`` otherwise.
+    filter_eps : "auto" | float | None
+        ``fused`` backward skips vocabulary tiles whose every gradient entry is below
+        ``eps ×`` the token's gradient scale. ``auto``: 2⁻¹² for 16-bit inputs, off for fp32.
+        Always off with label smoothing (its gradient touches every logit).
+    accum_fp32 : bool
+        Accumulate dh/dW in fp32 buffers (more memory) instead of the 16-bit gradients.
+    chunk_size : int, optional
+        Tokens per chunk for ``chunked`` (default: 512 MiB of logits per chunk).
+
+    Returns
+    -------
+    loss (fp32 scalar, or ``[...]`` for ``none``), and ``lse`` if ``return_lse``.
+
+    Example
+    -------
+    >>> import torch, entropy_kernels as ek
+    >>> h, w = torch.randn(2, 5, 16), torch.randn(100, 16)
+    >>> y = torch.randint(0, 100, (2, 5))
+    >>> loss = ek.linear_cross_entropy(h, w, y)
+    >>> torch.allclose(loss, torch.nn.functional.cross_entropy((h @ w.T).flatten(0, 1), y.flatten()), atol=1e-5)
+    True
+    """
+    _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, shift, impl, filter_eps, chunk_size)
+    label_smoothing, z_loss = float(label_smoothing), float(z_loss)
+    cap = float(softcap) if softcap is not None else 0.0
+    lead_shape = hidden.shape[:-1]
+    if shift:
+        targets = _shift_targets(targets, ignore_index)
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    if h2.stride(-1) != 1:
+        h2 = h2.contiguous()
+    y = targets.reshape(-1).contiguous()
+    w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    vocab = w.shape[0]
+    valid = y != ignore_index
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    )
+    chosen = _choose_impl(impl, reduction, return_lse, needs_grad)
+
+    if chosen == "reference":
+        loss, lse = linear_cross_entropy_reference(h2, w, y, bias, ignore_index, reduction, label_smoothing, z_loss, cap or None)
+    elif chosen == "chunked":
+        if reduction == "none":
+            raise ValueError("impl='chunked' computes gradients of a scalar loss: use reduction 'mean'/'sum' or impl='fused'")
+        token_weight = valid.to(torch.float32)
+        if reduction == "mean":
+            token_weight = token_weight / valid.sum()
+        size = chunk_size or default_chunk_size(h2.shape[0], vocab, h2.element_size())
+        loss, stats, *_ = linear_cross_entropy_chunked(
+            h2, w, bias, y, token_weight, ignore_index, label_smoothing, z_loss, cap, size, accum_fp32
+        )
+        lse = stats[:, 0]
+    else:
+        if filter_eps == "auto":
+            eps = DEFAULT_FILTER_EPS if h2.dtype in (torch.bfloat16, torch.float16) else 0.0
+        else:
+            eps = float(filter_eps or 0.0)
+        if label_smoothing > 0:
+            eps = 0.0
+        stats = linear_softmax_stats(h2, w, bias, y, cap, 1.0, eps, accum_fp32)
+        per_token = token_losses_from_stats(stats, y, vocab, ignore_index, label_smoothing, z_loss)
+        loss = reduce_losses(per_token, valid, reduction)
+        lse = stats[:, 0]
+
+    if reduction == "none":
+        loss = loss.reshape(lead_shape)
+        if shift:
+            loss = loss[..., :-1]
+    if not return_lse:
+        return loss
+    lse = lse.reshape(lead_shape)
+    return loss, (lse[..., :-1] if shift else lse)
