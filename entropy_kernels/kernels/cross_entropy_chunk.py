@@ -101,7 +101,7 @@ def ce_chunk_grad_(
     >>> stats = ce_chunk_grad_(logits, y, w, 0.0, 0.0, 0.0)  # doctest: +SKIP
     """
     c, v = logits.shape
-    stats = torch.empty((c, 4), dtype=torch.float32, device=logits.device)
+    stats = torch.empty((c, 4), dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32, device=logits.device)
     if c == 0:
         return stats
     block = block or min(4096 if logits.dtype.itemsize <= 2 else 2048, max(16, triton.next_power_of_2(v)))

@@ -227,7 +227,8 @@ def linear_softmax_forward(
     block_d: Optional[int] = None,
     num_splits: Optional[int] = None,
 ) -> torch.Tensor:
-    """``[N, 4]`` fp32 stats (lse, entropy, sum_z, z_y) for ``h [N, D]``, ``weight [V, D]``.
+    """``[N, 4]`` stats (lse, entropy, sum_z, z_y) for ``h [N, D]``, ``weight [V, D]``; fp32
+    (stored as fp64 for fp64 inputs; the kernel computes in fp32).
 
     Example
     -------
@@ -235,7 +236,7 @@ def linear_softmax_forward(
     """
     n, d = h.shape
     v = weight.shape[0]
-    stats = torch.empty((n, 4), dtype=torch.float32, device=h.device)
+    stats = torch.empty((n, 4), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32, device=h.device)
     if n == 0:
         return stats
     bn, bv, bd = _blocks(n, v, d, block_n, block_v, block_d)

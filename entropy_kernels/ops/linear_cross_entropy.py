@@ -75,7 +75,7 @@ def linear_cross_entropy_chunked(
     dh = torch.empty((n, d), dtype=h.dtype, device=h.device)
     dw = torch.zeros((vocab, d), dtype=acc, device=h.device)
     db = torch.zeros((vocab if bias is not None else 0,), dtype=torch.float32, device=h.device)
-    stats = torch.empty((n, 4), dtype=torch.float32, device=h.device)
+    stats = torch.empty((n, 4), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32, device=h.device)
     triton_path = _backend.use_triton(h)
     for start in range(0, n, chunk_size):
         end = min(start + chunk_size, n)
@@ -165,9 +165,9 @@ def _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoo
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if shift and hidden.dim() < 2:
         raise ValueError("shift=True needs hidden [..., T, D] with a time dimension")
-    if targets.device.type == "cpu":
-        # On CPU this costs nothing extra; on CUDA it would be a host sync, so there an
-        # out-of-range target gives a nan loss for that token instead (see docstring).
+    if targets.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Eager CPU only: on CUDA this would be a host sync and under torch.compile a graph
+        # break, so there an out-of-range target gives a nan loss for that token instead.
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= weight.shape[0]))
         if bool(bad.any()):
             first = targets[bad][0].item()
@@ -217,9 +217,9 @@ def linear_cross_entropy(
     weight : Tensor ``[V, D]``
         LM-head / classifier weight, same dtype as ``hidden``.
     targets : Tensor ``[...]``
-        int64/int32 class ids; ``ignore_index`` marks tokens without a loss. On CPU an
-        out-of-range target raises ``ValueError``; on CUDA (where checking would synchronise)
-        it gives a ``nan`` loss for that token.
+        int64/int32 class ids; ``ignore_index`` marks tokens without a loss. In eager mode on
+        CPU an out-of-range target raises ``ValueError``; on CUDA and under ``torch.compile``
+        (where checking would synchronise or break the graph) it gives that token a ``nan`` loss.
     bias : Tensor ``[V]``, optional
     ignore_index : int
     reduction : "mean" | "sum" | "none"
@@ -284,7 +284,7 @@ def linear_cross_entropy(
     elif chosen == "chunked":
         if reduction == "none":
             raise ValueError("impl='chunked' computes gradients of a scalar loss: use reduction 'mean'/'sum' or impl='fused'")
-        token_weight = valid.to(torch.float32)
+        token_weight = valid.to(torch.float64 if h2.dtype == torch.float64 else torch.float32)
         if reduction == "mean":
             token_weight = token_weight / valid.sum()
         size = chunk_size or default_chunk_size(h2.shape[0], vocab, h2.element_size())

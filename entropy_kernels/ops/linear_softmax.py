@@ -25,6 +25,10 @@ else:  # pragma: no cover
     _kernels = None
 
 
+def _stats_dtype(h: torch.Tensor) -> torch.dtype:
+    return torch.float64 if h.dtype == torch.float64 else torch.float32
+
+
 @triton_op("entropy_kernels::linear_softmax_stats", mutates_args=())
 def linear_softmax_stats(
     h: torch.Tensor,
@@ -36,14 +40,14 @@ def linear_softmax_stats(
     filter_eps: float,
     accum_fp32: bool,
 ) -> torch.Tensor:
-    """``[N, 4]`` (lse, entropy, sum_z, z_y) of ``softmax(cap(h Wᵀ + b)·inv_T)``.
+    """``[N, 4]`` (lse, entropy, sum_z, z_y) of ``softmax(cap(h Wᵀ + b)·inv_T)``: fp32, fp64 for fp64 ``h``.
 
     ``filter_eps`` and ``accum_fp32`` only affect the backward; they are arguments here so that
     autograd can hand them to it.
     """
     if _backend.use_triton(h):
         return _kernels.linear_softmax_forward(h, weight, bias, targets, softcap, inv_temperature)
-    return linear_softmax_stats_reference(h, weight, bias, targets, softcap, inv_temperature).float()
+    return linear_softmax_stats_reference(h, weight, bias, targets, softcap, inv_temperature).to(_stats_dtype(h))
 
 
 @triton_op("entropy_kernels::linear_softmax_backward", mutates_args=())
@@ -60,13 +64,13 @@ def linear_softmax_backward(
     accum_fp32: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dh, dW, db)`` of ``Σ grad_stats · stats``; ``db`` is empty when there is no bias."""
-    coeffs = logits_grad_coefficients(grad_stats.float(), stats.float()).contiguous()
+    coeffs = logits_grad_coefficients(grad_stats.to(stats.dtype), stats).contiguous()
     if _backend.use_triton(h):
         thresh = None
         if filter_eps > 0:
             # Skip a tile when every |dz| < eps · (largest upstream gradient of its row): relative
             # to the row's own scale, so a 1/N mean-reduction factor does not filter everything.
-            thresh = (filter_eps * grad_stats.float().abs().amax(dim=-1)).contiguous()
+            thresh = (filter_eps * grad_stats.to(stats.dtype).abs().amax(dim=-1)).contiguous()
         return _kernels.linear_softmax_backward(
             coeffs, thresh, h, weight, bias, targets, stats, softcap, inv_temperature, accum_fp32
         )

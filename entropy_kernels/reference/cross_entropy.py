@@ -112,5 +112,5 @@ def ce_chunk_grad_reference(
         dz = dz * (1 - (z / softcap) ** 2)
     entropy = lse.squeeze(-1) - (p * z).sum(-1)
     z_y = (z * onehot).sum(-1)
-    stats = torch.stack([lse.squeeze(-1), entropy, z.sum(-1), z_y], dim=-1).float()
+    stats = torch.stack([lse.squeeze(-1), entropy, z.sum(-1), z_y], dim=-1)
     return dz.to(logits.dtype), stats

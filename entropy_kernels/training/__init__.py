@@ -1,5 +1,12 @@
-"""Wrappers for training stacks (losses, nn.Modules, transformers patching, RL policy losses).
+"""Wrappers for training stacks: loss modules and transformers integration.
 
-Empty until the cut cross-entropy and vocabulary-entropy ops land; the raw op
-:func:`entropy_kernels.entropy` is usable directly in a training step today.
+Example
+-------
+>>> from entropy_kernels.training import LinearCrossEntropyLoss
+>>> LinearCrossEntropyLoss(z_loss=1e-4)
+LinearCrossEntropyLoss(ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=0.0001, softcap=None, shift=False, impl='auto', filter_eps='auto', accum_fp32=False, chunk_size=None)
 """
+
+from .losses import LinearCrossEntropyLoss
+
+__all__ = ["LinearCrossEntropyLoss"]
