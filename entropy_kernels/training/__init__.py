@@ -8,5 +8,7 @@ LinearCrossEntropyLoss(ignore_index=-100, reduction='mean', label_smoothing=0.0,
 """
 
 from .losses import LinearCrossEntropyLoss
+from .transformers_patch import SUPPORTED as SUPPORTED_CAUSAL_LMS
+from .transformers_patch import patch_causal_lm, unpatch_causal_lm
 
-__all__ = ["LinearCrossEntropyLoss"]
+__all__ = ["LinearCrossEntropyLoss", "patch_causal_lm", "unpatch_causal_lm", "SUPPORTED_CAUSAL_LMS"]
