@@ -42,8 +42,15 @@ def _entropy_cases(size: str, device: torch.device) -> List[Case]:
     return entropy_cases(size, device)
 
 
+def _linear_cross_entropy_cases(size: str, device: torch.device) -> List[Case]:
+    from .linear_cross_entropy import linear_cross_entropy_cases
+
+    return linear_cross_entropy_cases(size, device)
+
+
 CASES: Dict[str, Callable[[str, torch.device], List[Case]]] = {
     "entropy": _entropy_cases,
+    "linear_cross_entropy": _linear_cross_entropy_cases,
 }
 
 

@@ -180,9 +180,11 @@ def _shift_targets(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return torch.cat([targets[..., 1:], pad], dim=-1)
 
 
-def _choose_impl(impl, reduction, return_lse, needs_grad) -> str:
+def _choose_impl(impl, reduction, return_lse, needs_grad, h) -> str:
     if impl != "auto":
         return impl
+    if not _backend.use_triton(h):
+        return "reference"  # no kernels on this device: plain torch autograd is the fastest path
     # chunked: 3 GEMMs instead of 4 and cuBLAS speed, when its limits allow (scalar loss, no lse
     # gradient, a backward to come); otherwise fused (O(N) memory, any reduction).
     if needs_grad and reduction != "none" and not return_lse:
@@ -238,7 +240,8 @@ def linear_cross_entropy(
         Also return the per-token ``logsumexp`` of the (softcapped) logits, fp32 ``[...]``.
     impl : "auto" | "fused" | "chunked" | "reference"
         See the module docstring. ``auto`` picks ``chunked`` when a backward will follow, the
-        loss is a scalar and ``lse`` is not requested; ``fused`` otherwise.
+        loss is a scalar and ``lse`` is not requested; ``fused`` otherwise; on CPU (no kernels)
+        it picks ``reference``. ``fused``/``chunked`` on CPU run their pure-torch equivalents.
     filter_eps : "auto" | float | None
         ``fused`` backward skips vocabulary tiles whose every gradient entry is below
         ``eps ×`` the token's gradient scale. ``auto``: 2⁻¹² for 16-bit inputs, off for fp32.
@@ -277,7 +280,7 @@ def linear_cross_entropy(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
-    chosen = _choose_impl(impl, reduction, return_lse, needs_grad)
+    chosen = _choose_impl(impl, reduction, return_lse, needs_grad, h2)
 
     if chosen == "reference":
         loss, lse = linear_cross_entropy_reference(h2, w, y, bias, ignore_index, reduction, label_smoothing, z_loss, cap or None)

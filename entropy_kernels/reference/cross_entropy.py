@@ -104,13 +104,14 @@ def ce_chunk_grad_reference(
     vocab = z.shape[-1]
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     p = torch.exp(z - lse)
-    in_range = (targets >= 0) & (targets < vocab)
-    onehot = torch.nn.functional.one_hot(targets.clamp(0, vocab - 1), vocab).to(acc) * in_range.unsqueeze(-1)
+    in_range = ((targets >= 0) & (targets < vocab)).unsqueeze(-1)
+    index = targets.clamp(0, vocab - 1).unsqueeze(-1)
     w = token_weight.to(acc).unsqueeze(-1)
-    dz = p * w * (1 + 2 * z_loss * lse) - w * (1 - label_smoothing) * onehot - w * label_smoothing / vocab
+    dz = p * w * (1 + 2 * z_loss * lse) - w * label_smoothing / vocab
+    dz.scatter_add_(1, index, -w * (1 - label_smoothing) * in_range)
     if softcap > 0:
         dz = dz * (1 - (z / softcap) ** 2)
     entropy = lse.squeeze(-1) - (p * z).sum(-1)
-    z_y = (z * onehot).sum(-1)
+    z_y = (z.gather(1, index) * in_range).squeeze(-1)
     stats = torch.stack([lse.squeeze(-1), entropy, z.sum(-1), z_y], dim=-1)
     return dz.to(logits.dtype), stats

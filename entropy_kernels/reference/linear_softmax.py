@@ -98,9 +98,9 @@ def linear_softmax_backward_reference(
     z, capped = _logits(h, weight, bias, softcap, inv_temperature)
     a, b, c, d = (coeffs[:, k : k + 1].to(z.dtype) for k in range(4))
     p = torch.exp(z - stats[:, :1].to(z.dtype))
-    onehot = torch.nn.functional.one_hot(targets.clamp(0, z.shape[-1] - 1), z.shape[-1]).to(z.dtype)
-    onehot = onehot * ((targets >= 0) & (targets < z.shape[-1])).unsqueeze(-1)
-    dz = p * (a + b * z) + c * onehot + d
+    dz = p * (a + b * z) + d
+    in_range = (targets >= 0) & (targets < z.shape[-1])
+    dz.scatter_add_(1, targets.clamp(0, z.shape[-1] - 1).unsqueeze(-1), c * in_range.unsqueeze(-1))
     dz = dz * inv_temperature
     if softcap > 0:
         dz = dz * (1 - (capped / softcap) ** 2)
