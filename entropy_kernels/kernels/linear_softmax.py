@@ -164,7 +164,8 @@ def _lsm_bwd_kernel(
     d = tl.load(coef + 3, mask=row_ok, other=0.0)
     p = tl.exp(z - lse[:, None])
     dz = p * (a[:, None] + b[:, None] * z) + tl.where(cols[None, :] == y[:, None], c[:, None], 0.0) + d[:, None]
-    dz = tl.where(row_ok[:, None] & col_ok[None, :], dz, 0.0)
+    # out-of-tile rows/cols and masked vocabulary (-inf logits: p = 0, no 0·inf) get nothing
+    dz = tl.where(row_ok[:, None] & col_ok[None, :] & (z != NEG_INF), dz, 0.0)
     keep = True
     if FILTER:
         thresh = tl.load(thresh_ptr + rows, mask=row_ok, other=float("inf"))

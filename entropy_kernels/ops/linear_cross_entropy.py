@@ -5,8 +5,8 @@ without ``[tokens, vocab]`` logits. Three implementations behind one function:
   tiles + online softmax statistics; logits recomputed tile by tile in the backward, O(N)
   extra memory, optional gradient filtering). Any reduction, differentiable ``lse``.
 - ``"chunked"``: ``entropy_kernels::linear_cross_entropy_chunked`` computes the gradient during
-  the forward, one chunk of tokens at a time (cuBLAS GEMM → Triton row kernel that turns the
-  chunk's logits into their gradient in place → two cuBLAS GEMMs). 3 GEMMs instead of 4, one
+  the forward, one chunk of tokens at a time (cuBLAS GEMM → Triton row kernels that compute the
+  chunk's statistics and turn its logits into their gradient in place → two cuBLAS GEMMs). 3 GEMMs instead of 4, one
   chunk of logits in memory. Scalar reductions only; the returned ``lse`` is detached.
 - ``"reference"``: plain torch autograd through full fp32 logits.
 """
@@ -20,17 +20,18 @@ from torch.library import triton_op
 
 from .. import _backend, _validation
 from ..reference.cross_entropy import (
-    ce_chunk_grad_reference,
+    cross_entropy_grad_stats,
     linear_cross_entropy_reference,
     reduce_losses,
     token_losses_from_stats,
 )
+from ..reference.linear_softmax import logits_grad_coefficients, rows_grad_reference, rows_stats_reference
 from .linear_softmax import linear_softmax_stats
 
 if _backend.triton_available():
-    from ..kernels import cross_entropy_chunk as _chunk_kernels
+    from ..kernels import logits_rows as _rows
 else:  # pragma: no cover
-    _chunk_kernels = None
+    _rows = None
 
 IMPLS = ("auto", "fused", "chunked", "reference")
 REDUCTIONS = ("mean", "sum", "none")
@@ -81,11 +82,14 @@ def linear_cross_entropy_chunked(
         end = min(start + chunk_size, n)
         h_c, y_c, w_c = h[start:end], targets[start:end], token_weight[start:end]
         logits = h_c @ weight.T if bias is None else torch.addmm(bias, h_c, weight.T)
+        stats_c = _rows.rows_stats(logits, y_c, softcap, 1.0) if triton_path else rows_stats_reference(logits, y_c, softcap)
+        grad_stats = cross_entropy_grad_stats(stats_c, w_c, vocab, label_smoothing, z_loss)
+        coeffs = logits_grad_coefficients(grad_stats, stats_c).contiguous()
         if triton_path:
-            stats[start:end] = _chunk_kernels.ce_chunk_grad_(logits, y_c, w_c, softcap, label_smoothing, z_loss)
-            dz = logits
+            dz = _rows.rows_grad_(logits, y_c, stats_c, coeffs, softcap, 1.0)  # in place: no 2nd chunk
         else:
-            dz, stats[start:end] = ce_chunk_grad_reference(logits, y_c, w_c, softcap, label_smoothing, z_loss)
+            dz = rows_grad_reference(logits, y_c, stats_c, coeffs, softcap).to(logits.dtype)
+        stats[start:end] = stats_c
         dh[start:end] = dz @ weight
         if acc == dz.dtype:
             dw.addmm_(dz.T, h_c)

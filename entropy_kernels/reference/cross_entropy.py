@@ -86,32 +86,17 @@ def linear_cross_entropy_reference(
     return reduce_losses(per_token, valid, reduction), lse
 
 
-def ce_chunk_grad_reference(
-    logits: torch.Tensor, targets: torch.Tensor, token_weight: torch.Tensor,
-    softcap: float, label_smoothing: float, z_loss: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(dz, stats)`` for one chunk of raw logits: the math of the chunked impl's row kernel.
+def cross_entropy_grad_stats(
+    stats: torch.Tensor, token_weight: torch.Tensor, vocab: int, label_smoothing: float, z_loss: float
+) -> torch.Tensor:
+    """Upstream gradients ``(g_lse, g_H, g_sum, g_y)`` of ``Σ_i w_i·loss_i`` w.r.t. the stats
+    (see :mod:`.linear_softmax`): what the chunked impl feeds its row gradient kernel.
 
     Example
     -------
-    >>> dz, stats = ce_chunk_grad_reference(torch.zeros(1, 4), torch.tensor([2]), torch.ones(1), 0.0, 0.0, 0.0)
-    >>> dz
-    tensor([[ 0.2500,  0.2500, -0.7500,  0.2500]])
+    >>> cross_entropy_grad_stats(torch.tensor([[1.0, 0, 0, 0]]), torch.ones(1), 10, 0.0, 0.0)
+    tensor([[ 1.,  0., -0., -1.]])
     """
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    raw = logits.to(acc)
-    z = softcap * torch.tanh(raw / softcap) if softcap > 0 else raw
-    vocab = z.shape[-1]
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    p = torch.exp(z - lse)
-    in_range = ((targets >= 0) & (targets < vocab)).unsqueeze(-1)
-    index = targets.clamp(0, vocab - 1).unsqueeze(-1)
-    w = token_weight.to(acc).unsqueeze(-1)
-    dz = p * w * (1 + 2 * z_loss * lse) - w * label_smoothing / vocab
-    dz.scatter_add_(1, index, -w * (1 - label_smoothing) * in_range)
-    if softcap > 0:
-        dz = dz * (1 - (z / softcap) ** 2)
-    entropy = lse.squeeze(-1) - (p * z).sum(-1)
-    z_y = (z.gather(1, index) * in_range).squeeze(-1)
-    stats = torch.stack([lse.squeeze(-1), entropy, z.sum(-1), z_y], dim=-1)
-    return dz.to(logits.dtype), stats
+    w = token_weight.to(stats.dtype)
+    g_lse = w * (1.0 + 2.0 * z_loss * stats[:, 0])
+    return torch.stack([g_lse, torch.zeros_like(w), -w * label_smoothing / vocab, -w * (1.0 - label_smoothing)], dim=-1)

@@ -16,7 +16,8 @@ Every loss of the package is a function of these four numbers, so its upstream g
     A = g_lse + g_H·(lse - H),  B = -g_H,  C = g_y,  D = g_sum
 
 then ``d raw = dz / T · (1 - (cap(raw)/c)²)`` (softcap ``cap(x) = c·tanh(x/c)``),
-``dh = d raw · W``, ``dW = d rawᵀ · h``, ``db = Σ_i d raw``.
+``dh = d raw · W``, ``dW = d rawᵀ · h``, ``db = Σ_i d raw``. Logits of ``-inf`` (vocabulary
+masked through the bias) have ``p_j = 0`` and get no gradient.
 """
 
 from __future__ import annotations
@@ -28,14 +29,66 @@ import torch
 STATS = ("lse", "entropy", "sum_z", "z_y")
 
 
-def _logits(h, weight, bias, softcap, inv_temperature):
-    """fp32 (fp64 for fp64 inputs) logits after bias, softcap and temperature; and the raw ones."""
-    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-    raw = h.to(acc) @ weight.to(acc).T
-    if bias is not None:
-        raw = raw + bias.to(acc)
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scaled(raw: torch.Tensor, softcap: float, inv_temperature: float):
     capped = softcap * torch.tanh(raw / softcap) if softcap > 0 else raw
     return capped * inv_temperature, capped
+
+
+def raw_logits(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``h Wᵀ + b`` in fp32 (fp64 for fp64 inputs)."""
+    acc = _acc(h.dtype)
+    raw = h.to(acc) @ weight.to(acc).T
+    return raw + bias.to(acc) if bias is not None else raw
+
+
+def rows_stats_reference(logits: torch.Tensor, targets: torch.Tensor, softcap: float = 0.0, inv_temperature: float = 1.0) -> torch.Tensor:
+    """``[N, 4]`` stats of ``softmax(cap(logits)·inv_T)`` for materialised raw ``logits [N, V]``.
+
+    Example
+    -------
+    >>> rows_stats_reference(torch.zeros(1, 4), torch.tensor([1]))
+    tensor([[1.3863, 1.3863, 0.0000, 0.0000]])
+    """
+    z, _ = _scaled(logits.to(_acc(logits.dtype)), softcap, inv_temperature)
+    vocab = z.shape[-1]
+    lse = torch.logsumexp(z, dim=-1)
+    p = torch.exp(z - lse.unsqueeze(-1))
+    pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # masked (-inf) logits: 0, not 0·inf
+    in_range = (targets >= 0) & (targets < vocab)
+    z_y = z.gather(-1, targets.clamp(0, vocab - 1).unsqueeze(-1)).squeeze(-1)
+    z_y = torch.where(in_range, z_y, torch.zeros_like(z_y))
+    return torch.stack([lse, lse - pz.sum(-1), z.sum(-1), z_y], dim=-1)
+
+
+def rows_grad_reference(
+    logits: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, coeffs: torch.Tensor,
+    softcap: float = 0.0, inv_temperature: float = 1.0,
+) -> torch.Tensor:
+    """d/d raw logits for ``coeffs [N, 4]`` = (A, B, C, D) (see module doc), in fp32/fp64.
+
+    Example
+    -------
+    >>> x, y = torch.zeros(1, 4), torch.tensor([2])
+    >>> ce = torch.tensor([[1.0, 0.0, -1.0, 0.0]])                      # cross-entropy, g = 1
+    >>> rows_grad_reference(x, y, rows_stats_reference(x, y), ce)
+    tensor([[ 0.2500,  0.2500, -0.7500,  0.2500]])
+    """
+    z, capped = _scaled(logits.to(_acc(logits.dtype)), softcap, inv_temperature)
+    vocab = z.shape[-1]
+    a, b, c, d = (coeffs[:, k : k + 1].to(z.dtype) for k in range(4))
+    p = torch.exp(z - stats[:, :1].to(z.dtype))
+    masked = torch.isneginf(z)
+    dz = torch.where(masked, torch.zeros_like(z), p * (a + b * torch.where(masked, torch.zeros_like(z), z)) + d)
+    in_range = (targets >= 0) & (targets < vocab)
+    dz.scatter_add_(1, targets.clamp(0, vocab - 1).unsqueeze(-1), c * in_range.unsqueeze(-1))
+    dz = dz * inv_temperature
+    if softcap > 0:
+        dz = dz * (1 - (capped / softcap) ** 2)
+    return dz
 
 
 def linear_softmax_stats_reference(
@@ -57,18 +110,17 @@ def linear_softmax_stats_reference(
     >>> torch.allclose(s[:, 0], torch.log(torch.tensor(5.0)))       # lse of 5 equal logits
     True
     """
-    z, _ = _logits(h, weight, bias, softcap, inv_temperature)
-    lse = torch.logsumexp(z, dim=-1)
-    p = torch.exp(z - lse.unsqueeze(-1))
-    entropy = lse - (p * z).sum(-1)
-    sum_z = z.sum(-1)
-    in_range = (targets >= 0) & (targets < z.shape[-1])
-    z_y = torch.where(in_range, z.gather(-1, targets.clamp(0, z.shape[-1] - 1).unsqueeze(-1)).squeeze(-1), 0.0)
-    return torch.stack([lse, entropy, sum_z, z_y], dim=-1)
+    return rows_stats_reference(raw_logits(h, weight, bias), targets, softcap, inv_temperature)
 
 
 def logits_grad_coefficients(grad_stats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-    """``[N, 4]`` coefficients (A, B, C, D) of ``dz = p·(A + B·z) + C·[j=y] + D`` (see module doc)."""
+    """``[N, 4]`` coefficients (A, B, C, D) of ``dz = p·(A + B·z) + C·[j=y] + D`` (see module doc).
+
+    Example
+    -------
+    >>> logits_grad_coefficients(torch.tensor([[0.0, 1.0, 0.0, 0.0]]), torch.tensor([[2.0, 0.5, 0.0, 0.0]]))
+    tensor([[ 1.5000, -1.0000,  0.0000,  0.0000]])
+    """
     g_lse, g_h, g_sum, g_y = grad_stats.unbind(-1)
     lse, entropy = stats[:, 0], stats[:, 1]
     return torch.stack([g_lse + g_h * (lse - entropy), -g_h, g_y, g_sum], dim=-1)
@@ -95,15 +147,7 @@ def linear_softmax_backward_reference(
     >>> dh.shape, dw.shape, db is None
     (torch.Size([4, 3]), torch.Size([6, 3]), True)
     """
-    z, capped = _logits(h, weight, bias, softcap, inv_temperature)
-    a, b, c, d = (coeffs[:, k : k + 1].to(z.dtype) for k in range(4))
-    p = torch.exp(z - stats[:, :1].to(z.dtype))
-    dz = p * (a + b * z) + d
-    in_range = (targets >= 0) & (targets < z.shape[-1])
-    dz.scatter_add_(1, targets.clamp(0, z.shape[-1] - 1).unsqueeze(-1), c * in_range.unsqueeze(-1))
-    dz = dz * inv_temperature
-    if softcap > 0:
-        dz = dz * (1 - (capped / softcap) ** 2)
+    dz = rows_grad_reference(raw_logits(h, weight, bias), targets, stats, coeffs, softcap, inv_temperature)
     dh = (dz @ weight.to(dz.dtype)).to(h.dtype)
     dw = (dz.T @ h.to(dz.dtype)).to(weight.dtype)
     db = dz.sum(0).to(bias.dtype) if bias is not None else None
