@@ -11,5 +11,6 @@ from . import ops  # noqa: F401  (registers the torch.library ops)
 from ._version import __version__
 from .ops.entropy import entropy
 from .ops.linear_cross_entropy import linear_cross_entropy
+from .ops.linear_logprob_entropy import linear_logprob_entropy
 
-__all__ = ["__version__", "entropy", "linear_cross_entropy"]
+__all__ = ["__version__", "entropy", "linear_cross_entropy", "linear_logprob_entropy"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Sequence, Union
+from typing import Sequence
 
 import torch
 
@@ -60,4 +60,43 @@ def broadcast_rows(name: str, t: torch.Tensor, lead_shape: torch.Size) -> torch.
     return expanded.reshape(-1).to(torch.float32).contiguous()
 
 
-Number = Union[int, float]
+def check_linear_head(hidden: object, weight: object, targets: object, bias: object, targets_name: str = "targets") -> None:
+    """Shapes, dtypes and devices of ``hidden [..., D]``, ``weight [V, D]``, ``targets [...]``,
+    ``bias [V]`` (optional), as the linear-softmax ops take them."""
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        check_tensor(name, t)
+        check_float_dtype(name, t)
+    check_tensor(targets_name, targets)
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{targets_name} must be int64 or int32 class indices, got {targets.dtype}")
+    check_min_dim("hidden", hidden, 1, "(the last one is the hidden size D)")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be [V, D], got shape {tuple(weight.shape)}")
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"hidden's last dim ({hidden.shape[-1]}) must equal weight's D ({weight.shape[1]})")
+    if weight.shape[0] == 0:
+        raise ValueError("weight must have at least one vocabulary row")
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype")
+    if tuple(targets.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(f"{targets_name} shape {tuple(targets.shape)} must equal hidden's leading shape {tuple(hidden.shape[:-1])}")
+    check_same_device("weight", weight, "hidden", hidden)
+    check_same_device(targets_name, targets, "hidden", hidden)
+    if bias is not None:
+        check_tensor("bias", bias)
+        check_same_device("bias", bias, "hidden", hidden)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got shape {tuple(bias.shape)}")
+        if bias.dtype != weight.dtype:
+            raise TypeError(f"bias ({bias.dtype}) must have weight's dtype ({weight.dtype})")
+
+
+def check_class_indices(name: str, targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """Eager CPU only: out-of-range class ids raise. On CUDA this would be a host sync and under
+    torch.compile a graph break, so the ops give such tokens a nan result instead."""
+    if targets.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+    if bool(bad.any()):
+        first = targets[bad][0].item()
+        raise ValueError(f"{name} must be in [0, {vocab}) or ignore_index={ignore_index}, found {first}")

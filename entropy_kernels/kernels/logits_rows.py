@@ -69,11 +69,12 @@ def _rows_stats_kernel(
 
 @triton.jit
 def _rows_grad_kernel(
-    x_ptr, stride_row, y_ptr, stats_ptr, coef_ptr, V, softcap, inv_temp,
+    x_ptr, stride_row, out_ptr, out_stride_row, y_ptr, stats_ptr, coef_ptr, V, softcap, inv_temp,
     SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_row
+    out_row = out_ptr + row.to(tl.int64) * out_stride_row
     y = tl.load(y_ptr + row)
     lse = tl.load(stats_ptr + row.to(tl.int64) * 4)
     coef = coef_ptr + row.to(tl.int64) * 4
@@ -91,7 +92,7 @@ def _rows_grad_kernel(
         if SOFTCAP:
             t = capped / softcap
             dz = dz * (1.0 - t * t)
-        tl.store(x_row + cols, dz.to(x_ptr.dtype.element_ty), mask=ok)
+        tl.store(out_row + cols, dz.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def _block(logits: torch.Tensor, block: Optional[int]):
@@ -122,19 +123,21 @@ def rows_stats(
 
 def rows_grad_(
     logits: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, coeffs: torch.Tensor,
-    softcap: float, inv_temperature: float, *, block: Optional[int] = None,
+    softcap: float, inv_temperature: float, *, out: Optional[torch.Tensor] = None, block: Optional[int] = None,
 ) -> torch.Tensor:
-    """Overwrite ``logits [C, V]`` (raw) with d/d raw of ``Σ coeff-weighted stats``; return it.
+    """Write d/d raw logits of ``Σ coeff-weighted stats`` into ``out`` (default: over ``logits``,
+    in place) for raw ``logits [C, V]``; return it.
 
     Example
     -------
     >>> dz = rows_grad_(logits, y, stats, coeffs, 0.0, 1.0)  # doctest: +SKIP
     """
     c, v = logits.shape
+    out = logits if out is None else out
     if c:
         block, warps = _block(logits, block)
         wrap_triton(_rows_grad_kernel)[(c,)](
-            logits, logits.stride(0), targets, stats, coeffs, v, softcap, inv_temperature,
+            logits, logits.stride(0), out, out.stride(0), targets, stats, coeffs, v, softcap, inv_temperature,
             SOFTCAP=softcap > 0, BLOCK=block, num_warps=warps,
         )
-    return logits
+    return out

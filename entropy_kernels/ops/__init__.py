@@ -13,7 +13,9 @@ Every module follows the pattern of :mod:`entropy_kernels.ops.entropy` -- read t
 
 from . import entropy  # noqa: F401  (registers entropy_kernels::entropy_fwd / entropy_bwd)
 from . import linear_softmax  # noqa: F401  (entropy_kernels::linear_softmax_stats / _backward)
+from . import linear_softmax_stored  # noqa: F401  (entropy_kernels::linear_softmax_stats_stored)
 from . import linear_cross_entropy  # noqa: F401  (entropy_kernels::linear_cross_entropy_chunked)
+from . import linear_logprob_entropy  # noqa: F401  (built on the ops above)
 
 # public function -> the torch.library ops behind it (for `entropy-kernels info` and the docs)
 OPS = {
@@ -22,5 +24,9 @@ OPS = {
         "entropy_kernels::linear_softmax_stats",
         "entropy_kernels::linear_softmax_backward",
         "entropy_kernels::linear_cross_entropy_chunked",
+    ),
+    "linear_logprob_entropy": (
+        "entropy_kernels::linear_softmax_stats",
+        "entropy_kernels::linear_softmax_stats_stored",
     ),
 }

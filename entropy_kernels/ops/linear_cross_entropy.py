@@ -127,32 +127,7 @@ linear_cross_entropy_chunked.register_autograd(_chunked_backward, setup_context=
 # ------------------------------------------------------------------------------ public API ---
 
 def _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, shift, impl, filter_eps, chunk_size):
-    for name, t in (("hidden", hidden), ("weight", weight)):
-        _validation.check_tensor(name, t)
-        _validation.check_float_dtype(name, t)
-    _validation.check_tensor("targets", targets)
-    if targets.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"targets must be int64 or int32 class indices, got {targets.dtype}")
-    _validation.check_min_dim("hidden", hidden, 1, "(the last one is the hidden size D)")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be [V, D], got shape {tuple(weight.shape)}")
-    if weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"hidden's last dim ({hidden.shape[-1]}) must equal weight's D ({weight.shape[1]})")
-    if weight.shape[0] == 0:
-        raise ValueError("weight must have at least one vocabulary row")
-    if hidden.dtype != weight.dtype:
-        raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype")
-    if tuple(targets.shape) != tuple(hidden.shape[:-1]):
-        raise ValueError(f"targets shape {tuple(targets.shape)} must equal hidden's leading shape {tuple(hidden.shape[:-1])}")
-    _validation.check_same_device("weight", weight, "hidden", hidden)
-    _validation.check_same_device("targets", targets, "hidden", hidden)
-    if bias is not None:
-        _validation.check_tensor("bias", bias)
-        _validation.check_same_device("bias", bias, "hidden", hidden)
-        if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got shape {tuple(bias.shape)}")
-        if bias.dtype != weight.dtype:
-            raise TypeError(f"bias ({bias.dtype}) must have weight's dtype ({weight.dtype})")
+    _validation.check_linear_head(hidden, weight, targets, bias)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if impl not in IMPLS:
@@ -169,13 +144,7 @@ def _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoo
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if shift and hidden.dim() < 2:
         raise ValueError("shift=True needs hidden [..., T, D] with a time dimension")
-    if targets.device.type == "cpu" and not torch.compiler.is_compiling():
-        # Eager CPU only: on CUDA this would be a host sync and under torch.compile a graph
-        # break, so there an out-of-range target gives a nan loss for that token instead.
-        bad = (targets != ignore_index) & ((targets < 0) | (targets >= weight.shape[0]))
-        if bool(bad.any()):
-            first = targets[bad][0].item()
-            raise ValueError(f"targets must be in [0, {weight.shape[0]}) or ignore_index={ignore_index}, found {first}")
+    _validation.check_class_indices("targets", targets, weight.shape[0], ignore_index)
 
 
 def _shift_targets(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:

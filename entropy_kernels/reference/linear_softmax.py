@@ -57,7 +57,9 @@ def rows_stats_reference(logits: torch.Tensor, targets: torch.Tensor, softcap: f
     vocab = z.shape[-1]
     lse = torch.logsumexp(z, dim=-1)
     p = torch.exp(z - lse.unsqueeze(-1))
-    pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # masked (-inf) logits: 0, not 0·inf
+    # masked (-inf) logits contribute 0, not 0·inf; z is replaced before the product so that
+    # autograd through this reference does not produce nan either
+    pz = p * torch.where(torch.isneginf(z), torch.zeros_like(z), z)
     in_range = (targets >= 0) & (targets < vocab)
     z_y = z.gather(-1, targets.clamp(0, vocab - 1).unsqueeze(-1)).squeeze(-1)
     z_y = torch.where(in_range, z_y, torch.zeros_like(z_y))

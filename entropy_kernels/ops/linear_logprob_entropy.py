@@ -1,0 +1,121 @@
+"""Per-token log-probs and entropy from hidden states and the LM head, for RL fine-tuning
+(PPO/GRPO: log π(y_t) of the sampled token and the policy entropy H_t), without ``[N, V]``
+logits. Built on the linear-softmax statistics:
+
+    logprob = z_y - lse,     entropy = H,     z = (h Wᵀ + b) / T
+
+with gradients of both outputs flowing through the stats op's closed-form backward
+(``∂/∂z = g_lp·(onehot − p) − g_H·p·(z − E_p z)``, times 1/T).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _backend, _validation
+from ..reference.linear_softmax import raw_logits, rows_stats_reference
+from .linear_softmax import linear_softmax_stats
+from .linear_softmax_stored import linear_softmax_stats_stored
+
+IMPLS = ("auto", "fused", "stored", "reference")
+
+
+def _reference_stats(h, weight, bias, labels, inv_temperature):
+    """Plain torch autograd through full fp32 logits (the ``reference`` impl)."""
+    return rows_stats_reference(raw_logits(h, weight, bias), labels, 0.0, inv_temperature)
+
+
+def linear_logprob_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: Optional[torch.Tensor] = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    return_entropy: bool = True,
+    impl: str = "auto",
+    logits_budget: int = 0,
+    filter_eps: Optional[float] = None,
+    accum_fp32: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Log-prob of ``labels`` and entropy of ``softmax((hidden @ weight.T + bias) / temperature)``.
+
+    Parameters
+    ----------
+    hidden : Tensor ``[..., D]`` (fp32, bf16, fp16)
+    weight : Tensor ``[V, D]``, same dtype. Vocabulary entries can be masked with a ``-inf``
+        ``bias`` entry (e.g. padded vocabulary rows): they get probability 0 and no gradient.
+    labels : Tensor ``[...]`` int64/int32; ``ignore_index`` positions give 0 and no gradient.
+        In eager CPU mode out-of-range labels raise ``ValueError``; on CUDA / under compile they
+        give ``nan`` log-probs (checking would synchronise).
+    temperature : float > 0
+    return_entropy : bool
+        If False the entropy is not returned (``None``); it costs almost nothing to compute.
+    impl : "auto" | "fused" | "stored" | "reference"
+        ``fused``: logits never stored, recomputed tile by tile in the backward (O(N) memory).
+        ``stored``: the logits (input dtype) are kept for a 3-GEMM backward — faster, N·V
+        memory. ``auto``: ``stored`` when ``N·V·itemsize <= logits_budget`` bytes, else ``fused``;
+        ``reference`` on CPU (no kernels there).
+    logits_budget : int
+        Bytes of logits ``auto`` may keep (default 0: never).
+    filter_eps : float, optional
+        Backward tile skipping of the fused impl (off by default: entropy gradients are dense).
+    accum_fp32 : bool
+        Fused backward accumulates dh/dW in fp32 buffers.
+
+    Returns
+    -------
+    ``(logprobs, entropy)``: fp32 ``[...]`` each (``entropy`` None if not requested), both
+    differentiable w.r.t. hidden, weight and bias.
+
+    Example
+    -------
+    >>> import torch, entropy_kernels as ek
+    >>> h, w = torch.randn(2, 5, 16), torch.randn(100, 16)
+    >>> y = torch.randint(0, 100, (2, 5))
+    >>> lp, ent = ek.linear_logprob_entropy(h, w, y, temperature=0.7)
+    >>> ref = torch.log_softmax((h @ w.T) / 0.7, -1)
+    >>> torch.allclose(lp, ref.gather(-1, y[..., None])[..., 0], atol=1e-5)
+    True
+    >>> torch.allclose(ent, -(ref.exp() * ref).sum(-1), atol=1e-4)
+    True
+    """
+    _validation.check_linear_head(hidden, weight, labels, bias, targets_name="labels")
+    inv_t = 1.0 / _validation.check_positive_scalar("temperature", temperature)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if filter_eps is not None and (isinstance(filter_eps, bool) or not float(filter_eps) >= 0.0):
+        raise ValueError(f"filter_eps must be None or a float >= 0, got {filter_eps!r}")
+    _validation.check_class_indices("labels", labels, weight.shape[0], ignore_index)
+
+    lead_shape = hidden.shape[:-1]
+    h = hidden.reshape(-1, hidden.shape[-1])
+    h = h if h.stride(-1) == 1 else h.contiguous()
+    w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    y = labels.reshape(-1).contiguous()
+    if impl == "auto":
+        if not _backend.use_triton(h):
+            impl = "reference"
+        elif h.shape[0] * w.shape[0] * h.element_size() <= logits_budget:
+            impl = "stored"
+        else:
+            impl = "fused"
+    if impl == "fused":
+        stats = linear_softmax_stats(h, w, bias, y, 0.0, inv_t, float(filter_eps or 0.0), accum_fp32)
+    elif impl == "stored":
+        stats, _ = linear_softmax_stats_stored(h, w, bias, y, 0.0, inv_t)
+    else:
+        stats = _reference_stats(h, w, bias, y, inv_t)
+
+    ignored = y == ignore_index
+    out_of_range = ~ignored & ((y < 0) | (y >= w.shape[0]))
+    zeros = torch.zeros_like(stats[:, 0])
+    logprobs = torch.where(ignored, zeros, stats[:, 3] - stats[:, 0])
+    logprobs = torch.where(out_of_range, torch.full_like(logprobs, float("nan")), logprobs).reshape(lead_shape)
+    if not return_entropy:
+        return logprobs, None
+    entropy = torch.where(ignored, zeros, stats[:, 1]).reshape(lead_shape)
+    return logprobs, entropy
