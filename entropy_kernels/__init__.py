@@ -10,7 +10,8 @@ tensor([1.3863])
 from . import ops  # noqa: F401  (registers the torch.library ops)
 from ._version import __version__
 from .ops.entropy import entropy
+from .ops.high_entropy_mask import high_entropy_mask
 from .ops.linear_cross_entropy import linear_cross_entropy
 from .ops.linear_logprob_entropy import linear_logprob_entropy
 
-__all__ = ["__version__", "entropy", "linear_cross_entropy", "linear_logprob_entropy"]
+__all__ = ["__version__", "entropy", "high_entropy_mask", "linear_cross_entropy", "linear_logprob_entropy"]

@@ -44,9 +44,9 @@ def linear_softmax_stats_stored(
     if _backend.use_triton(h):
         logits = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
         return _rows.rows_stats(logits, targets, softcap, inv_temperature), logits
-    logits = raw_logits(h, weight, bias)
+    logits = raw_logits(h, weight, bias).to(h.dtype)  # kept in the input dtype, as on the GPU
     stats = rows_stats_reference(logits, targets, softcap, inv_temperature)
-    return stats.to(torch.float64 if h.dtype == torch.float64 else torch.float32), logits.to(h.dtype)
+    return stats.to(torch.float64 if h.dtype == torch.float64 else torch.float32), logits
 
 
 @triton_op("entropy_kernels::linear_softmax_stored_backward", mutates_args=())

@@ -55,15 +55,20 @@ def rows_stats_reference(logits: torch.Tensor, targets: torch.Tensor, softcap: f
     """
     z, _ = _scaled(logits.to(_acc(logits.dtype)), softcap, inv_temperature)
     vocab = z.shape[-1]
-    lse = torch.logsumexp(z, dim=-1)
-    p = torch.exp(z - lse.unsqueeze(-1))
-    # masked (-inf) logits contribute 0, not 0·inf; z is replaced before the product so that
+    # Work relative to the row max: H = lse - E_p[z] cancels badly when |z| is large (-100 ± 3).
+    m = z.detach().amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)  # an all-masked row stays -inf
+    zs = z - m
+    lse_s = torch.logsumexp(zs, dim=-1)
+    p = torch.exp(zs - lse_s.unsqueeze(-1))
+    # masked (-inf) logits contribute 0, not 0·inf; zs is replaced before the product so that
     # autograd through this reference does not produce nan either
-    pz = p * torch.where(torch.isneginf(z), torch.zeros_like(z), z)
+    pz = p * torch.where(torch.isneginf(zs), torch.zeros_like(zs), zs)
     in_range = (targets >= 0) & (targets < vocab)
     z_y = z.gather(-1, targets.clamp(0, vocab - 1).unsqueeze(-1)).squeeze(-1)
     z_y = torch.where(in_range, z_y, torch.zeros_like(z_y))
-    return torch.stack([lse, lse - pz.sum(-1), z.sum(-1), z_y], dim=-1)
+    lse = lse_s + m.squeeze(-1)
+    return torch.stack([lse, lse_s - pz.sum(-1), z.sum(-1), z_y], dim=-1)
 
 
 def rows_grad_reference(

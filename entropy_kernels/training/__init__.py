@@ -8,7 +8,17 @@ LinearCrossEntropyLoss(ignore_index=-100, reduction='mean', label_smoothing=0.0,
 """
 
 from .losses import LinearCrossEntropyLoss
+from .rl import LOSS_AGG_MODES, aggregate_loss, entropy_bonus, response_logprobs_and_entropy
 from .transformers_patch import SUPPORTED as SUPPORTED_CAUSAL_LMS
 from .transformers_patch import patch_causal_lm, unpatch_causal_lm
 
-__all__ = ["LinearCrossEntropyLoss", "patch_causal_lm", "unpatch_causal_lm", "SUPPORTED_CAUSAL_LMS"]
+__all__ = [
+    "LinearCrossEntropyLoss",
+    "patch_causal_lm",
+    "unpatch_causal_lm",
+    "SUPPORTED_CAUSAL_LMS",
+    "response_logprobs_and_entropy",
+    "aggregate_loss",
+    "entropy_bonus",
+    "LOSS_AGG_MODES",
+]

@@ -1,0 +1,94 @@
+"""RL fine-tuning helpers in the shapes verl/TRL-style trainers use: per-token log-probs and
+entropies of the response tokens straight from the final hidden states, loss aggregation
+(``loss_agg_mode``) and the entropy bonus."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ..ops.linear_logprob_entropy import linear_logprob_entropy
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+
+
+def response_logprobs_and_entropy(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    input_ids: torch.Tensor,
+    response_length: int,
+    *,
+    bias: Optional[torch.Tensor] = None,
+    temperature: float = 1.0,
+    return_entropy: bool = True,
+    **op_options,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Log-probs and entropies ``[B, response_length]`` of the response tokens of ``input_ids``.
+
+    ``hidden [B, T, D]`` are the final hidden states of ``input_ids [B, T]`` (prompt + response,
+    response last); the token at position ``t`` is predicted from ``hidden[:, t-1]``, so the
+    response ``input_ids[:, -R:]`` is scored by ``hidden[:, -R-1:-1]`` — verl's
+    ``logits[:, -response_length - 1 : -1]`` without the logits. Extra keyword arguments go to
+    :func:`entropy_kernels.linear_logprob_entropy` (``impl``, ``logits_budget``, ...).
+
+    Example
+    -------
+    >>> import torch
+    >>> from entropy_kernels.training import response_logprobs_and_entropy
+    >>> h, w = torch.randn(2, 10, 16), torch.randn(50, 16)
+    >>> ids = torch.randint(0, 50, (2, 10))
+    >>> lp, ent = response_logprobs_and_entropy(h, w, ids, response_length=4, temperature=0.8)
+    >>> lp.shape, ent.shape
+    (torch.Size([2, 4]), torch.Size([2, 4]))
+    """
+    if hidden.dim() != 3 or input_ids.dim() != 2 or hidden.shape[:2] != input_ids.shape:
+        raise ValueError(f"hidden must be [B, T, D] and input_ids [B, T]; got {tuple(hidden.shape)} and {tuple(input_ids.shape)}")
+    if not isinstance(response_length, int) or not 0 < response_length < hidden.shape[1]:
+        raise ValueError(f"response_length must be an int in [1, T-1] = [1, {hidden.shape[1] - 1}], got {response_length!r}")
+    r = response_length
+    return linear_logprob_entropy(
+        hidden[:, -r - 1 : -1, :], lm_head_weight, input_ids[:, -r:], bias=bias, temperature=temperature,
+        return_entropy=return_entropy, **op_options,
+    )
+
+
+def aggregate_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str = "token-mean") -> torch.Tensor:
+    """Reduce a ``[B, T]`` per-token loss to a scalar, verl's ``loss_agg_mode`` semantics.
+
+    - ``token-mean``: Σ loss·mask / Σ mask over the whole batch;
+    - ``seq-mean-token-sum``: mean over sequences of each sequence's Σ loss·mask;
+    - ``seq-mean-token-mean``: mean over sequences of each sequence's masked mean (a sequence
+      without valid tokens contributes 0 instead of nan).
+
+    Example
+    -------
+    >>> loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    >>> [round(aggregate_loss(loss, mask, m).item(), 3) for m in LOSS_AGG_MODES]
+    [2.333, 3.5, 2.75]
+    """
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
+    if loss_mat.shape != loss_mask.shape or loss_mat.dim() != 2:
+        raise ValueError(f"loss_mat and loss_mask must both be [B, T]; got {tuple(loss_mat.shape)} and {tuple(loss_mask.shape)}")
+    mask = loss_mask.to(loss_mat.dtype)
+    masked = loss_mat * mask
+    if loss_agg_mode == "token-mean":
+        return masked.sum() / mask.sum()
+    seq_sum = masked.sum(-1)
+    if loss_agg_mode == "seq-mean-token-sum":
+        return seq_sum.mean()
+    return (seq_sum / mask.sum(-1).clamp_min(1)).mean()
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, loss_agg_mode: str = "token-mean") -> torch.Tensor:
+    """The entropy term to add to a policy loss: ``-coef · aggregate(entropy)`` (maximises entropy).
+
+    Example
+    -------
+    >>> ent = torch.tensor([[1.0, 3.0]])
+    >>> entropy_bonus(ent, torch.ones(1, 2), coef=0.01)
+    tensor(-0.0200)
+    """
+    return -coef * aggregate_loss(entropy, mask, loss_agg_mode)
