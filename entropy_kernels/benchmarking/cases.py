@@ -48,9 +48,16 @@ def _linear_cross_entropy_cases(size: str, device: torch.device) -> List[Case]:
     return linear_cross_entropy_cases(size, device)
 
 
+def _linear_logprob_entropy_cases(size: str, device: torch.device) -> List[Case]:
+    from .linear_logprob_entropy import linear_logprob_entropy_cases
+
+    return linear_logprob_entropy_cases(size, device)
+
+
 CASES: Dict[str, Callable[[str, torch.device], List[Case]]] = {
     "entropy": _entropy_cases,
     "linear_cross_entropy": _linear_cross_entropy_cases,
+    "linear_logprob_entropy": _linear_logprob_entropy_cases,
 }
 
 

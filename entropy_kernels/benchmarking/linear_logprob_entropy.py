@@ -1,0 +1,111 @@
+"""Benchmark cases for :func:`entropy_kernels.linear_logprob_entropy` (ANCHORS.md: bf16,
+N=8192, D=4096, V=151936; forward, and forward + backward with gradients of both outputs) and
+for :func:`entropy_kernels.high_entropy_mask` (1M tokens).
+
+Baselines: the verl-style torch code (fp32 logits, log-softmax, gather, entropy) eager and
+under ``torch.compile``; floors: the GEMMs alone (1 forward; 4 for fwd+bwd with recomputed
+logits, 3 when logits are stored). The mask's baseline is the usual torch code, a quantile over
+the valid tokens (boolean indexing: a host synchronisation).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import List
+
+import torch
+
+from ..ops.high_entropy_mask import high_entropy_mask
+from ..ops.linear_logprob_entropy import linear_logprob_entropy
+from .cases import Case, Provider
+from .linear_cross_entropy import _gemm_floor
+
+FULL = [(8192, 4096, 151936)]
+QUICK = {"cpu": [(256, 64, 2048)], "cuda": [(2048, 1024, 32000)]}
+
+
+def torch_logprob_entropy(h, w, y, temperature: float = 1.0):
+    """verl-style: fp32 logits, log_softmax, gather the label, entropy from the same logits."""
+    logits = (h @ w.T).float() / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    lp = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    ent = torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+    return lp, ent
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    return torch.compile(torch_logprob_entropy)
+
+
+def _inputs(case: Case, grad: bool):
+    n, d, v = case.shape["N"], case.shape["D"], case.shape["V"]
+    h = torch.randn(n, d, device=case.device).to(case.dtype).requires_grad_(grad)
+    w = (torch.randn(v, d, device=case.device) / d**0.5).to(case.dtype).requires_grad_(grad)
+    return h, w, torch.randint(0, v, (n,), device=case.device)
+
+
+def _provider(name, kind, make_fn) -> Provider:
+    def setup(case: Case):
+        fn = make_fn()
+        if case.mode == "fwd":
+            h, w, y = _inputs(case, False)
+            return (lambda: fn(h, w, y)), []
+        h, w, y = _inputs(case, True)
+        g1 = torch.randn(case.shape["N"], device=case.device)
+        g2 = torch.randn(case.shape["N"], device=case.device)
+
+        def run():
+            lp, ent = fn(h, w, y)
+            torch.autograd.backward([lp, ent], [g1, g2])
+
+        return run, [h, w]
+
+    return Provider(name, kind, setup)
+
+
+def _mask_provider(name, kind, fn) -> Provider:
+    def setup(case: Case):
+        n = case.shape["tokens"]
+        ent = torch.rand(n, device=case.device) * 4
+        mask = torch.rand(n, device=case.device) < 0.8
+        return (lambda: fn(ent, mask)), []
+
+    return Provider(name, kind, setup)
+
+
+def _quantile_mask(entropy, mask, top_fraction=0.2):
+    threshold = torch.quantile(entropy[mask].float(), 1 - top_fraction)  # boolean index: host sync
+    return mask & (entropy >= threshold)
+
+
+def linear_logprob_entropy_cases(size: str, device: torch.device) -> List[Case]:
+    if size == "full":
+        shapes, dtype = FULL, torch.bfloat16
+    else:
+        shapes = QUICK["cuda" if device.type == "cuda" else "cpu"]
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cases = []
+    for n, d, v in shapes:
+        for mode in ("fwd", "fwd+bwd"):
+            case = Case("linear_logprob_entropy", mode, {"N": n, "D": d, "V": v}, dtype, device)
+            case.providers = [
+                _provider("entropy_kernels fused", "ours", lambda: functools.partial(linear_logprob_entropy, impl="fused")),
+                _provider("entropy_kernels stored", "ours", lambda: functools.partial(linear_logprob_entropy, impl="stored")),
+                _provider("torch", "baseline", lambda: torch_logprob_entropy),
+                _provider("torch.compile", "baseline", _compiled),
+            ]
+            if mode == "fwd":
+                case.providers.append(Provider("floor: 1 GEMM", "floor", _gemm_floor(1)))
+            else:
+                case.providers += [Provider("floor: 3 GEMMs", "floor", _gemm_floor(3)),
+                                   Provider("floor: 4 GEMMs", "floor", _gemm_floor(4))]
+            cases.append(case)
+    tokens = 1 << 20 if size == "full" or device.type == "cuda" else 1 << 16
+    mask_case = Case("high_entropy_mask", "fwd", {"tokens": tokens}, torch.float32, device)
+    mask_case.providers = [
+        _mask_provider("entropy_kernels", "ours", high_entropy_mask),
+        _mask_provider("torch quantile", "baseline", _quantile_mask),
+    ]
+    cases.append(mask_case)
+    return cases

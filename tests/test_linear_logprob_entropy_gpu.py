@@ -1,0 +1,68 @@
+"""CUDA-only checks of linear_logprob_entropy: bf16 at real tile counts, memory of the fused
+(no [N, V] buffer) and stored (exactly one bf16 copy of the logits) modes."""
+
+import pytest
+import torch
+
+import entropy_kernels as ek
+from test_linear_logprob_entropy import oracle, rel
+
+pytestmark = pytest.mark.gpu
+
+
+def _inputs(n, d, v, dtype=torch.bfloat16):
+    h = torch.randn(n, d, device="cuda").to(dtype).requires_grad_()
+    w = (torch.randn(v, d, device="cuda") / d**0.5 * 3).to(dtype).requires_grad_()
+    y = torch.randint(0, v, (n,), device="cuda")
+    y[::7] = -100
+    return h, w, y
+
+
+@pytest.mark.parametrize("impl", ["fused", "stored"])
+@pytest.mark.parametrize("n, d, v", [(1024, 512, 32000), (333, 520, 32003)])
+def test_bf16_matches_float64(impl, n, d, v):
+    h, w, y = _inputs(n, d, v)
+    lp, ent = ek.linear_logprob_entropy(h, w, y, temperature=0.9, impl=impl)
+    g1, g2 = torch.randn_like(lp), torch.randn_like(ent)
+    torch.autograd.backward([lp, ent], [g1, g2])
+    hr, wr = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    lp_r, ent_r = oracle(hr, wr, y, temperature=0.9, logits_dtype=torch.bfloat16 if impl == "stored" else None)
+    torch.autograd.backward([lp_r, ent_r], [g1.double(), g2.double()])
+    assert rel(lp, lp_r) <= 1e-2 and rel(ent, ent_r) <= 1e-2
+    assert rel(h.grad, hr.grad) <= 2e-2 and rel(w.grad, wr.grad) <= 2e-2
+
+
+def _peak_extra(fn):
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def _step(h, w, y, impl):
+    lp, ent = ek.linear_logprob_entropy(h, w, y, impl=impl)
+    (lp.sum() + 0.01 * ent.sum()).backward()
+
+
+def test_fused_memory_has_no_logits():
+    n, d, v = 4096, 1024, 65536
+    h, w, y = _inputs(n, d, v)
+    _step(h, w, y, "fused")
+    h.grad = w.grad = None
+    peak = _peak_extra(lambda: _step(h, w, y, "fused"))
+    grads = (n * d + v * d) * 2
+    assert peak - grads <= 32 * 2**20, f"{(peak - grads) / 2**20:.1f} MiB beyond the gradients"
+
+
+def test_stored_memory_is_one_copy_of_the_logits():
+    n, d, v = 4096, 1024, 65536
+    h, w, y = _inputs(n, d, v)
+    _step(h, w, y, "stored")
+    h.grad = w.grad = None
+    peak = _peak_extra(lambda: _step(h, w, y, "stored"))
+    grads = (n * d + v * d) * 2
+    logits = n * v * 2
+    assert peak <= grads + logits + 300 * 2**20  # + one backward chunk (256 MiB) and slack
+    assert peak < grads + 2 * logits
