@@ -13,5 +13,7 @@ from .ops.entropy import entropy
 from .ops.high_entropy_mask import high_entropy_mask
 from .ops.linear_cross_entropy import linear_cross_entropy
 from .ops.linear_logprob_entropy import linear_logprob_entropy
+from .ops.top_h import top_h_mask, top_h_sample
 
-__all__ = ["__version__", "entropy", "high_entropy_mask", "linear_cross_entropy", "linear_logprob_entropy"]
+__all__ = ["__version__", "entropy", "high_entropy_mask", "linear_cross_entropy", "linear_logprob_entropy",
+           "top_h_mask", "top_h_sample"]

@@ -16,6 +16,7 @@ from . import linear_softmax  # noqa: F401  (entropy_kernels::linear_softmax_sta
 from . import linear_softmax_stored  # noqa: F401  (entropy_kernels::linear_softmax_stats_stored)
 from . import linear_cross_entropy  # noqa: F401  (entropy_kernels::linear_cross_entropy_chunked)
 from . import linear_logprob_entropy  # noqa: F401  (built on the ops above)
+from . import top_h  # noqa: F401  (entropy_kernels::top_h)
 
 # public function -> the torch.library ops behind it (for `entropy-kernels info` and the docs)
 OPS = {
@@ -25,6 +26,7 @@ OPS = {
         "entropy_kernels::linear_softmax_backward",
         "entropy_kernels::linear_cross_entropy_chunked",
     ),
+    "top_h_mask / top_h_sample": ("entropy_kernels::top_h",),
     "linear_logprob_entropy": (
         "entropy_kernels::linear_softmax_stats",
         "entropy_kernels::linear_softmax_stats_stored",

@@ -1,0 +1,176 @@
+"""Top-H selection and sampling: ``entropy_kernels::top_h`` and the public :func:`top_h_mask`
+and :func:`top_h_sample`. Semantics of both rules: :mod:`entropy_kernels.reference.top_h`."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch.library import triton_op
+
+from .. import _backend, _validation
+from ..reference.top_h import MODES, top_h_mask_reference
+
+if _backend.triton_available():
+    from ..kernels import top_h as _kernels
+else:  # pragma: no cover
+    _kernels = None
+
+
+def _to_signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN, _MIX1, _MIX2 = (_to_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _uniform_reference(seed: torch.Tensor, offset: torch.Tensor, b: int, v: int, device) -> torch.Tensor:
+    """Counter-based uniforms in (0, 1) from (seed, row, offset + token) via splitmix64, in plain
+    torch int64 (no host sync, traceable). The CUDA kernel uses Triton's Philox instead, so CPU
+    and CUDA draw different (equally distributed) samples for the same seed."""
+    rows = torch.arange(b, device=device, dtype=torch.int64).unsqueeze(1)
+    cols = torch.arange(v, device=device, dtype=torch.int64).unsqueeze(0)
+    x = (seed.reshape(()) + rows) * _GOLDEN + (offset.reshape(()) + cols) * _MIX1
+    for shift, mul in ((30, _MIX1), (27, _MIX2)):
+        x = (x ^ ((x >> shift) & ((1 << (64 - shift)) - 1))) * mul
+    x = x ^ ((x >> 31) & ((1 << 33) - 1))
+    return (((x >> 11) & ((1 << 53) - 1)).double() + 0.5) / float(1 << 53)
+
+
+@triton_op("entropy_kernels::top_h", mutates_args=())
+def top_h_op(
+    logits: torch.Tensor,
+    alpha: torch.Tensor,
+    temperature: float,
+    exact: bool,
+    top_n: int,
+    write_mask: bool,
+    seed: Optional[torch.Tensor],
+    offset: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(mask [B, V] bool or [0, 0], samples [B] int64 or [0])``. Internal: use the public API."""
+    if _backend.use_triton(logits):
+        return _kernels.top_h(logits, alpha, temperature, exact, top_n, write_mask, seed, offset)
+    b, v = logits.shape
+    keep = top_h_mask_reference(logits, alpha, temperature, "exact" if exact else "transformers", top_n)
+    samples = torch.empty((0,), dtype=torch.int64, device=logits.device)
+    if seed is not None:
+        z = logits.float() / temperature
+        gumbel = -torch.log(-torch.log(_uniform_reference(seed, offset, b, v, logits.device)))
+        score = torch.where(keep, z.double() + gumbel, torch.full_like(gumbel, float("-inf")))
+        samples = score.argmax(dim=-1)
+    mask = keep if write_mask else torch.zeros((0, 0), dtype=torch.bool, device=logits.device)
+    return mask, samples
+
+
+def _prepare(logits, alpha, temperature, mode, top_n):
+    _validation.check_tensor("logits", logits)
+    _validation.check_float_dtype("logits", logits, (torch.float16, torch.bfloat16, torch.float32))
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [batch, vocab] (2-D), got shape {tuple(logits.shape)}")
+    if logits.shape[1] == 0:
+        raise ValueError("logits must have a non-empty vocabulary dimension")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+        raise ValueError(f"top_n must be a positive int, got {top_n!r}")
+    temperature = _validation.check_positive_scalar("temperature", temperature)
+    b = logits.shape[0]
+    if isinstance(alpha, torch.Tensor):
+        _validation.check_float_dtype("alpha", alpha)
+        _validation.check_same_device("alpha", alpha, "logits", logits)
+        if alpha.numel() not in (1, b) or alpha.dim() > 1:
+            raise ValueError(f"alpha must be a float, a scalar tensor or a [batch] = [{b}] tensor, got shape {tuple(alpha.shape)}")
+        alpha_t = alpha.reshape(-1).expand(b).to(torch.float32).contiguous()
+    else:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        alpha_t = torch.full((b,), float(alpha), dtype=torch.float32, device=logits.device)
+    x = logits if logits.stride(-1) == 1 else logits.contiguous()
+    return x, alpha_t, temperature
+
+
+def top_h_mask(
+    logits: torch.Tensor,
+    alpha: Union[float, torch.Tensor],
+    *,
+    temperature: float = 1.0,
+    mode: str = "transformers",
+    top_n: int = 100,
+) -> torch.Tensor:
+    """Bool ``[B, V]`` mask of the tokens Top-H keeps, found without sorting the vocabulary.
+
+    Parameters
+    ----------
+    logits : Tensor ``[B, V]``, fp32/bf16/fp16 (computed in fp32). ``-inf`` entries are allowed;
+        NaN counts as ``-inf``.
+    alpha : float in (0, 1], or a per-row tensor ``[B]`` (its values are not checked: that
+        would synchronise with the GPU).
+    temperature : float > 0, divides the logits first (as the temperature warper does in
+        ``generate``).
+    mode : ``"transformers"`` reproduces ``TopHLogitsWarper`` (top ``top_n`` candidates,
+        cumulative ``−q log q ≤ α·H(q)``); ``"exact"`` is the paper's rule over the whole
+        vocabulary (longest prefix with renormalised entropy ``≤ α·H(p)``).
+    top_n : int, candidates of the transformers rule (transformers uses 100).
+
+    Ties between equal logits are broken by the lower vocabulary index.
+
+    Example
+    -------
+    >>> import torch, entropy_kernels as ek
+    >>> logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -2.0]])
+    >>> ek.top_h_mask(logits, 0.4)
+    tensor([[ True,  True, False, False, False]])
+    >>> ek.top_h_mask(logits, 1.0, mode="exact")
+    tensor([[True, True, True, True, True]])
+    """
+    x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)
+    mask, _ = top_h_op(x, alpha_t, temperature, mode == "exact", top_n, True, None, None)
+    return mask
+
+
+def top_h_sample(
+    logits: torch.Tensor,
+    alpha: Union[float, torch.Tensor],
+    *,
+    temperature: float = 1.0,
+    mode: str = "transformers",
+    top_n: int = 100,
+    generator: Optional[torch.Generator] = None,
+    seed: Optional[torch.Tensor] = None,
+    offset: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Token ids ``[B]`` sampled ∝ ``softmax(logits / T)`` over the Top-H kept set, in one pass.
+
+    Sampling is Gumbel-max over the kept tokens (no normalisation pass, no host sync).
+    Randomness comes from, in order of precedence: explicit ``seed`` and ``offset`` (one-element
+    int64 tensors on the logits' device: change ``offset`` between steps; this is the form a
+    CUDA graph can capture and replay), a ``generator`` (one seed drawn from it on the device),
+    or torch's default generator. Identical seeds give identical samples on the same device;
+    the CPU path uses a different counter-based generator than the CUDA kernel.
+
+    Example
+    -------
+    >>> import torch, entropy_kernels as ek
+    >>> logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -2.0]])
+    >>> g = torch.Generator().manual_seed(0)
+    >>> int(ek.top_h_sample(logits, 0.4, generator=g)) in (0, 1)   # only kept tokens come out
+    True
+    """
+    x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)
+    if (seed is None) != (offset is None):
+        raise ValueError("seed and offset must be given together")
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("pass either generator or seed/offset, not both")
+        for name, t in (("seed", seed), ("offset", offset)):
+            _validation.check_tensor(name, t)
+            if t.dtype != torch.int64 or t.numel() != 1:
+                raise ValueError(f"{name} must be a one-element int64 tensor, got {t.dtype} with {t.numel()} elements")
+            _validation.check_same_device(name, t, "logits", logits)
+    else:
+        gen_device = generator.device if generator is not None else x.device
+        seed = torch.randint(0, 2**31 - 1, (1,), device=gen_device, generator=generator).to(x.device)
+        offset = torch.zeros((1,), dtype=torch.int64, device=x.device)
+    _, samples = top_h_op(x, alpha_t, temperature, mode == "exact", top_n, False, seed.reshape(1), offset.reshape(1))
+    return samples
