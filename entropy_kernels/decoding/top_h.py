@@ -26,7 +26,7 @@ class TopHLogitsProcessor(_Base):
     -------
     >>> import torch
     >>> from entropy_kernels.decoding import TopHLogitsProcessor
-    >>> proc = TopHLogitsProcessor(0.4)
+    >>> proc = TopHLogitsProcessor(0.9)
     >>> proc(None, torch.tensor([[5.0, 4.0, 1.0, 0.0]]))
     tensor([[5., 4., -inf, -inf]])
     """

@@ -119,7 +119,7 @@ def top_h_mask(
     -------
     >>> import torch, entropy_kernels as ek
     >>> logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -2.0]])
-    >>> ek.top_h_mask(logits, 0.4)
+    >>> ek.top_h_mask(logits, 0.9)      # τ = 0.9·H(q): the top two tokens fit
     tensor([[ True,  True, False, False, False]])
     >>> ek.top_h_mask(logits, 1.0, mode="exact")
     tensor([[True, True, True, True, True]])
@@ -154,7 +154,7 @@ def top_h_sample(
     >>> import torch, entropy_kernels as ek
     >>> logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -2.0]])
     >>> g = torch.Generator().manual_seed(0)
-    >>> int(ek.top_h_sample(logits, 0.4, generator=g)) in (0, 1)   # only kept tokens come out
+    >>> int(ek.top_h_sample(logits, 0.9, generator=g)) in (0, 1)   # only kept tokens come out
     True
     """
     x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)

@@ -46,7 +46,7 @@ def top_h_mask_reference(
     Example
     -------
     >>> logits = torch.tensor([[4.0, 3.0, 0.0, -1.0]])
-    >>> top_h_mask_reference(logits, torch.tensor([0.4]), mode="exact")
+    >>> top_h_mask_reference(logits, torch.tensor([0.9]), mode="exact")
     tensor([[ True,  True, False, False]])
     """
     z = _scaled(logits, temperature, dtype)
