@@ -161,7 +161,7 @@ def _top_h_kernel(
         p = tl.where(valid, tl.exp(logp), 0.0)
         s_k = tl.cumsum(p, 0)
         t_k = tl.cumsum(tl.where(p > 0, p * logp, 0.0), 0)
-        ok_k = ((tl.log(s_k) - t_k / s_k) <= tau) | (pos == 0)
+        ok_k = (((tl.log(s_k) - t_k / s_k) <= tau) & (z > NEG_INF)) | (pos == 0)
         n_keep = tl.min(tl.where(valid & ~ok_k, pos, n_select), 0)
         keep = pos < n_keep
         overflow = (n_keep == n_select) & (n_select < n_cols)
@@ -202,7 +202,7 @@ def _top_h_kernel(
             cols = start + offs
             ok = cols < n_cols
             zb, u = _keys(x_row, cols, ok, inv_temp)
-            kept = ok & (u >= hi)
+            kept = ok & (u >= hi) & (zb > NEG_INF)
             if WRITE_MASK:
                 tl.store(mask_ptr + row.to(tl.int64) * n_cols + cols, 1, mask=kept)
             if SAMPLE:

@@ -10,6 +10,7 @@
   descending, ``S_k = Σ_{i≤k} p_i``, ``T_k = Σ_{i≤k} p_i log p_i``, the renormalised prefix
   entropy ``H_k = log S_k − T_k / S_k`` increases with ``k``; keep the longest prefix with
   ``H_k ≤ α·H(p)·(1 + 1e-5)`` (at least one token; the slack absorbs fp32 rounding).
+  Tokens with ``-inf`` logits (probability 0, which would not change ``H_k``) are never kept.
 
 Ties between equal logits are broken by the lower vocabulary index. NaN logits count as ``-inf``.
 """
@@ -69,7 +70,7 @@ def top_h_mask_reference(
         entropy = -plogp.sum(-1, keepdim=True)
         s, t = torch.cumsum(p, -1), torch.cumsum(plogp, -1)
         h_k = torch.log(s) - t / s
-        ok = (h_k <= alpha * entropy * (1.0 + EXACT_SLACK)) | (pos == 0)
+        ok = ((h_k <= alpha * entropy * (1.0 + EXACT_SLACK)) & (zs > float("-inf"))) | (pos == 0)
         n_keep = torch.cumprod(ok.to(torch.int64), -1).sum(-1, keepdim=True)  # longest prefix
         keep, idx = pos < n_keep, order
     mask = torch.zeros(b, v, dtype=torch.bool, device=z.device)
