@@ -54,10 +54,17 @@ def _linear_logprob_entropy_cases(size: str, device: torch.device) -> List[Case]
     return linear_logprob_entropy_cases(size, device)
 
 
+def _top_h_cases(size: str, device: torch.device) -> List[Case]:
+    from .top_h import top_h_cases
+
+    return top_h_cases(size, device)
+
+
 CASES: Dict[str, Callable[[str, torch.device], List[Case]]] = {
     "entropy": _entropy_cases,
     "linear_cross_entropy": _linear_cross_entropy_cases,
     "linear_logprob_entropy": _linear_logprob_entropy_cases,
+    "top_h": _top_h_cases,
 }
 
 
