@@ -29,7 +29,8 @@ from torch.library import wrap_triton
 
 from ._rows import row_layout
 
-NEG_INF = float("-inf")
+# Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
+NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit

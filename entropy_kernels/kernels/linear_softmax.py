@@ -24,7 +24,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-NEG_INF = float("-inf")
+# Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
+NEG_INF = tl.constexpr(float("-inf"))
+POS_INF = tl.constexpr(float("inf"))
 N_PARTIALS = 5  # m, s, u, sum_z, z_y
 
 
@@ -168,7 +170,7 @@ def _lsm_bwd_kernel(
     dz = tl.where(row_ok[:, None] & col_ok[None, :] & (z != NEG_INF), dz, 0.0)
     keep = True
     if FILTER:
-        thresh = tl.load(thresh_ptr + rows, mask=row_ok, other=float("inf"))
+        thresh = tl.load(thresh_ptr + rows, mask=row_ok, other=POS_INF)
         keep = tl.max(tl.max(tl.abs(dz) - thresh[:, None], axis=1), axis=0) > 0.0
     if keep:
         dz = dz * inv_temp

@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-NEG_INF = float("-inf")
+# Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
+NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit

@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-NEG_INF = float("-inf")
-TWO_31 = 2147483648
+# Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
+NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit

@@ -1,0 +1,121 @@
+"""Compile every Triton kernel of the package ahead of time for real GPU targets — no GPU
+needed. Triton's wheel carries the NVIDIA backend and ptxas, so a CPU-only machine (CI) can
+lower each kernel to PTX and cubin: this catches what the interpreter cannot (globals that are
+not constexpr, unsupported atomics, type errors in compiled-only code paths, register
+overflows at the launch configurations we use).
+
+    python -m entropy_kernels.kernels.aot_check --arch 80 90
+
+Must run with TRITON_INTERPRET unset or 0 (the kernels must be JIT functions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict, Iterator, List, Tuple
+
+DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def _configs() -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object]]]:
+    """(name, kernel, signature, constexprs) for the launch configurations the ops use."""
+    from . import entropy as E
+    from . import linear_softmax as L
+    from . import logits_rows as R
+    from . import top_h as T
+
+    for dt in ("bf16", "fp32"):
+        for split in (False, True):
+            for row_temp in (False, True):
+                yield (f"entropy_fwd[{dt},split={split},row_temp={row_temp}]", E._entropy_fwd_kernel, {
+                    "x_ptr": f"*{dt}", "row_temp_ptr": "*fp32", "inv_temp": "fp32", "entropy_ptr": "*fp32",
+                    "lse_ptr": "*fp32", "stats_ptr": "*fp32", "part_ptr": "*fp32", "n_cols": "i32", "n_inner": "i32",
+                    "stride_outer": "i64", "stride_inner": "i64", "cols_per_split": "i32", "n_splits": "i32",
+                }, {"HAS_ROW_TEMP": row_temp, "SPLIT": split, "ACC64": False, "BLOCK": 4096 if dt == "bf16" else 2048})
+        yield (f"entropy_bwd[{dt}]", E._entropy_bwd_kernel, {
+            "x_ptr": f"*{dt}", "row_temp_ptr": "*fp32", "inv_temp": "fp32", "entropy_ptr": "*fp32", "stats_ptr": "*fp32",
+            "grad_entropy_ptr": "*fp32", "grad_lse_ptr": "*fp32", "grad_x_ptr": f"*{dt}", "n_cols": "i32", "n_inner": "i32",
+            "stride_outer": "i64", "stride_inner": "i64", "cols_per_split": "i32",
+        }, {"HAS_ROW_TEMP": False, "ACC64": False, "BLOCK": 4096 if dt == "bf16" else 2048})
+    yield ("entropy_fwd[fp64]", E._entropy_fwd_kernel, {
+        "x_ptr": "*fp64", "row_temp_ptr": "*fp32", "inv_temp": "fp32", "entropy_ptr": "*fp64", "lse_ptr": "*fp64",
+        "stats_ptr": "*fp64", "part_ptr": "*fp64", "n_cols": "i32", "n_inner": "i32", "stride_outer": "i64",
+        "stride_inner": "i64", "cols_per_split": "i32", "n_splits": "i32",
+    }, {"HAS_ROW_TEMP": False, "SPLIT": False, "ACC64": True, "BLOCK": 2048})
+    yield ("entropy_combine", E._entropy_combine_kernel, {
+        "part_ptr": "*fp32", "entropy_ptr": "*fp32", "lse_ptr": "*fp32", "stats_ptr": "*fp32", "n_splits": "i32",
+    }, {"BLOCK_S": 16})
+
+    for dt in ("bf16", "fp32"):
+        prec = "ieee" if dt == "fp32" else "tf32"
+        common = {"h_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": "*i64"}
+        for bias, cap in ((False, False), (True, True)):
+            yield (f"lsm_fwd[{dt},bias={bias},softcap={cap}]", L._lsm_fwd_kernel, {
+                **common, "part_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32", "stride_w": "i32",
+                "cols_per_split": "i32", "n_splits": "i32", "softcap": "fp32", "inv_temp": "fp32",
+            }, {"HAS_BIAS": bias, "SOFTCAP": cap, "PRECISION": prec, "BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64})
+        for acc in ((dt, "fp32") if dt == "bf16" else ("fp32",)):
+            for filt in (False, True):
+                yield (f"lsm_bwd[{dt},acc={acc},filter={filt}]", L._lsm_bwd_kernel, {
+                    **common, "stats_ptr": "*fp32", "coef_ptr": "*fp32", "thresh_ptr": "*fp32", "dh_ptr": f"*{acc}",
+                    "dw_ptr": f"*{acc}", "db_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32",
+                    "stride_w": "i32", "softcap": "fp32", "inv_temp": "fp32", "n_tiles_v": "i32",
+                }, {"HAS_BIAS": True, "SOFTCAP": True, "FILTER": filt, "PRECISION": prec, "GROUP_N": 8,
+                    "BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64})
+        yield (f"rows_stats[{dt}]", R._rows_stats_kernel, {
+            "x_ptr": f"*{dt}", "stride_row": "i32", "y_ptr": "*i64", "stats_ptr": "*fp32", "V": "i32",
+            "softcap": "fp32", "inv_temp": "fp32",
+        }, {"SOFTCAP": True, "BLOCK": 4096 if dt == "bf16" else 2048})
+        yield (f"rows_grad[{dt}]", R._rows_grad_kernel, {
+            "x_ptr": f"*{dt}", "stride_row": "i32", "out_ptr": f"*{dt}", "out_stride_row": "i32", "y_ptr": "*i64",
+            "stats_ptr": "*fp32", "coef_ptr": "*fp32", "V": "i32", "softcap": "fp32", "inv_temp": "fp32",
+        }, {"SOFTCAP": True, "BLOCK": 4096 if dt == "bf16" else 2048})
+        for exact, cand in ((False, 128), (True, 1024)):
+            yield (f"top_h[{dt},exact={exact}]", T._top_h_kernel, {
+                "x_ptr": f"*{dt}", "stride_row": "i32", "n_cols": "i32", "alpha_ptr": "*fp32", "inv_temp": "fp32",
+                "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64", "scratch_ptr": "*i64",
+                "n_select": "i32",
+            }, {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "CAND": cand, "BLOCK": 4096 if dt == "bf16" else 2048})
+    yield ("lsm_combine", L._lsm_combine_kernel, {"part_ptr": "*fp32", "stats_ptr": "*fp32", "N": "i32", "n_splits": "i32"},
+           {"BLOCK_R": 64, "BLOCK_S": 32})
+
+
+def compile_all(archs: List[int], num_warps: int = 8) -> List[Tuple[str, int, str]]:
+    """Compile every configuration for every arch; returns (name, arch, "ok" | error) rows."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    rows = []
+    for name, kernel, signature, constexprs in _configs():
+        sig = dict(signature)
+        sig.update({k: "constexpr" for k in constexprs})
+        for arch in archs:
+            try:
+                src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+                triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+                rows.append((name, arch, "ok"))
+            except Exception as exc:  # report every failure, not just the first
+                rows.append((name, arch, f"{type(exc).__name__}: {str(exc).strip()[-600:]}"))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", nargs="+", type=int, default=[80, 90])
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("error: unset TRITON_INTERPRET (the kernels must be compiled, not interpreted)", file=sys.stderr)
+        return 2
+    rows = compile_all(args.arch)
+    for name, arch, status in rows:
+        print(f"sm_{arch} {name:45s} {status}")
+    failed = [r for r in rows if r[2] != "ok"]
+    print(f"{len(rows) - len(failed)} compiled, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
