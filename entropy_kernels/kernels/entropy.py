@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._online import online_softmax_update
 from ._rows import row_layout
 
 # Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
@@ -81,16 +82,7 @@ def _entropy_fwd_kernel(
     for start in range(col_begin, col_end, BLOCK):
         cols = start + offs
         x = tl.load(x_row + cols, mask=cols < col_end, other=NEG_INF)
-        z = x.to(acc_ty) * inv_t
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        # While everything seen is -inf, use 0 as the shift so exp() gives 0, not nan.
-        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
-        scale = tl.exp(m - m_safe)
-        shift = tl.where(m == NEG_INF, 0.0, m - m_safe)
-        e = tl.exp(z - m_safe)
-        u_vec = scale * (u_vec + shift * s_vec) + tl.where(e > 0, (z - m_safe) * e, 0.0)
-        s_vec = scale * s_vec + e
-        m = m_new
+        m, s_vec, u_vec = online_softmax_update(m, s_vec, u_vec, x.to(acc_ty) * inv_t)
     s = tl.sum(s_vec, axis=0)
     u = tl.sum(u_vec, axis=0)
     if SPLIT:

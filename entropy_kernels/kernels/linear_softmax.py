@@ -24,6 +24,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._online import online_softmax_update_rows
+
 # Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
 NEG_INF = tl.constexpr(float("-inf"))
 POS_INF = tl.constexpr(float("inf"))
@@ -85,15 +87,7 @@ def _lsm_fwd_kernel(
         valid = col_ok[None, :]
         sum_z += tl.sum(tl.where(valid, z, 0.0), axis=1)
         z_y += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), axis=1)
-        z = tl.where(valid, z, NEG_INF)
-        m_new = tl.maximum(m, tl.max(z, axis=1))
-        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
-        scale = tl.exp(m - m_safe)
-        shift = tl.where(m == NEG_INF, 0.0, m - m_safe)
-        e = tl.exp(z - m_safe[:, None])
-        u = scale * (u + shift * s) + tl.sum(tl.where(e > 0, (z - m_safe[:, None]) * e, 0.0), axis=1)
-        s = scale * s + tl.sum(e, axis=1)
-        m = m_new
+        m, s, u = online_softmax_update_rows(m, s, u, tl.where(valid, z, NEG_INF))
     part = part_ptr + (rows64 * n_splits + split) * 5
     tl.store(part + 0, m, mask=row_ok)
     tl.store(part + 1, s, mask=row_ok)

@@ -17,6 +17,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._online import online_softmax_update
+
 # Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
 NEG_INF = tl.constexpr(float("-inf"))
 
@@ -51,14 +53,7 @@ def _rows_stats_kernel(
         z = tl.where(ok, z, NEG_INF)
         sum_z += tl.where(ok, z, 0.0)
         z_y += tl.where(cols == y, z, 0.0)
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)  # -inf logits (masked vocabulary)
-        scale = tl.exp(m - m_safe)
-        shift = tl.where(m == NEG_INF, 0.0, m - m_safe)
-        e = tl.exp(z - m_safe)
-        u_vec = scale * (u_vec + shift * s_vec) + tl.where(e > 0, (z - m_safe) * e, 0.0)
-        s_vec = scale * s_vec + e
-        m = m_new
+        m, s_vec, u_vec = online_softmax_update(m, s_vec, u_vec, z)
     s = tl.sum(s_vec, axis=0)
     log_s = tl.log(s)
     out = stats_ptr + row.to(tl.int64) * 4

@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._online import online_softmax_update
+
 # Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
 NEG_INF = tl.constexpr(float("-inf"))
 
@@ -96,14 +98,7 @@ def _top_h_kernel(
         ok = cols < n_cols
         z, u = _keys(x_row, cols, ok, inv_temp)
         hist += tl.histogram((u >> 21).to(tl.int32), 2048, mask=ok)
-        m_new = tl.maximum(m, tl.max(z, 0))
-        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
-        scale = tl.exp(m - m_safe)
-        shift = tl.where(m == NEG_INF, 0.0, m - m_safe)
-        e = tl.exp(z - m_safe)
-        u_vec = scale * (u_vec + shift * s_vec) + tl.where(e > 0, (z - m_safe) * e, 0.0)
-        s_vec = scale * s_vec + e
-        m = m_new
+        m, s_vec, u_vec = online_softmax_update(m, s_vec, u_vec, z)
     s_tot = tl.sum(s_vec, 0)
     lse = m + tl.log(s_tot)
     entropy = tl.log(s_tot) - tl.sum(u_vec, 0) / s_tot
