@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Dict, Iterator, List, Tuple
 
-DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+BLOCK_NAMES = ("BLOCK_N", "BLOCK_V", "BLOCK_D")
 
 
 def _configs() -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object]]]:
@@ -55,7 +55,7 @@ def _configs() -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object]]
             yield (f"lsm_fwd[{dt},bias={bias},softcap={cap}]", L._lsm_fwd_kernel, {
                 **common, "part_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32", "stride_w": "i32",
                 "cols_per_split": "i32", "n_splits": "i32", "softcap": "fp32", "inv_temp": "fp32",
-            }, {"HAS_BIAS": bias, "SOFTCAP": cap, "PRECISION": prec, "BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64})
+            }, {"HAS_BIAS": bias, "SOFTCAP": cap, "PRECISION": prec, **dict(zip(BLOCK_NAMES, L.FWD_BLOCKS))})
         for acc in ((dt, "fp32") if dt == "bf16" else ("fp32",)):
             for filt in (False, True):
                 yield (f"lsm_bwd[{dt},acc={acc},filter={filt}]", L._lsm_bwd_kernel, {
@@ -63,7 +63,7 @@ def _configs() -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object]]
                     "dw_ptr": f"*{acc}", "db_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32",
                     "stride_w": "i32", "softcap": "fp32", "inv_temp": "fp32", "n_tiles_v": "i32",
                 }, {"HAS_BIAS": True, "SOFTCAP": True, "FILTER": filt, "PRECISION": prec, "GROUP_N": 8,
-                    "BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64})
+                    **dict(zip(BLOCK_NAMES, L.BWD_BLOCKS))})
         yield (f"rows_stats[{dt}]", R._rows_stats_kernel, {
             "x_ptr": f"*{dt}", "stride_row": "i32", "y_ptr": "*i64", "stats_ptr": "*fp32", "V": "i32",
             "softcap": "fp32", "inv_temp": "fp32",
