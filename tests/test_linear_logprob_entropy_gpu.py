@@ -53,7 +53,9 @@ def test_fused_memory_has_no_logits():
     h.grad = w.grad = None
     peak = _peak_extra(lambda: _step(h, w, y, "fused"))
     grads = (n * d + v * d) * 2
-    assert peak - grads <= 32 * 2**20, f"{(peak - grads) / 2**20:.1f} MiB beyond the gradients"
+    accumulators = n * d * 4 + min(v * d * 4, 256 * 2**20)  # fp32 dh and one dW vocabulary chunk
+    assert peak - grads <= accumulators + 32 * 2**20, f"{(peak - grads) / 2**20:.1f} MiB beyond the gradients"
+    assert peak < n * v * 2
 
 
 def test_stored_memory_is_one_copy_of_the_logits():

@@ -220,7 +220,10 @@ def linear_cross_entropy(
         ``eps ×`` the token's gradient scale. ``auto``: 2⁻¹² for 16-bit inputs, off for fp32.
         Always off with label smoothing (its gradient touches every logit).
     accum_fp32 : bool
-        Accumulate dh/dW in fp32 buffers (more memory) instead of the 16-bit gradients.
+        ``fused``: accumulate dW in one fp32 buffer for the whole vocabulary (one backward
+        launch, ``V·D·4`` bytes) instead of one 256 MiB vocabulary chunk per launch; dh is always
+        accumulated in fp32. ``chunked``: accumulate dW across chunks in fp32 instead of the
+        weight dtype.
     chunk_size : int, optional
         Tokens per chunk for ``chunked`` (default: 512 MiB of logits per chunk).
 

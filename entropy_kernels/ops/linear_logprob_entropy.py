@@ -64,7 +64,7 @@ def linear_logprob_entropy(
     filter_eps : float, optional
         Backward tile skipping of the fused impl (off by default: entropy gradients are dense).
     accum_fp32 : bool
-        Fused backward accumulates dh/dW in fp32 buffers.
+        Fused backward: one fp32 dW buffer for the whole vocabulary instead of 256 MiB chunks.
 
     Returns
     -------
