@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import entropy_kernels as ek
+from gpu_helpers import peak_extra_bytes
 from test_entropy import oracle, rel_err
 
 pytestmark = pytest.mark.gpu
@@ -28,24 +29,17 @@ def test_large_vocab_matches_float64(rows, dtype):
     assert rel_err(xk.grad[sub], xr.grad) <= (1e-5 if dtype == torch.float32 else 1e-2)
 
 
-def _peak_extra(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    out = fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before, out
 
 
 def test_no_fp32_copy_of_the_logits_is_allocated():
     rows = 256
     x = torch.randn(rows, V, device="cuda", dtype=torch.bfloat16)
     fp32_copy = rows * V * 4
-    peak, _ = _peak_extra(lambda: ek.entropy(x))
+    peak = peak_extra_bytes(lambda: ek.entropy(x))
     assert peak < 1 << 20, f"forward allocated {peak} bytes"  # outputs and per-row stats only
     xg = x.clone().requires_grad_()
     g = torch.randn(rows, device="cuda")
-    peak, _ = _peak_extra(lambda: ek.entropy(xg).backward(g))
+    peak = peak_extra_bytes(lambda: ek.entropy(xg).backward(g))
     grad_bytes = rows * V * 2  # the bf16 gradient itself is the only [N, V] allocation
     assert peak < grad_bytes + (1 << 20) < fp32_copy, f"fwd+bwd allocated {peak} bytes"
 

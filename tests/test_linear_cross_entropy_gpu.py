@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import entropy_kernels as ek
+from gpu_helpers import peak_extra_bytes
 from test_linear_cross_entropy import oracle, rel
 
 pytestmark = pytest.mark.gpu
@@ -33,13 +34,6 @@ def test_bf16_matches_float64(impl, n, d, v, options):
     assert rel(h.grad, hr.grad) <= 1e-2 and rel(w.grad, wr.grad) <= 1e-2
 
 
-def _peak_extra(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
 
 
 def test_fused_allocates_no_logits():
@@ -47,7 +41,7 @@ def test_fused_allocates_no_logits():
     h, w, y = _inputs(n, d, v)
     ek.linear_cross_entropy(h, w, y, impl="fused").backward()  # warm up (compile kernels)
     h.grad = w.grad = None
-    peak = _peak_extra(lambda: ek.linear_cross_entropy(h, w, y, impl="fused").backward())
+    peak = peak_extra_bytes(lambda: ek.linear_cross_entropy(h, w, y, impl="fused").backward())
     grads = (n * d + v * d) * 2  # h.grad and w.grad themselves
     # fp32 accumulators: dh [N, D] and one vocabulary chunk of dW (<= 256 MiB)
     accumulators = n * d * 4 + min(v * d * 4, 256 * 2**20)
@@ -59,7 +53,7 @@ def test_chunked_memory_is_bounded_by_its_chunk():
     n, d, v = 4096, 1024, 65536
     h, w, y = _inputs(n, d, v)
     chunk = 512
-    peak = _peak_extra(lambda: ek.linear_cross_entropy(h, w, y, impl="chunked", chunk_size=chunk).backward())
+    peak = peak_extra_bytes(lambda: ek.linear_cross_entropy(h, w, y, impl="chunked", chunk_size=chunk).backward())
     grads = (n * d + v * d) * 2
     # dh, dW are computed in the forward and scaled in the backward (one more copy of each)
     assert peak <= 2 * grads + chunk * v * 2 + 32 * 2**20

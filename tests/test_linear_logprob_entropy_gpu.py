@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import entropy_kernels as ek
+from gpu_helpers import peak_extra_bytes
 from test_linear_logprob_entropy import oracle, rel
 
 pytestmark = pytest.mark.gpu
@@ -32,13 +33,6 @@ def test_bf16_matches_float64(impl, n, d, v):
     assert rel(h.grad, hr.grad) <= 2e-2 and rel(w.grad, wr.grad) <= 2e-2
 
 
-def _peak_extra(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
 
 
 def _step(h, w, y, impl):
@@ -51,7 +45,7 @@ def test_fused_memory_has_no_logits():
     h, w, y = _inputs(n, d, v)
     _step(h, w, y, "fused")
     h.grad = w.grad = None
-    peak = _peak_extra(lambda: _step(h, w, y, "fused"))
+    peak = peak_extra_bytes(lambda: _step(h, w, y, "fused"))
     grads = (n * d + v * d) * 2
     accumulators = n * d * 4 + min(v * d * 4, 256 * 2**20)  # fp32 dh and one dW vocabulary chunk
     assert peak - grads <= accumulators + 32 * 2**20, f"{(peak - grads) / 2**20:.1f} MiB beyond the gradients"
@@ -63,7 +57,7 @@ def test_stored_memory_is_one_copy_of_the_logits():
     h, w, y = _inputs(n, d, v)
     _step(h, w, y, "stored")
     h.grad = w.grad = None
-    peak = _peak_extra(lambda: _step(h, w, y, "stored"))
+    peak = peak_extra_bytes(lambda: _step(h, w, y, "stored"))
     grads = (n * d + v * d) * 2
     logits = n * v * 2
     assert peak <= grads + logits + 300 * 2**20  # + one backward chunk (256 MiB) and slack
