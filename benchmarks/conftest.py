@@ -9,7 +9,6 @@ synchronised call) and stores the harness's own GPU-accurate measurement (do_ben
 peak memory) in ``extra_info``, so both appear in the JSON.
 """
 
-import pytest
 import torch
 
 
@@ -25,7 +24,7 @@ def pytest_generate_tests(metafunc):
 
     opt = metafunc.config.getoption
     device = torch.device(opt("--ek-device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    op = getattr(metafunc.module, "OP")
+    op = metafunc.module.OP
     params, ids = [], []
     for case in cases_for([op], opt("--ek-size"), device):
         for prov in case.providers:
