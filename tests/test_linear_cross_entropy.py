@@ -278,3 +278,17 @@ def test_bad_input_raises_clear_error(over, error, match):
     args = _args(**over)
     with pytest.raises(error, match=match):
         ek.linear_cross_entropy(args.pop("hidden"), args.pop("weight"), args.pop("targets"), **args)
+
+
+@pytest.mark.parametrize("frozen", ["weight", "hidden"])
+def test_frozen_inputs_get_no_gradient_and_the_other_is_right(backend, frozen):
+    """A frozen LM head (LoRA) skips the dW GEMM; a frozen input skips dh."""
+    h, w, b, y = make_inputs(backend.device, torch.float32, with_bias=True)
+    (w if frozen == "weight" else h).requires_grad_(False)
+    with backend.context():
+        ek.linear_cross_entropy(h, w, y, bias=b, impl="fused").backward()
+    hr, wr, br = (t.detach().double().requires_grad_() for t in (h, w, b))
+    oracle(hr, wr, y, br)[0].backward()
+    trained, ref = (h, hr) if frozen == "weight" else (w, wr)
+    assert (w if frozen == "weight" else h).grad is None
+    assert rel(trained.grad, ref.grad) <= 2e-5 and rel(b.grad, br.grad) <= 2e-5

@@ -62,6 +62,7 @@ def _configs() -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object]]
                     "dw_ptr": "*fp32", "db_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32",
                     "stride_w": "i32", "softcap": "fp32", "inv_temp": "fp32", "n_tiles_v": "i32",
                 }, {"HAS_BIAS": True, "SOFTCAP": True, "FILTER": filt, "PRECISION": prec, "GROUP_N": 8,
+                    "NEED_DH": True, "NEED_DW": not filt,
                     **dict(zip(BLOCK_NAMES, L.BWD_BLOCKS))})
         yield (f"rows_stats[{dt}]", R._rows_stats_kernel, {
             "x_ptr": f"*{dt}", "stride_row": "i32", "y_ptr": "*i64", "stats_ptr": "*fp32", "V": "i32",

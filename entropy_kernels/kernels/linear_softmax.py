@@ -128,6 +128,7 @@ def _lsm_bwd_kernel(
     dh_ptr, dw_ptr, db_ptr,
     N, V, D, stride_h, stride_w, softcap, inv_temp, n_tiles_v,
     HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, FILTER: tl.constexpr, PRECISION: tl.constexpr,
+    NEED_DH: tl.constexpr, NEED_DW: tl.constexpr,
     GROUP_N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Grouped order: GROUP_N token tiles sweep the vocabulary together, so a W tile is reused
@@ -177,18 +178,20 @@ def _lsm_bwd_kernel(
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
             d_ok = dd < D
-            wb = tl.load(w_ptr + cols64[:, None] * stride_w + dd[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            dh_part = tl.dot(dz_in, wb, input_precision=PRECISION)
-            tl.atomic_add(
-                dh_ptr + rows64[:, None] * D + dd[None, :], dh_part.to(dh_ptr.dtype.element_ty),
-                mask=row_ok[:, None] & d_ok[None, :], sem="relaxed",
-            )
-            hb = tl.load(h_ptr + rows64[:, None] * stride_h + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            dw_part = tl.dot(tl.trans(dz_in), hb, input_precision=PRECISION)
-            tl.atomic_add(
-                dw_ptr + cols64[:, None] * D + dd[None, :], dw_part.to(dw_ptr.dtype.element_ty),
-                mask=col_ok[:, None] & d_ok[None, :], sem="relaxed",
-            )
+            if NEED_DH:
+                wb = tl.load(w_ptr + cols64[:, None] * stride_w + dd[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+                dh_part = tl.dot(dz_in, wb, input_precision=PRECISION)
+                tl.atomic_add(
+                    dh_ptr + rows64[:, None] * D + dd[None, :], dh_part.to(dh_ptr.dtype.element_ty),
+                    mask=row_ok[:, None] & d_ok[None, :], sem="relaxed",
+                )
+            if NEED_DW:
+                hb = tl.load(h_ptr + rows64[:, None] * stride_h + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+                dw_part = tl.dot(tl.trans(dz_in), hb, input_precision=PRECISION)
+                tl.atomic_add(
+                    dw_ptr + cols64[:, None] * D + dd[None, :], dw_part.to(dw_ptr.dtype.element_ty),
+                    mask=col_ok[:, None] & d_ok[None, :], sem="relaxed",
+                )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,11 +286,14 @@ def linear_softmax_backward(
     block_v: Optional[int] = None,
     block_d: Optional[int] = None,
     vocab_chunk: Optional[int] = None,
+    need_dh: bool = True,
+    need_dw: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dh, dW, db)`` for logits-gradient coefficients ``coeffs [N, 4]`` (db empty w/o bias).
 
     ``thresh [N]`` enables tile skipping: a tile is skipped when every ``|dz|`` is below its
-    row's threshold.
+    row's threshold. ``need_dh`` / ``need_dw`` False skip that GEMM (a frozen LM head, as in LoRA,
+    needs only ``dh``: a third less backward work, no dW buffer) and return an empty tensor.
 
     Accumulation is always fp32: ``dh`` (``[N, D]``, O(N) memory) gets one atomic add per
     vocabulary tile, and 16-bit atomics over hundreds of tiles drift by several percent (2.7%
@@ -302,33 +308,36 @@ def linear_softmax_backward(
     """
     n, d = h.shape
     v = weight.shape[0]
-    dh = torch.zeros((n, d), dtype=torch.float32, device=h.device)
-    dw = torch.empty((v, d), dtype=weight.dtype, device=h.device)
+    dh = torch.zeros((n, d) if need_dh else (0, d), dtype=torch.float32, device=h.device)
+    dw = torch.empty((v, d) if need_dw else (0, d), dtype=weight.dtype, device=h.device)
     db = torch.zeros((v if bias is not None else 0,), dtype=torch.float32, device=h.device)
     if n == 0:
         dw.zero_()
-    else:
+    elif need_dh or need_dw or bias is not None:
         bn, bv, bd = _blocks(n, BWD_BLOCKS, block_n, block_v, block_d)
-        if accum_fp32 or weight.dtype == torch.float32:
+        if accum_fp32 or weight.dtype == torch.float32 or not need_dw:
             chunk = v
         else:
             chunk = vocab_chunk or max(bv, (DW_CHUNK_BYTES // (4 * d)) // bv * bv)
         for v0 in range(0, v, chunk):
             v1 = min(v0 + chunk, v)
-            dw_acc = dw[v0:v1] if dw.dtype == torch.float32 else torch.zeros((v1 - v0, d), dtype=torch.float32, device=h.device)
-            if dw.dtype == torch.float32:
-                dw_acc.zero_()
+            if not need_dw:
+                dw_acc = dw  # never written
+            elif dw.dtype == torch.float32:
+                dw_acc = dw[v0:v1].zero_()
+            else:
+                dw_acc = torch.zeros((v1 - v0, d), dtype=torch.float32, device=h.device)
             v_tiles = triton.cdiv(v1 - v0, bv)
             wrap_triton(_lsm_bwd_kernel)[(triton.cdiv(n, bn) * v_tiles,)](
                 h, weight[v0:v1], bias[v0:v1] if bias is not None else weight, targets - v0 if v0 else targets,
                 stats, coeffs, thresh if thresh is not None else stats,
-                dh, dw_acc, db[v0:v1] if bias is not None else dh,
+                dh if need_dh else stats, dw_acc if need_dw else stats, db[v0:v1] if bias is not None else stats,
                 n, v1 - v0, d, h.stride(0), weight.stride(0), softcap, inv_temperature, v_tiles,
                 HAS_BIAS=bias is not None, SOFTCAP=softcap > 0, FILTER=thresh is not None,
-                PRECISION=_precision(h.dtype), GROUP_N=8, BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd,
-                num_warps=8 if bn * bv >= 128 * 128 else 4,
+                PRECISION=_precision(h.dtype), NEED_DH=need_dh, NEED_DW=need_dw,
+                GROUP_N=8, BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, num_warps=8 if bn * bv >= 128 * 128 else 4,
             )
-            if dw_acc.data_ptr() != dw[v0:v1].data_ptr():
+            if need_dw and dw_acc.data_ptr() != dw[v0:v1].data_ptr():
                 dw[v0:v1] = dw_acc
     db_out = db.to(bias.dtype) if bias is not None else db
     return dh.to(h.dtype), dw, db_out

@@ -62,8 +62,11 @@ def linear_softmax_backward(
     inv_temperature: float,
     filter_eps: float,
     accum_fp32: bool,
+    need_dh: bool = True,
+    need_dw: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dh, dW, db)`` of ``Σ grad_stats · stats``; ``db`` is empty when there is no bias."""
+    """``(dh, dW, db)`` of ``Σ grad_stats · stats``; ``db`` is empty when there is no bias, and
+    ``dh``/``dW`` are empty (not computed) when ``need_dh``/``need_dw`` is False."""
     coeffs = logits_grad_coefficients(grad_stats.to(stats.dtype), stats).contiguous()
     if _backend.use_triton(h):
         thresh = None
@@ -72,10 +75,15 @@ def linear_softmax_backward(
             # to the row's own scale, so a 1/N mean-reduction factor does not filter everything.
             thresh = (filter_eps * grad_stats.to(stats.dtype).abs().amax(dim=-1)).contiguous()
         return _kernels.linear_softmax_backward(
-            coeffs, thresh, h, weight, bias, targets, stats, softcap, inv_temperature, accum_fp32
+            coeffs, thresh, h, weight, bias, targets, stats, softcap, inv_temperature, accum_fp32,
+            need_dh=need_dh, need_dw=need_dw,
         )
     dh, dw, db = linear_softmax_backward_reference(coeffs, h, weight, bias, targets, stats, softcap, inv_temperature)
-    return dh, dw, db if db is not None else torch.zeros(0, dtype=h.dtype, device=h.device)
+    return (
+        dh if need_dh else dh.new_empty((0, dh.shape[1])),
+        dw if need_dw else dw.new_empty((0, dw.shape[1])),
+        db if db is not None else torch.zeros(0, dtype=h.dtype, device=h.device),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -86,10 +94,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_stats):
     h, weight, bias, targets, stats = ctx.saved_tensors
-    dh, dw, db = linear_softmax_backward(grad_stats, stats, h, weight, bias, targets, *ctx.options)
+    need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dh, dw, db = linear_softmax_backward(grad_stats, stats, h, weight, bias, targets, *ctx.options, need_dh, need_dw)
     return (
-        dh if ctx.needs_input_grad[0] else None,
-        dw if ctx.needs_input_grad[1] else None,
+        dh if need_dh else None,
+        dw if need_dw else None,
         db if bias is not None and ctx.needs_input_grad[2] else None,
         None, None, None, None, None,
     )
