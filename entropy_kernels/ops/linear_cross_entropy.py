@@ -27,6 +27,7 @@ from ..reference.cross_entropy import (
 )
 from ..reference.linear_softmax import logits_grad_coefficients, rows_grad_reference, rows_stats_reference
 from .linear_softmax import linear_softmax_stats
+from .vocab_parallel import vocab_parallel_stats
 
 if _backend.triton_available():
     from ..kernels import logits_rows as _rows
@@ -126,8 +127,10 @@ linear_cross_entropy_chunked.register_autograd(_chunked_backward, setup_context=
 
 # ------------------------------------------------------------------------------ public API ---
 
-def _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, shift, impl, filter_eps, chunk_size):
+def _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, shift, impl, filter_eps, chunk_size, process_group):
     _validation.check_linear_head(hidden, weight, targets, bias)
+    if process_group is not None and impl not in ("auto", "fused"):
+        raise ValueError(f"with a process_group (vocabulary-parallel weight) impl must be 'auto' or 'fused', got {impl!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if impl not in IMPLS:
@@ -144,7 +147,8 @@ def _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoo
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if shift and hidden.dim() < 2:
         raise ValueError("shift=True needs hidden [..., T, D] with a time dimension")
-    _validation.check_class_indices("targets", targets, weight.shape[0], ignore_index)
+    if process_group is None:  # sharded: checked against the total vocabulary once it is known
+        _validation.check_class_indices("targets", targets, weight.shape[0], ignore_index)
 
 
 def _shift_targets(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -182,6 +186,8 @@ def linear_cross_entropy(
     filter_eps: Union[str, float, None] = "auto",
     accum_fp32: bool = False,
     chunk_size: Optional[int] = None,
+    process_group=None,
+    vocab_offset: Optional[int] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets`` without building logits.
 
@@ -226,6 +232,13 @@ def linear_cross_entropy(
         weight dtype.
     chunk_size : int, optional
         Tokens per chunk for ``chunked`` (default: 512 MiB of logits per chunk).
+    process_group : torch.distributed group, optional
+        Vocabulary-parallel LM head: ``weight`` (and ``bias``) are this rank's contiguous shard
+        of the vocabulary, ``targets`` are global ids; every rank gets the global loss, the full
+        ``dh`` and its own ``dW`` shard (see :mod:`entropy_kernels.ops.vocab_parallel`).
+        ``impl`` must be ``auto``/``fused``.
+    vocab_offset : int, optional
+        This rank's first vocabulary id; by default the sum of the lower ranks' shard sizes.
 
     Returns
     -------
@@ -240,7 +253,7 @@ def linear_cross_entropy(
     >>> torch.allclose(loss, torch.nn.functional.cross_entropy((h @ w.T).flatten(0, 1), y.flatten()), atol=1e-5)
     True
     """
-    _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, shift, impl, filter_eps, chunk_size)
+    _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, shift, impl, filter_eps, chunk_size, process_group)
     label_smoothing, z_loss = float(label_smoothing), float(z_loss)
     cap = float(softcap) if softcap is not None else 0.0
     lead_shape = hidden.shape[:-1]
@@ -256,7 +269,7 @@ def linear_cross_entropy(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
-    chosen = _choose_impl(impl, reduction, return_lse, needs_grad, h2)
+    chosen = "vocab_parallel" if process_group is not None else _choose_impl(impl, reduction, return_lse, needs_grad, h2)
 
     if chosen == "reference":
         loss, lse = linear_cross_entropy_reference(h2, w, y, bias, ignore_index, reduction, label_smoothing, z_loss, cap or None)
@@ -278,7 +291,12 @@ def linear_cross_entropy(
             eps = float(filter_eps or 0.0)
         if label_smoothing > 0:
             eps = 0.0
-        stats = linear_softmax_stats(h2, w, bias, y, cap, 1.0, eps, accum_fp32)
+        if chosen == "vocab_parallel":
+            stats, vocab = vocab_parallel_stats(h2, w, bias, y, cap, 1.0, eps, accum_fp32, process_group, vocab_offset)
+            if y.device.type == "cpu":
+                _validation.check_class_indices("targets", y, int(vocab), ignore_index)
+        else:
+            stats = linear_softmax_stats(h2, w, bias, y, cap, 1.0, eps, accum_fp32)
         per_token = token_losses_from_stats(stats, y, vocab, ignore_index, label_smoothing, z_loss)
         loss = reduce_losses(per_token, valid, reduction)
         lse = stats[:, 0]

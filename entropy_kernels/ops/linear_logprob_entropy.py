@@ -18,6 +18,7 @@ from .. import _backend, _validation
 from ..reference.linear_softmax import raw_logits, rows_stats_reference
 from .linear_softmax import linear_softmax_stats
 from .linear_softmax_stored import linear_softmax_stats_stored
+from .vocab_parallel import vocab_parallel_stats
 
 IMPLS = ("auto", "fused", "stored", "reference")
 
@@ -40,6 +41,8 @@ def linear_logprob_entropy(
     logits_budget: int = 0,
     filter_eps: Optional[float] = None,
     accum_fp32: bool = False,
+    process_group=None,
+    vocab_offset: Optional[int] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Log-prob of ``labels`` and entropy of ``softmax((hidden @ weight.T + bias) / temperature)``.
 
@@ -65,6 +68,9 @@ def linear_logprob_entropy(
         Backward tile skipping of the fused impl (off by default: entropy gradients are dense).
     accum_fp32 : bool
         Fused backward: one fp32 dW buffer for the whole vocabulary instead of 256 MiB chunks.
+    process_group, vocab_offset
+        Vocabulary-parallel LM head, as in :func:`entropy_kernels.linear_cross_entropy`
+        (``impl`` must be ``auto``/``fused``).
 
     Returns
     -------
@@ -89,13 +95,19 @@ def linear_logprob_entropy(
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if filter_eps is not None and (isinstance(filter_eps, bool) or not float(filter_eps) >= 0.0):
         raise ValueError(f"filter_eps must be None or a float >= 0, got {filter_eps!r}")
-    _validation.check_class_indices("labels", labels, weight.shape[0], ignore_index)
+    if process_group is not None and impl not in ("auto", "fused"):
+        raise ValueError(f"with a process_group (vocabulary-parallel weight) impl must be 'auto' or 'fused', got {impl!r}")
+    if process_group is None:
+        _validation.check_class_indices("labels", labels, weight.shape[0], ignore_index)
 
     lead_shape = hidden.shape[:-1]
     h = hidden.reshape(-1, hidden.shape[-1])
     h = h if h.stride(-1) == 1 else h.contiguous()
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
     y = labels.reshape(-1).contiguous()
+    vocab = w.shape[0]
+    if process_group is not None:
+        impl = "vocab_parallel"
     if impl == "auto":
         if not _backend.use_triton(h):
             impl = "reference"
@@ -103,7 +115,11 @@ def linear_logprob_entropy(
             impl = "stored"
         else:
             impl = "fused"
-    if impl == "fused":
+    if impl == "vocab_parallel":
+        stats, vocab = vocab_parallel_stats(h, w, bias, y, 0.0, inv_t, float(filter_eps or 0.0), accum_fp32, process_group, vocab_offset)
+        if y.device.type == "cpu":
+            _validation.check_class_indices("labels", y, int(vocab), ignore_index)
+    elif impl == "fused":
         stats = linear_softmax_stats(h, w, bias, y, 0.0, inv_t, float(filter_eps or 0.0), accum_fp32)
     elif impl == "stored":
         stats, _ = linear_softmax_stats_stored(h, w, bias, y, 0.0, inv_t)
@@ -111,7 +127,7 @@ def linear_logprob_entropy(
         stats = _reference_stats(h, w, bias, y, inv_t)
 
     ignored = y == ignore_index
-    out_of_range = ~ignored & ((y < 0) | (y >= w.shape[0]))
+    out_of_range = ~ignored & ((y < 0) | (y >= vocab))
     zeros = torch.zeros_like(stats[:, 0])
     logprobs = torch.where(ignored, zeros, stats[:, 3] - stats[:, 0])
     logprobs = torch.where(out_of_range, torch.full_like(logprobs, float("nan")), logprobs).reshape(lead_shape)
