@@ -67,7 +67,7 @@ def _bench(args) -> int:
     print(f"running {len(cases)} case(s) on {device} ({size})")
     results = run_cases(cases, providers, log=print if args.verbose else (lambda s: None))
     env = environment(device)
-    stem = f"{_slug(env['gpu'] or 'cpu')}_{size}"
+    stem = f"{_slug(env['gpu'] or 'cpu')}_{size}" + (f"_{'-'.join(args.ops)}" if args.ops else "")
     paths = write_results(results, env, Path(args.out), stem)
     print()
     print(markdown_table(results))

@@ -15,15 +15,16 @@ def test_info_lists_versions_and_backends(capsys):
 
 
 def test_bench_quick_writes_json_and_markdown(tmp_path, capsys):
-    code = cli.main(["bench", "--quick", "--device", "cpu", "--providers", "entropy_kernels,torch,floor", "--out", str(tmp_path)])
+    code = cli.main(["bench", "--quick", "--device", "cpu", "--ops", "entropy", "--providers", "entropy_kernels,torch,floor",
+                     "--out", str(tmp_path)])
     assert code == 0
-    data = json.loads((tmp_path / "cpu_quick.json").read_text())
+    data = json.loads((tmp_path / "cpu_quick_entropy.json").read_text())
     providers = {r["provider"] for r in data["results"]}
     assert {"entropy_kernels", "torch", "floor: copy"} <= providers
     assert "torch.compile" not in providers  # filtered out
     assert all(r["error"] is None and r["p50_ms"] > 0 for r in data["results"])
     assert data["environment"]["torch"] and data["environment"]["command"]
-    md = (tmp_path / "cpu_quick.md").read_text()
+    md = (tmp_path / "cpu_quick_entropy.md").read_text()
     assert "| entropy fwd B=8 V=8192 float32 | entropy_kernels |" in md
 
 
