@@ -61,6 +61,17 @@ def _pick_digit(hist, need, NB: tl.constexpr):
 
 
 @triton.jit
+def _gumbel_scores(z, kept, token, row, seed_ptr, offset_ptr):
+    """z + Gumbel noise for kept tokens (-inf elsewhere): argmax samples ∝ exp(z) over the kept
+    set. Philox noise keyed by (seed + row, offset + token), so a token gets the same noise
+    whichever path (candidates or full row) looks at it."""
+    seed = tl.load(seed_ptr)
+    offset = tl.load(offset_ptr).to(tl.int32)
+    noise = tl.maximum(tl.rand(seed + row, offset + token), 1e-30)
+    return tl.where(kept, z - tl.log(-tl.log(noise)), NEG_INF)
+
+
+@triton.jit
 def _prefix_entropy(x_row, n_cols, inv_temp, t, lse, BLOCK: tl.constexpr):
     """Entropy of p renormalised over the tokens whose key >= t."""
     s = tl.zeros((BLOCK,), tl.float32)
@@ -174,10 +185,7 @@ def _top_h_kernel(
         if WRITE_MASK:
             tl.store(mask_ptr + row.to(tl.int64) * n_cols + idx, 1, mask=keep)
         if SAMPLE:
-            seed = tl.load(seed_ptr)
-            offset = tl.load(offset_ptr).to(tl.int32)
-            noise = tl.maximum(tl.rand(seed + row, offset + idx), 1e-30)
-            score = tl.where(keep, z - tl.log(-tl.log(noise)), NEG_INF)
+            score = _gumbel_scores(z, keep, idx, row, seed_ptr, offset_ptr)
             best = tl.argmax(score, 0)
             tl.store(sample_ptr + row, tl.sum(tl.where(pos == best, idx, 0), 0).to(tl.int64))
     else:
@@ -201,10 +209,7 @@ def _top_h_kernel(
             if WRITE_MASK:
                 tl.store(mask_ptr + row.to(tl.int64) * n_cols + cols, 1, mask=kept)
             if SAMPLE:
-                seed = tl.load(seed_ptr)
-                offset = tl.load(offset_ptr).to(tl.int32)
-                noise = tl.maximum(tl.rand(seed + row, offset + cols), 1e-30)
-                score = tl.where(kept, zb - tl.log(-tl.log(noise)), NEG_INF)
+                score = _gumbel_scores(zb, kept, cols, row, seed_ptr, offset_ptr)
                 blk_best = tl.max(score, 0)
                 blk_idx = start + tl.argmax(score, 0)
                 better = blk_best > best_score
