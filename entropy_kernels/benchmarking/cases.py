@@ -1,9 +1,10 @@
 """What a benchmark is: a :class:`Case` (op, mode, shape, dtype) and the :class:`Provider` s
-timed on it (ours, baselines, floors). Each op contributes a ``cases(size, device)`` function;
-:data:`CASES` maps op name to it."""
+timed on it (ours, baselines, floors). Each op contributes a ``cases(size, device)`` function
+in its own module; :data:`CASES` names the ops that have one."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -36,36 +37,30 @@ class Case:
         return f"{self.op} {self.mode} {dims} {str(self.dtype).replace('torch.', '')}"
 
 
-def _entropy_cases(size: str, device: torch.device) -> List[Case]:
-    from .entropy import entropy_cases
-
-    return entropy_cases(size, device)
-
-
-def _linear_cross_entropy_cases(size: str, device: torch.device) -> List[Case]:
-    from .linear_cross_entropy import linear_cross_entropy_cases
-
-    return linear_cross_entropy_cases(size, device)
+def pick_shapes(size: str, device: torch.device, full, quick):
+    """``(shapes, dtype)`` of a suite: the ANCHORS.md shapes in bf16 for ``full``; for ``quick``,
+    the per-device small shapes (``quick`` maps "cpu"/"cuda" to them), bf16 on GPU, fp32 on CPU."""
+    if size == "full":
+        return full, torch.bfloat16
+    gpu = device.type == "cuda"
+    return quick["cuda" if gpu else "cpu"], torch.bfloat16 if gpu else torch.float32
 
 
-def _linear_logprob_entropy_cases(size: str, device: torch.device) -> List[Case]:
-    from .linear_logprob_entropy import linear_logprob_entropy_cases
-
-    return linear_logprob_entropy_cases(size, device)
-
-
-def _top_h_cases(size: str, device: torch.device) -> List[Case]:
-    from .top_h import top_h_cases
-
-    return top_h_cases(size, device)
-
-
-CASES: Dict[str, Callable[[str, torch.device], List[Case]]] = {
-    "entropy": _entropy_cases,
-    "linear_cross_entropy": _linear_cross_entropy_cases,
-    "linear_logprob_entropy": _linear_logprob_entropy_cases,
-    "top_h": _top_h_cases,
+# op name -> "module:function" of its cases, imported on demand (the suites import the ops)
+_SUITES = {
+    "entropy": "entropy:entropy_cases",
+    "linear_cross_entropy": "linear_cross_entropy:linear_cross_entropy_cases",
+    "linear_logprob_entropy": "linear_logprob_entropy:linear_logprob_entropy_cases",
+    "top_h": "top_h:top_h_cases",
 }
+
+
+def _suite(name: str) -> Callable[[str, torch.device], List[Case]]:
+    module, function = _SUITES[name].split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
+
+
+CASES = tuple(_SUITES)
 
 
 def cases_for(ops: Optional[Sequence[str]], size: str, device: torch.device) -> List[Case]:
@@ -82,5 +77,5 @@ def cases_for(ops: Optional[Sequence[str]], size: str, device: torch.device) -> 
         raise ValueError(f"unknown op(s) {unknown}; known: {sorted(CASES)}")
     out: List[Case] = []
     for name in names:
-        out.extend(CASES[name](size, device))
+        out.extend(_suite(name)(size, device))
     return out

@@ -15,7 +15,7 @@ import torch
 
 from .. import native
 from ..ops.entropy import entropy
-from .cases import Case, Provider
+from .cases import Case, Provider, pick_shapes
 
 QUICK = {"cpu": [(8, 8192)], "cuda": [(64, 32000)]}
 FULL = [(64, 151936), (1024, 151936)]
@@ -81,11 +81,7 @@ def _providers() -> List[Provider]:
 
 
 def entropy_cases(size: str, device: torch.device) -> List[Case]:
-    if size == "full":
-        shapes, dtype = FULL, torch.bfloat16
-    else:
-        shapes = QUICK["cuda" if device.type == "cuda" else "cpu"]
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shapes, dtype = pick_shapes(size, device, FULL, QUICK)
     cases = []
     for mode in ("fwd", "fwd+bwd"):
         for b, v in shapes:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.linear_cross_entropy import linear_cross_entropy
-from .cases import Case, Provider
+from .cases import Case, Provider, pick_shapes
 
 FULL = [("gemma2-2b", 8192, 2304, 256000), ("llama3-8b", 8192, 4096, 128256)]
 QUICK = {"cpu": [("tiny", 256, 64, 2048)], "cuda": [("small", 2048, 1024, 32000)]}
@@ -131,11 +131,7 @@ def _providers(case: Case) -> List[Provider]:
 
 
 def linear_cross_entropy_cases(size: str, device: torch.device) -> List[Case]:
-    if size == "full":
-        shapes, dtype = FULL, torch.bfloat16
-    else:
-        shapes = QUICK["cuda" if device.type == "cuda" else "cpu"]
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shapes, dtype = pick_shapes(size, device, FULL, QUICK)
     cases = []
     for name, n, d, v in shapes:
         for mode, peaked in (("fwd+bwd", False), ("fwd+bwd", True), ("fwd", False)):

@@ -17,7 +17,7 @@ import torch
 
 from ..ops.high_entropy_mask import high_entropy_mask
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
-from .cases import Case, Provider
+from .cases import Case, Provider, pick_shapes
 from .linear_cross_entropy import _gemm_floor
 
 FULL = [(8192, 4096, 151936)]
@@ -80,11 +80,7 @@ def _quantile_mask(entropy, mask, top_fraction=0.2):
 
 
 def linear_logprob_entropy_cases(size: str, device: torch.device) -> List[Case]:
-    if size == "full":
-        shapes, dtype = FULL, torch.bfloat16
-    else:
-        shapes = QUICK["cuda" if device.type == "cuda" else "cpu"]
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shapes, dtype = pick_shapes(size, device, FULL, QUICK)
     cases = []
     for n, d, v in shapes:
         for mode in ("fwd", "fwd+bwd"):

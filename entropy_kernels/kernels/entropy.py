@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._launch import sm_count
 from ._online import online_softmax_update
 from ._rows import row_layout
 
@@ -159,16 +160,10 @@ def _block_and_warps(dtype: torch.dtype, n_cols: int) -> Tuple[int, int]:
     return block, num_warps
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a small "GPU" so that row splitting is exercised on CPU too
-
-
 def _num_splits(n_rows: int, n_cols: int, block: int, device: torch.device) -> int:
     """Split rows over several programs when there are too few rows to fill the GPU."""
     n_blocks = triton.cdiv(n_cols, block)
-    want_programs = 4 * _sm_count(device)
+    want_programs = 4 * sm_count(device)
     if n_rows >= want_programs or n_blocks < 4:
         return 1
     # keep at least 2 blocks per split so the partial/combine overhead stays small

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._launch import sm_count
 from ._online import online_softmax_update_rows
 
 # Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
@@ -215,10 +216,6 @@ def _blocks(n: int, defaults, block_n, block_v, block_d) -> Tuple[int, int, int]
     return bn, block_v or defaults[1], block_d or defaults[2]
 
 
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
 def linear_softmax_forward(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -248,7 +245,7 @@ def linear_softmax_forward(
     n_tiles = triton.cdiv(n, bn)
     v_tiles = triton.cdiv(v, bv)
     # enough programs for ~2 waves; every split keeps >= 8 vocabulary tiles to amortise the h loads
-    splits = num_splits or max(1, min(triton.cdiv(2 * _sm_count(h.device), n_tiles), v_tiles // 8))
+    splits = num_splits or max(1, min(triton.cdiv(2 * sm_count(h.device), n_tiles), v_tiles // 8))
     splits = max(1, min(splits, v_tiles))
     cols_per_split = triton.cdiv(v_tiles, splits) * bv
     splits = triton.cdiv(v, cols_per_split)
