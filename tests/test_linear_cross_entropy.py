@@ -96,7 +96,7 @@ def test_loss_and_grads_match_float64(backend, impl, options):
         assert loss.shape == ref.shape and loss.dtype == torch.float32
         assert rel(loss, ref) <= TOL[dtype], (dtype, rel(loss, ref))
 
-        g_out = torch.randn(ref.shape, dtype=torch.float64)
+        g_out = torch.randn(ref.shape, dtype=torch.float64, device=ref.device)
         with backend.context():
             loss.backward(g_out.to(loss))
         ref.backward(g_out)

@@ -8,21 +8,23 @@ so ``lse = m + log s`` and ``H = log s - u/s``. Keeping ``u`` relative to ``m`` 
 cancellation of ``lse - E[z]`` at large |z|. A new max ``m'`` rescales by ``c = exp(m - m')``:
 ``s ← c·s``, ``u ← c·(u + (m - m')·s)``. While everything seen is ``-inf`` the shift is 0, so
 no ``exp(-inf + inf)`` or ``0·inf`` NaN can appear.
+
+Every kernel writes ``-inf`` inline as ``float("-inf")``: a module-level ``tl.constexpr`` global
+is re-emitted by torch.compile's inductor as the bare name ``-inf`` (a NameError at compile).
 """
 
 import triton
 import triton.language as tl
 
-NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
 def online_softmax_update(m, s_vec, u_vec, z):
     """Fold one block ``z`` (lanes) into ``(m scalar, s_vec, u_vec)``; returns the new state."""
     m_new = tl.maximum(m, tl.max(z, axis=0))
-    m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     scale = tl.exp(m - m_safe)
-    shift = tl.where(m == NEG_INF, 0.0, m - m_safe)
+    shift = tl.where(m == float("-inf"), 0.0, m - m_safe)
     e = tl.exp(z - m_safe)
     u_vec = scale * (u_vec + shift * s_vec) + tl.where(e > 0, (z - m_safe) * e, 0.0)
     s_vec = scale * s_vec + e
@@ -33,9 +35,9 @@ def online_softmax_update(m, s_vec, u_vec, z):
 def online_softmax_update_rows(m, s, u, z):
     """Same for a 2-D tile ``z [rows, cols]`` and per-row state ``(m, s, u) [rows]``."""
     m_new = tl.maximum(m, tl.max(z, axis=1))
-    m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     scale = tl.exp(m - m_safe)
-    shift = tl.where(m == NEG_INF, 0.0, m - m_safe)
+    shift = tl.where(m == float("-inf"), 0.0, m - m_safe)
     e = tl.exp(z - m_safe[:, None])
     u = scale * (u + shift * s) + tl.sum(tl.where(e > 0, (z - m_safe[:, None]) * e, 0.0), axis=1)
     s = scale * s + tl.sum(e, axis=1)

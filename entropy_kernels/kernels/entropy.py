@@ -31,8 +31,6 @@ from ._launch import sm_count
 from ._online import online_softmax_update
 from ._rows import row_layout
 
-# Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
-NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
@@ -53,7 +51,7 @@ def _inv_temperature(row, row_temp_ptr, inv_temp, HAS_ROW_TEMP: tl.constexpr):
 def _finish_row(row, m, s, u, entropy_ptr, lse_ptr, stats_ptr):
     # stats = (m, log s) lets the backward form log p = (z - m) - log s without the rounding
     # of a stored fp32 lse (ulp 1e-3 at |z| ~ 1e4).
-    m_safe = tl.where(m == NEG_INF, 0.0, m)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
     log_s = tl.log(s)
     tl.store(lse_ptr + row, m + log_s)
     tl.store(entropy_ptr + row, log_s - u / s)
@@ -77,12 +75,12 @@ def _entropy_fwd_kernel(
     col_begin = split * cols_per_split
     col_end = tl.minimum(col_begin + cols_per_split, n_cols)
     offs = tl.arange(0, BLOCK)
-    m = tl.full((), NEG_INF, acc_ty)
+    m = tl.full((), float("-inf"), acc_ty)
     s_vec = tl.zeros((BLOCK,), acc_ty)
     u_vec = tl.zeros((BLOCK,), acc_ty)
     for start in range(col_begin, col_end, BLOCK):
         cols = start + offs
-        x = tl.load(x_row + cols, mask=cols < col_end, other=NEG_INF)
+        x = tl.load(x_row + cols, mask=cols < col_end, other=float("-inf"))
         m, s_vec, u_vec = online_softmax_update(m, s_vec, u_vec, x.to(acc_ty) * inv_t)
     s = tl.sum(s_vec, axis=0)
     u = tl.sum(u_vec, axis=0)
@@ -101,13 +99,13 @@ def _entropy_combine_kernel(part_ptr, entropy_ptr, lse_ptr, stats_ptr, n_splits,
     offs = tl.arange(0, BLOCK_S)
     valid = offs < n_splits
     part = part_ptr + (row.to(tl.int64) * n_splits + offs) * 3
-    m_i = tl.load(part + 0, mask=valid, other=NEG_INF)
+    m_i = tl.load(part + 0, mask=valid, other=float("-inf"))
     s_i = tl.load(part + 1, mask=valid, other=0.0)
     u_i = tl.load(part + 2, mask=valid, other=0.0)
     m = tl.max(m_i, axis=0)
-    m_safe = tl.where(m == NEG_INF, 0.0, m)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
     w = tl.exp(m_i - m_safe)
-    shift = tl.where(m_i == NEG_INF, 0.0, m_i - m_safe)
+    shift = tl.where(m_i == float("-inf"), 0.0, m_i - m_safe)
     s = tl.sum(w * s_i, axis=0)
     u = tl.sum(w * (u_i + shift * s_i), axis=0)
     _finish_row(row, m, s, u, entropy_ptr, lse_ptr, stats_ptr)
@@ -138,12 +136,12 @@ def _entropy_bwd_kernel(
     for start in range(col_begin, col_end, BLOCK):
         cols = start + offs
         in_row = cols < col_end
-        x = tl.load(x_row + cols, mask=in_row, other=NEG_INF)
+        x = tl.load(x_row + cols, mask=in_row, other=float("-inf"))
         z = x.to(acc_ty) * inv_t
         log_p = (z - m) - log_s
         p = tl.exp(log_p)
         g = p * (g_lse - g_h * (log_p + h)) * inv_t
-        g = tl.where(z == NEG_INF, 0.0, g)  # masked logits: p = 0, no gradient (not 0 * inf)
+        g = tl.where(z == float("-inf"), 0.0, g)  # masked logits: p = 0, no gradient (not 0 * inf)
         tl.store(g_row + cols, g.to(grad_x_ptr.dtype.element_ty), mask=in_row)
 
 

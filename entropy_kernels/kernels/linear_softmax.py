@@ -27,8 +27,6 @@ from torch.library import wrap_triton
 from ._launch import sm_count
 from ._online import online_softmax_update_rows
 
-# Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
-NEG_INF = tl.constexpr(float("-inf"))
 POS_INF = tl.constexpr(float("inf"))
 N_PARTIALS = 5  # m, s, u, sum_z, z_y
 
@@ -71,7 +69,7 @@ def _lsm_fwd_kernel(
     rows64 = rows.to(tl.int64)
     y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
 
-    m = tl.full((BLOCK_N,), NEG_INF, tl.float32)
+    m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     s = tl.zeros((BLOCK_N,), tl.float32)
     u = tl.zeros((BLOCK_N,), tl.float32)
     sum_z = tl.zeros((BLOCK_N,), tl.float32)
@@ -88,7 +86,7 @@ def _lsm_fwd_kernel(
         valid = col_ok[None, :]
         sum_z += tl.sum(tl.where(valid, z, 0.0), axis=1)
         z_y += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), axis=1)
-        m, s, u = online_softmax_update_rows(m, s, u, tl.where(valid, z, NEG_INF))
+        m, s, u = online_softmax_update_rows(m, s, u, tl.where(valid, z, float("-inf")))
     part = part_ptr + (rows64 * n_splits + split) * 5
     tl.store(part + 0, m, mask=row_ok)
     tl.store(part + 1, s, mask=row_ok)
@@ -104,15 +102,15 @@ def _lsm_combine_kernel(part_ptr, stats_ptr, N, n_splits, BLOCK_R: tl.constexpr,
     splits = tl.arange(0, BLOCK_S)
     ok = row_ok[:, None] & (splits < n_splits)[None, :]
     part = part_ptr + (rows.to(tl.int64)[:, None] * n_splits + splits[None, :]) * 5
-    m_i = tl.load(part + 0, mask=ok, other=NEG_INF)
+    m_i = tl.load(part + 0, mask=ok, other=float("-inf"))
     s_i = tl.load(part + 1, mask=ok, other=0.0)
     u_i = tl.load(part + 2, mask=ok, other=0.0)
     sum_z = tl.sum(tl.load(part + 3, mask=ok, other=0.0), axis=1)
     z_y = tl.sum(tl.load(part + 4, mask=ok, other=0.0), axis=1)
     m = tl.max(m_i, axis=1)
-    m_safe = tl.where(m == NEG_INF, 0.0, m)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
     w = tl.exp(m_i - m_safe[:, None])
-    shift = tl.where(m_i == NEG_INF, 0.0, m_i - m_safe[:, None])
+    shift = tl.where(m_i == float("-inf"), 0.0, m_i - m_safe[:, None])
     s = tl.sum(w * s_i, axis=1)
     u = tl.sum(w * (u_i + shift * s_i), axis=1)
     log_s = tl.log(s)
@@ -163,7 +161,7 @@ def _lsm_bwd_kernel(
     p = tl.exp(z - lse[:, None])
     dz = p * (a[:, None] + b[:, None] * z) + tl.where(cols[None, :] == y[:, None], c[:, None], 0.0) + d[:, None]
     # out-of-tile rows/cols and masked vocabulary (-inf logits: p = 0, no 0·inf) get nothing
-    dz = tl.where(row_ok[:, None] & col_ok[None, :] & (z != NEG_INF), dz, 0.0)
+    dz = tl.where(row_ok[:, None] & col_ok[None, :] & (z != float("-inf")), dz, 0.0)
     keep = True
     if FILTER:
         thresh = tl.load(thresh_ptr + rows, mask=row_ok, other=POS_INF)
@@ -334,7 +332,7 @@ def linear_softmax_backward(
                 PRECISION=_precision(h.dtype), NEED_DH=need_dh, NEED_DW=need_dw,
                 GROUP_N=8, BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, num_warps=8 if bn * bv >= 128 * 128 else 4,
             )
-            if need_dw and dw_acc.data_ptr() != dw[v0:v1].data_ptr():
+            if need_dw and dw.dtype != torch.float32:  # dw_acc is a separate fp32 buffer
                 dw[v0:v1] = dw_acc
     db_out = db.to(bias.dtype) if bias is not None else db
     return dh.to(h.dtype), dw, db_out

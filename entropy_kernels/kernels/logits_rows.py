@@ -19,8 +19,6 @@ from torch.library import wrap_triton
 
 from ._online import online_softmax_update
 
-# Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
-NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
@@ -41,7 +39,7 @@ def _rows_stats_kernel(
     x_row = x_ptr + row.to(tl.int64) * stride_row
     y = tl.load(y_ptr + row)
     offs = tl.arange(0, BLOCK)
-    m = tl.full((), NEG_INF, tl.float32)
+    m = tl.full((), float("-inf"), tl.float32)
     s_vec = tl.zeros((BLOCK,), tl.float32)
     u_vec = tl.zeros((BLOCK,), tl.float32)
     sum_z = tl.zeros((BLOCK,), tl.float32)
@@ -50,7 +48,7 @@ def _rows_stats_kernel(
         cols = start + offs
         ok = cols < V
         z, _ = _scaled_logits(tl.load(x_row + cols, mask=ok, other=0.0).to(tl.float32), softcap, inv_temp, SOFTCAP)
-        z = tl.where(ok, z, NEG_INF)
+        z = tl.where(ok, z, float("-inf"))
         sum_z += tl.where(ok, z, 0.0)
         z_y += tl.where(cols == y, z, 0.0)
         m, s_vec, u_vec = online_softmax_update(m, s_vec, u_vec, z)
@@ -84,7 +82,7 @@ def _rows_grad_kernel(
         ok = cols < V
         z, capped = _scaled_logits(tl.load(x_row + cols, mask=ok, other=0.0).to(tl.float32), softcap, inv_temp, SOFTCAP)
         dz = tl.exp(z - lse) * (a + b * z) + tl.where(cols == y, c, 0.0) + d
-        dz = tl.where(z == NEG_INF, 0.0, dz) * inv_temp  # masked vocabulary: p = 0, no 0·inf
+        dz = tl.where(z == float("-inf"), 0.0, dz) * inv_temp  # masked vocabulary: p = 0, no 0·inf
         if SOFTCAP:
             t = capped / softcap
             dz = dz * (1.0 - t * t)

@@ -29,15 +29,13 @@ from torch.library import wrap_triton
 
 from ._online import online_softmax_update
 
-# Globals read inside @triton.jit code must be constexpr (compiled Triton rejects plain floats).
-NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
 def _keys(x_row, cols, ok, inv_temp):
     """(z, u): scaled logits and their order-preserving keys in [0, 2^32) as int64."""
-    z = tl.load(x_row + cols, mask=ok, other=NEG_INF).to(tl.float32) * inv_temp
-    z = tl.where(z != z, NEG_INF, z)  # NaN counts as -inf
+    z = tl.load(x_row + cols, mask=ok, other=float("-inf")).to(tl.float32) * inv_temp
+    z = tl.where(z != z, float("-inf"), z)  # NaN counts as -inf
     b = z.to(tl.int32, bitcast=True)
     k = tl.where(b < 0, b ^ 0x7FFFFFFF, b)
     return z, k.to(tl.int64) + 2147483648
@@ -68,7 +66,7 @@ def _gumbel_scores(z, kept, token, row, seed_ptr, offset_ptr):
     seed = tl.load(seed_ptr)
     offset = tl.load(offset_ptr).to(tl.int32)
     noise = tl.maximum(tl.rand(seed + row, offset + token), 1e-30)
-    return tl.where(kept, z - tl.log(-tl.log(noise)), NEG_INF)
+    return tl.where(kept, z - tl.log(-tl.log(noise)), float("-inf"))
 
 
 @triton.jit
@@ -100,7 +98,7 @@ def _top_h_kernel(
     offs = tl.arange(0, BLOCK)
 
     # ---- pass 1: softmax stats and the histogram of the keys' top 11 bits
-    m = tl.full((), NEG_INF, tl.float32)
+    m = tl.full((), float("-inf"), tl.float32)
     s_vec = tl.zeros((BLOCK,), tl.float32)
     u_vec = tl.zeros((BLOCK,), tl.float32)
     hist = tl.zeros((2048,), tl.int32)
@@ -158,7 +156,7 @@ def _top_h_kernel(
     valid = pos < n_select
     packed = tl.sort(tl.load(scratch + pos, mask=valid, other=-1), 0, descending=True)
     idx = (2147483647 - (packed & 2147483647)).to(tl.int32)
-    z = tl.where(valid, _key_to_float(packed >> 31), NEG_INF)
+    z = tl.where(valid, _key_to_float(packed >> 31), float("-inf"))
     if EXACT:
         # fp32 cannot order H_k and α·H(p) closer than ~1e-6: a 1e-5 relative slack makes α = 1
         # keep the whole vocabulary instead of losing tokens to rounding.
@@ -167,7 +165,7 @@ def _top_h_kernel(
         p = tl.where(valid, tl.exp(logp), 0.0)
         s_k = tl.cumsum(p, 0)
         t_k = tl.cumsum(tl.where(p > 0, p * logp, 0.0), 0)
-        ok_k = (((tl.log(s_k) - t_k / s_k) <= tau) & (z > NEG_INF)) | (pos == 0)
+        ok_k = (((tl.log(s_k) - t_k / s_k) <= tau) & (z > float("-inf"))) | (pos == 0)
         n_keep = tl.min(tl.where(valid & ~ok_k, pos, n_select), 0)
         keep = pos < n_keep
         overflow = (n_keep == n_select) & (n_select < n_cols)
@@ -199,13 +197,13 @@ def _top_h_kernel(
                 hi = mid
             else:
                 lo = mid + 1
-        best_score = tl.full((), NEG_INF, tl.float32)
+        best_score = tl.full((), float("-inf"), tl.float32)
         best_idx = tl.zeros((), tl.int32)
         for start in range(0, n_cols, BLOCK):
             cols = start + offs
             ok = cols < n_cols
             zb, u = _keys(x_row, cols, ok, inv_temp)
-            kept = ok & (u >= hi) & (zb > NEG_INF)
+            kept = ok & (u >= hi) & (zb > float("-inf"))
             if WRITE_MASK:
                 tl.store(mask_ptr + row.to(tl.int64) * n_cols + cols, 1, mask=kept)
             if SAMPLE:
@@ -248,7 +246,7 @@ def top_h(
     sample = seed is not None
     samples = torch.empty((b if sample else 0,), dtype=torch.int64, device=logits.device)
     if b == 0:
-        return mask.view(torch.bool), samples
+        return mask.bool(), samples
     scratch = torch.empty((b, cand), dtype=torch.int64, device=logits.device)
     dummy = scratch
     wrap_triton(_top_h_kernel)[(b,)](
@@ -258,4 +256,4 @@ def top_h(
         EXACT=exact, WRITE_MASK=write_mask, SAMPLE=sample, CAND=cand, BLOCK=block,
         num_warps=8,
     )
-    return mask.view(torch.bool), samples
+    return mask.bool(), samples

@@ -98,6 +98,7 @@ def linear_cross_entropy_chunked(
             dw.addmm_(dz.T.to(acc), h_c.to(acc))
         if bias is not None:
             db += dz.sum(0, dtype=torch.float32)
+        del logits, dz  # free this chunk before the next GEMM allocates: one chunk alive at a time
     per_token = token_losses_from_stats(stats, targets, vocab, ignore_index, label_smoothing, z_loss)
     loss = (per_token * token_weight).sum()
     db_out = db.to(bias.dtype) if bias is not None else db
@@ -107,12 +108,17 @@ def linear_cross_entropy_chunked(
 def _chunked_setup_context(ctx, inputs, output):
     _, stats, dh, dw, db = output
     ctx.mark_non_differentiable(stats, dh, dw, db)
+    # Those outputs never get gradients; without this autograd would materialise zero gradients
+    # for them -- another [V, D] and [N, D] buffer at the peak.
+    ctx.set_materialize_grads(False)
     ctx.has_bias = inputs[2] is not None
     ctx.save_for_backward(dh, dw, db)
 
 
 def _chunked_backward(ctx, grad_loss, *_):
     dh, dw, db = ctx.saved_tensors
+    if grad_loss is None:  # only the non-differentiable outputs were used
+        return (None,) * 11
     g = grad_loss.to(dh.dtype)
     return (
         dh * g if ctx.needs_input_grad[0] else None,

@@ -84,6 +84,7 @@ def linear_softmax_stored_backward(
         dw.addmm_(dz.T, h[sl])
         if bias is not None:
             db += dz.sum(0, dtype=db.dtype)
+        del dz  # free this chunk before the next one is allocated: one chunk alive at a time
     return dh, dw, db.to(bias.dtype) if bias is not None else db
 
 
@@ -91,12 +92,17 @@ def _setup_context(ctx, inputs, output):
     h, weight, bias, targets, softcap, inv_temperature = inputs
     stats, logits = output
     ctx.mark_non_differentiable(logits)
+    # The logits output never gets a gradient; without this autograd would materialise a zero
+    # [N, V] gradient for it -- a second copy of the logits.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(h, weight, bias, targets, stats, logits)
     ctx.options = (softcap, inv_temperature)
 
 
 def _backward(ctx, grad_stats, _grad_logits):
     h, weight, bias, targets, stats, logits = ctx.saved_tensors
+    if grad_stats is None:  # only the logits output was used, and it has no gradient
+        return (None,) * 6
     dh, dw, db = linear_softmax_stored_backward(grad_stats, stats, logits, h, weight, bias, targets, *ctx.options)
     return (
         dh if ctx.needs_input_grad[0] else None,
