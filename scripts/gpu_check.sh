@@ -6,8 +6,10 @@
 #   bash scripts/gpu_check.sh                     # everything
 #   bash scripts/gpu_check.sh build tests         # only these steps (build, tests, interp, bench)
 #   EK_BENCH_OPS="entropy top_h" bash scripts/gpu_check.sh build bench
+#   EK_TEST_ARGS="tests/test_dfloat.py" bash scripts/gpu_check.sh build tests
+#   bash scripts/gpu_check.sh build dfloat             # scripts/dfloat_report.py
 #
-# It leaves at most 7 files in $OUT (the device tool returns up to 8).
+# It leaves at most 8 files in $OUT (the device tool returns up to 8).
 #
 # Peers (cut-cross-entropy, liger-kernel, dfloat11) are picked up from ./.peers if present
 # (wheels unpacked with `pip install --target .peers`); they are optional.
@@ -19,7 +21,7 @@ PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 [ -d .peers ] && export PYTHONPATH="$PWD/.peers${PYTHONPATH:+:$PYTHONPATH}"
 
-STEPS="${*:-build tests interp bench}"
+STEPS="${*:-build tests interp dfloat bench}"
 want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 status=0
 step() { echo; echo "=== $* ==="; }
@@ -34,13 +36,19 @@ fi
 
 if want tests; then
   step "tests on CUDA"
-  TRITON_INTERPRET=0 EK_EXPECT_CUDA_BUILD=1 "$PY" -m pytest tests -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests-cuda.log" | tail -30
+  TRITON_INTERPRET=0 EK_EXPECT_CUDA_BUILD=1 "$PY" -m pytest ${EK_TEST_ARGS:-tests} -q -rs -p no:cacheprovider --durations=10 2>&1 | tee "$OUT/tests-cuda.log" | tail -30
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 if want interp; then
   step "Triton kernels under the interpreter (CPU tensors)"
   TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES= "$PY" -m pytest tests -q -m "interpreter or kernels" -p no:cacheprovider 2>&1 | tee "$OUT/tests-interpreter.log" | tail -5
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if want dfloat; then
+  step "EKDF: size vs bound and dfloat11, encoder/decoder throughput, GPU decode bandwidth"
+  "$PY" scripts/dfloat_report.py --out "$OUT" 2>&1 | tee "$OUT/dfloat.log" | tail -60
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

@@ -1,4 +1,4 @@
-"""Wrappers for inference: Top-H logits processing and sampling.
+"""Wrappers for inference: Top-H logits processing and sampling, entropy-coded (DFloat) weights.
 
 Example
 -------
@@ -7,6 +7,7 @@ Example
 0.4
 """
 
+from .dfloat import DFloatError, DFloatTensor
 from .top_h import TopHLogitsProcessor, top_h_generate, use_kernel_for_transformers_top_h
 
-__all__ = ["TopHLogitsProcessor", "top_h_generate", "use_kernel_for_transformers_top_h"]
+__all__ = ["DFloatError", "DFloatTensor", "TopHLogitsProcessor", "top_h_generate", "use_kernel_for_transformers_top_h"]

@@ -17,6 +17,7 @@ from . import linear_softmax_stored  # noqa: F401  (entropy_kernels::linear_soft
 from . import linear_cross_entropy  # noqa: F401  (entropy_kernels::linear_cross_entropy_chunked)
 from . import linear_logprob_entropy  # noqa: F401  (built on the ops above)
 from . import top_h  # noqa: F401  (entropy_kernels::top_h)
+from . import dfloat  # noqa: F401  (entropy_kernels::dfloat_decompress / dfloat_decompress_into)
 
 # public function -> the torch.library ops behind it (for `entropy-kernels info` and the docs)
 OPS = {
@@ -31,4 +32,5 @@ OPS = {
         "entropy_kernels::linear_softmax_stats",
         "entropy_kernels::linear_softmax_stats_stored",
     ),
+    "DFloatTensor.decompress": ("entropy_kernels::dfloat_decompress", "entropy_kernels::dfloat_decompress_into"),
 }

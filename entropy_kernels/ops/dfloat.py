@@ -1,0 +1,154 @@
+"""``entropy_kernels::dfloat_decompress``: decode an EKDF payload (entropy-coded BF16) to bf16.
+
+Unlike the Triton ops, the kernels here are CUDA C++ / C++ in ``_C`` (``csrc/dfloat*``), so the
+ops are opaque ``custom_op``s with a fake impl computed from ``numel`` alone: under
+``torch.compile`` they are single graph nodes, and the CUDA one is CUDA-graph capturable (one
+asynchronous launch on the current stream, no host sync). The payload layout is documented in
+``csrc/dfloat.h`` and :mod:`entropy_kernels.reference.dfloat`; building one is the job of
+:class:`entropy_kernels.decoding.DFloatTensor`, which most users want instead of these ops.
+
+Only the sizes, dtypes, devices and alignment of the arrays are checked here (no data is read):
+the decoders clamp every stream read to the ``words`` array, so a corrupted payload can decode
+to wrong values but never reads or writes out of bounds. Content checks (payload CRC, index
+ranges) belong to ``DFloatTensor.validate``, run once when a payload is built or loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _backend
+
+LANES = 32
+LUT_SIZE = 4096
+MAX_STREAM_VALUES = 4096
+
+_PAYLOAD = (("words", torch.int32), ("chunk_offsets", torch.int64), ("lane_offsets", torch.int16),
+            ("lut", torch.int16), ("raw", torch.uint8))
+
+
+def num_chunks(numel: int, stream_values: int) -> int:
+    """Chunks (one warp each) of an EKDF payload of ``numel`` values.
+
+    Example
+    -------
+    >>> num_chunks(70_000, 1024)  # 32·1024 values per chunk
+    3
+    """
+    return -(-numel // (LANES * stream_values))
+
+
+def check_payload(words, chunk_offsets, lane_offsets, lut, raw, numel: int, stream_values: int, out=None) -> None:
+    """Raise ValueError/TypeError unless the arrays are a well-formed EKDF payload by shape."""
+    if not isinstance(numel, int) or numel < 0:
+        raise ValueError(f"numel must be a non-negative int, got {numel!r}")
+    if not isinstance(stream_values, int) or not (8 <= stream_values <= MAX_STREAM_VALUES) or stream_values % 8:
+        raise ValueError(f"stream_values must be a multiple of 8 in [8, {MAX_STREAM_VALUES}], got {stream_values!r}")
+    arrays = dict(zip([n for n, _ in _PAYLOAD], (words, chunk_offsets, lane_offsets, lut, raw)))
+    device = words.device if isinstance(words, torch.Tensor) else None
+    for name, dtype in _PAYLOAD:
+        t = arrays[name]
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
+        if t.dim() != 1 or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous 1-D tensor, got shape {tuple(t.shape)}")
+        if t.device != device:
+            raise ValueError(f"all payload tensors must be on one device: words on {device}, {name} on {t.device}")
+    chunks = num_chunks(numel, stream_values)
+    expected = {"chunk_offsets": chunks + 1, "lane_offsets": chunks * LANES, "lut": LUT_SIZE, "raw": numel}
+    for name, size in expected.items():
+        if arrays[name].numel() != size:
+            raise ValueError(f"{name} must have {size} entries for numel={numel}, stream_values={stream_values}; "
+                             f"got {arrays[name].numel()}")
+    if numel > 0 and words.numel() == 0:
+        raise ValueError("words is empty but numel > 0")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"payload must be on cpu or cuda, got {device}")
+    if device.type == "cuda" and not _is_fake(words):
+        if lut.data_ptr() % 16 or raw.data_ptr() % 8 or words.data_ptr() % 4:
+            raise ValueError("payload tensors must be aligned (lut 16 B, raw 8 B); pass freshly allocated tensors")
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or out.dtype != torch.bfloat16:
+            raise TypeError(f"out must be a bfloat16 tensor, got {getattr(out, 'dtype', type(out).__name__)}")
+        if out.numel() != numel or not out.is_contiguous():
+            raise ValueError(f"out must be contiguous with {numel} elements, got shape {tuple(out.shape)}")
+        if out.device != device:
+            raise ValueError(f"out must be on the payload's device {device}, got {out.device}")
+        if device.type == "cuda" and not _is_fake(out) and out.data_ptr() % 16:
+            raise ValueError("out must be 16-byte aligned (the decoder writes 16-byte vectors)")
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    return isinstance(t, torch._subclasses.fake_tensor.FakeTensor) or t.device.type == "meta"
+
+
+def _launch(out, words, chunk_offsets, lane_offsets, lut, raw, numel: int, stream_values: int) -> None:
+    if numel == 0:
+        return
+    C = _backend.native()
+    if C is None:
+        raise RuntimeError(f"entropy_kernels._C failed to import: {_backend.native_error()}")
+    args = (words.data_ptr(), words.numel(), chunk_offsets.data_ptr(), lane_offsets.data_ptr(), lut.data_ptr(),
+            raw.data_ptr(), numel, stream_values, out.data_ptr())
+    if out.device.type == "cuda":
+        if not hasattr(C, "dfloat_decode_cuda"):
+            raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
+        with torch.cuda.device(out.device):
+            C.dfloat_decode_cuda(*args, torch.cuda.current_stream(out.device).cuda_stream)
+    else:
+        C.dfloat_decode_cpu(*args)
+
+
+@torch.library.custom_op("entropy_kernels::dfloat_decompress", mutates_args=(), device_types=("cpu", "cuda"))
+def dfloat_decompress(words: torch.Tensor, chunk_offsets: torch.Tensor, lane_offsets: torch.Tensor,
+                      lut: torch.Tensor, raw: torch.Tensor, numel: int, stream_values: int) -> torch.Tensor:
+    """Decode an EKDF payload into a fresh bf16 tensor ``[numel]`` on the payload's device.
+
+    Example
+    -------
+    >>> import torch
+    >>> from entropy_kernels.decoding import DFloatTensor
+    >>> x = torch.randn(1000).to(torch.bfloat16)
+    >>> c = DFloatTensor.compress(x)
+    >>> y = torch.ops.entropy_kernels.dfloat_decompress(*c.payload(), c.numel, c.stream_values)
+    >>> torch.equal(y.view(torch.int16), x.view(torch.int16))
+    True
+    """
+    check_payload(words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values)
+    out = torch.empty((numel,), dtype=torch.bfloat16, device=words.device)
+    _launch(out, words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values)
+    return out
+
+
+@dfloat_decompress.register_fake
+def _dfloat_decompress_fake(words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values):
+    return words.new_empty((numel,), dtype=torch.bfloat16)
+
+
+@torch.library.custom_op("entropy_kernels::dfloat_decompress_into", mutates_args=("out",), device_types=("cpu", "cuda"))
+def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, chunk_offsets: torch.Tensor,
+                           lane_offsets: torch.Tensor, lut: torch.Tensor, raw: torch.Tensor, numel: int,
+                           stream_values: int) -> None:
+    """Decode an EKDF payload into the existing bf16 buffer ``out`` (``numel`` contiguous elements,
+    16-byte aligned on CUDA) -- for decoding many weights into one reused buffer.
+
+    Example
+    -------
+    >>> import torch
+    >>> from entropy_kernels.decoding import DFloatTensor
+    >>> x = torch.randn(64).to(torch.bfloat16)
+    >>> c = DFloatTensor.compress(x)
+    >>> buf = torch.empty(64, dtype=torch.bfloat16)
+    >>> torch.ops.entropy_kernels.dfloat_decompress_into(buf, *c.payload(), c.numel, c.stream_values)
+    >>> torch.equal(buf, x)
+    True
+    """
+    check_payload(words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values, out=out)
+    _launch(out, words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values)
+
+
+@dfloat_decompress_into.register_fake
+def _dfloat_decompress_into_fake(out, words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values):
+    return None
