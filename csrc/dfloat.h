@@ -2,40 +2,36 @@
 //
 // A BF16 value is sign(1) | exponent(8) | mantissa(7). The exponent of trained weights carries
 // ~2.6 bits of entropy, sign+mantissa ~8. So the exponent is Huffman-coded (canonical code,
-// lengths <= kMaxCodeLen so one 2^kMaxCodeLen-entry table decodes any code with a single lookup)
-// and sign+mantissa are stored raw as one byte per value.
+// lengths <= kMaxCodeLen so one 2^kMaxCodeLen-entry table decodes any code with one lookup) and
+// sign+mantissa are stored raw, one byte per value (`raw[i] = sign << 7 | mantissa`).
 //
-// Parallel layout. Values are cut into chunks of 32 * S values (S = `stream_values`, a multiple
-// of 8). Inside chunk c, "lane" l (0..31) owns the values
-//     c*32*S + k*256 + l*8 + j        (k = 0 .. S/8-1, j = 0..7, only those < n)
-// so that a warp decoding a chunk writes 256 consecutive values (512 bytes, one 16-byte store per
-// lane) per group k. Each lane's exponent codes form one bit stream (MSB first inside
-// little-endian 32-bit words, padded to a whole word). Streams are stored chunk by chunk, lane
-// by lane, in `words`; a lane's codes are split in two streams -- values 0-3 of each group read
-// forward from the lane's first word, values 4-7 read backward from its last word -- so a lane
-// decodes two independent dependency chains with no extra index entry. The index is
-//     chunk_offsets[c]    (int64, num_chunks + 1 entries): first word of chunk c; last = total
-//     lane_offsets[c*32+l] (uint16): first word of lane l's stream relative to chunk_offsets[c]
-// A lane holds at most S * kMaxCodeLen bits + 2 pad words, so S <= kMaxStreamValues keeps every
-// in-chunk offset below 2^16.
+// Layout. All exponent codes form ONE bit stream, in value order, MSB-first inside little-endian
+// 32-bit `words` (plus one zero pad word). For parallel decoding the stream is cut into
+// segments of kSegmentBits bits: one GPU thread per segment decodes the codes that START in it.
+// The index is
+//   gaps[k]          (4 bits, two per byte, low nibble first): offset of the first code start in
+//                    segment k (codes are <= 12 bits, so < 12)
+//   block_starts[b]  (int64, blocks + 1 entries): index of the first value whose code starts in
+//                    block b = segments [256 b, 256 b + 256); the last entry is n
+// -- about 4 bits per 256 stream bits (~0.04 bits per value). A GPU block (256 threads) decodes
+// its segments twice: a counting pass, a block-wide prefix sum of the counts, then a decoding
+// pass into shared memory, followed by a coalesced 16-byte-vector pass that merges the exponents
+// with the raw bytes into the output.
 //
-// Decoding a stream (CPU and GPU do exactly this): a 64-bit buffer holds the next `nbits` stream
-// bits MSB-aligned; it starts with the stream's first two words; each code is decoded by one lookup
-//     e = lut[buf >> (64 - kMaxCodeLen)],  len = e >> 8, symbol = e & 0xff
-// then `buf <<= len`; whenever fewer than 32 bits remain the next word is appended. Word reads
-// past the end of `words` are clamped to its last word, so corrupted input can give wrong values
-// but never an out-of-bounds access.
+// Decoding one code at bit position p: e = lut[next 12 bits at p], len = e >> 8 (1..12),
+// exponent = e & 0xff. Every decoder bounds every read and write by the array sizes, so a
+// corrupted payload can decode to wrong values but never reads or writes out of bounds.
 #pragma once
 #include <cstdint>
 
 namespace ek {
 namespace dfloat {
 
-constexpr int kMaxCodeLen = 12;          // decode table: 4096 entries of uint16
+constexpr int kMaxCodeLen = 12;  // decode table: 4096 uint16 entries
 constexpr int kLutSize = 1 << kMaxCodeLen;
-constexpr int kLanes = 32;
-constexpr int kGroup = 8;                // values per lane per group (one 16-byte store)
-constexpr int64_t kMaxStreamValues = 4096;
+constexpr int kSegmentBits = 256;
+constexpr int kBlockSegments = 256;
+constexpr int64_t kBlockBits = int64_t(kSegmentBits) * kBlockSegments;
 
 // Histogram of the 256 exponent values of `n` BF16 words (multithreaded).
 void exponent_histogram(const uint16_t* values, int64_t n, int64_t* hist, int threads);
@@ -48,28 +44,27 @@ void code_lengths(const int64_t* hist, int max_len, uint8_t* lengths);
 // prefix; prefixes no code matches get (1 << 8) | first used symbol.
 void build_lut(const uint8_t* lengths, uint16_t* lut);
 
-// Pass 1 of the encoder: words per lane stream -> lane_offsets (uint16, num_chunks*32) and
-// chunk_offsets (num_chunks + 1). Returns the total number of words.
-int64_t plan_streams(const uint16_t* values, int64_t n, int64_t stream_values,
-                     const uint8_t* lengths, uint16_t* lane_offsets, int64_t* chunk_offsets,
-                     int threads);
+// Total stream bits of the codes of `values` (multithreaded).
+int64_t stream_bits(const uint16_t* values, int64_t n, const uint8_t* lengths, int threads);
 
-// Pass 2: writes the streams into `words` (size from plan_streams) and the raw sign|mantissa
-// bytes into `raw` (n). Returns the XOR checksum of the input (as read_checksum computes it).
-uint32_t write_streams(const uint16_t* values, int64_t n, int64_t stream_values,
-                       const uint8_t* lengths, const uint16_t* lane_offsets,
-                       const int64_t* chunk_offsets, uint32_t* words, uint8_t* raw, int threads);
+// Encoder: writes words (ceil(total_bits / 32) + 1, zero-initialised by the caller), gaps
+// (ceil(segments / 2) bytes), block_starts (blocks + 1) and raw (n). Returns the XOR checksum of
+// the input's 32-bit words (as read_checksum computes it); *max_block_values receives the
+// largest number of values in one block.
+uint32_t encode(const uint16_t* values, int64_t n, const uint8_t* lengths, int64_t total_bits, uint32_t* words,
+                uint8_t* gaps, int64_t* block_starts, uint8_t* raw, int64_t* max_block_values, int threads);
 
-// CPU decoder (multithreaded over chunks). `num_words` >= 1 when n > 0.
-void decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* chunk_offsets,
-                const uint16_t* lane_offsets, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                int64_t stream_values, uint16_t* out, int threads);
+// CPU decoder (multithreaded over blocks).
+void decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
+                const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
+                uint16_t* out, int threads);
 
 #ifdef EK_WITH_CUDA
 // GPU decoder on `stream` (cudaStream_t as integer). Asynchronous; returns 0 or a cudaError_t.
-int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* chunk_offsets,
-                const uint16_t* lane_offsets, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                int64_t stream_values, uint16_t* out, uintptr_t stream);
+// `max_block_values` sizes the shared-memory exponent buffer (values beyond it are not written).
+int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
+                const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
+                int64_t total_bits, int64_t max_block_values, uint16_t* out, uintptr_t stream);
 #endif
 
 }  // namespace dfloat

@@ -35,26 +35,7 @@ void parallel_for(int64_t count, int threads, const std::function<void(int64_t, 
 }
 
 inline uint32_t exponent_of(uint16_t v) { return (v >> 7) & 0xffu; }
-// Which of a lane's two code streams value i belongs to: values 0-3 of each group of 8 go to the
-// stream read forward from the lane's first word, values 4-7 to the one read backward from its
-// last word, so a lane decodes two independent streams (twice the instruction-level parallelism)
-// with no extra index entry.
-inline int half_of(int64_t i) { return static_cast<int>((i >> 2) & 1); }
 inline uint8_t raw_of(uint16_t v) { return static_cast<uint8_t>(((v >> 8) & 0x80u) | (v & 0x7fu)); }
-
-int64_t num_chunks_of(int64_t n, int64_t s) { return (n + kLanes * s - 1) / (kLanes * s); }
-
-// Calls visit(index) for every value index lane `lane` of chunk `chunk` owns, in stream order.
-template <typename Visit>
-inline void for_lane_values(int64_t chunk, int lane, int64_t n, int64_t s, Visit&& visit) {
-  const int64_t chunk_base = chunk * kLanes * s;
-  for (int64_t k = 0; k < s / kGroup; ++k) {
-    const int64_t base = chunk_base + k * kLanes * kGroup + static_cast<int64_t>(lane) * kGroup;
-    if (base >= n) return;
-    const int64_t end = std::min<int64_t>(base + kGroup, n);
-    for (int64_t i = base; i < end; ++i) visit(i);
-  }
-}
 
 struct Code {
   uint32_t bits[256];
@@ -164,109 +145,122 @@ void build_lut(const uint8_t* lengths, uint16_t* lut) {
   }
 }
 
-int64_t plan_streams(const uint16_t* values, int64_t n, int64_t s, const uint8_t* lengths,
-                     uint16_t* lane_offsets, int64_t* chunk_offsets, int threads) {
-  const int64_t chunks = num_chunks_of(n, s);
-  std::vector<int64_t> chunk_words(chunks, 0);
-  parallel_for(chunks, threads, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      int64_t offset = 0;  // < 2^16: s <= kMaxStreamValues is checked by the caller
-      for (int lane = 0; lane < kLanes; ++lane) {
-        lane_offsets[c * kLanes + lane] = static_cast<uint16_t>(offset);
-        int64_t bits[2] = {0, 0};
-        for_lane_values(c, lane, n, s, [&](int64_t i) { bits[half_of(i)] += lengths[exponent_of(values[i])]; });
-        offset += (bits[0] + 31) / 32 + (bits[1] + 31) / 32;
-      }
-      chunk_words[c] = offset;
-    }
-  });
-  chunk_offsets[0] = 0;
-  for (int64_t c = 0; c < chunks; ++c) chunk_offsets[c + 1] = chunk_offsets[c] + chunk_words[c];
-  return chunk_offsets[chunks];
-}
-
-uint32_t write_streams(const uint16_t* values, int64_t n, int64_t s, const uint8_t* lengths,
-                       const uint16_t* lane_offsets, const int64_t* chunk_offsets, uint32_t* words,
-                       uint8_t* raw, int threads) {
-  const Code code = canonical_codes(lengths);
-  const int64_t chunks = num_chunks_of(n, s);
-  const int nt = static_cast<int>(std::min<int64_t>(resolve_threads(threads), std::max<int64_t>(chunks, 1)));
-  std::vector<uint32_t> checksums(nt, 0);
+int64_t stream_bits(const uint16_t* values, int64_t n, const uint8_t* lengths, int threads) {
+  const int nt = resolve_threads(threads);
+  std::vector<int64_t> partial(nt, 0);
   parallel_for(nt, nt, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
-      uint32_t xr = 0;
-      for (int64_t c = chunks * t / nt; c < chunks * (t + 1) / nt; ++c) {
-        for (int lane = 0; lane < kLanes; ++lane) {
-          const int64_t begin = chunk_offsets[c] + lane_offsets[c * kLanes + lane];
-          const int64_t end = lane + 1 < kLanes ? chunk_offsets[c] + lane_offsets[c * kLanes + lane + 1]
-                                                : chunk_offsets[c + 1];
-          // half 0 fills words forward from `begin`, half 1 backward from `end - 1`
-          int64_t pos[2] = {begin, end - 1};
-          const int64_t step[2] = {1, -1};
-          uint64_t acc[2] = {0, 0};  // pending bits, MSB-aligned
-          int used[2] = {0, 0};
-          for_lane_values(c, lane, n, s, [&](int64_t i) {
-            const uint16_t v = values[i];
-            const uint32_t e = exponent_of(v);
-            const int h = half_of(i);
-            acc[h] |= static_cast<uint64_t>(code.bits[e]) << (64 - used[h] - code.len[e]);
-            used[h] += code.len[e];
-            if (used[h] >= 32) {
-              words[pos[h]] = static_cast<uint32_t>(acc[h] >> 32);
-              pos[h] += step[h];
-              acc[h] <<= 32;
-              used[h] -= 32;
-            }
-            raw[i] = raw_of(v);
-            xr ^= (i & 1) ? (static_cast<uint32_t>(v) << 16) : v;
-          });
-          for (int h = 0; h < 2; ++h)
-            if (used[h] > 0) words[pos[h]] = static_cast<uint32_t>(acc[h] >> 32);
-        }
-      }
-      checksums[t] = xr;
+      int64_t bits = 0;
+      for (int64_t i = n * t / nt; i < n * (t + 1) / nt; ++i) bits += lengths[exponent_of(values[i])];
+      partial[t] = bits;
     }
   });
+  int64_t total = 0;
+  for (int64_t b : partial) total += b;
+  return total;
+}
+
+uint32_t encode(const uint16_t* values, int64_t n, const uint8_t* lengths, int64_t total_bits, uint32_t* words,
+                uint8_t* gaps, int64_t* block_starts, uint8_t* raw, int64_t* max_block_values, int threads) {
+  const Code code = canonical_codes(lengths);
+  const int64_t segments = (total_bits + kSegmentBits - 1) / kSegmentBits;
+  const int64_t blocks = (total_bits + kBlockBits - 1) / kBlockBits;
+  // 15 = "no code starts here" (only possible in the last segment): the decoder's bound < 12.
+  std::vector<uint8_t> gap(segments, 15);
+  std::fill(block_starts, block_starts + blocks + 1, n);
+
+  // Each of `parts` threads encodes a contiguous range of values at its bit offset; the words
+  // it shares with its neighbours (its first and last) are OR-ed atomically.
+  const int parts = static_cast<int>(std::min<int64_t>(resolve_threads(threads), std::max<int64_t>(n, 1)));
+  std::vector<int64_t> part_bits(parts + 1, 0);
+  parallel_for(parts, parts, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      int64_t bits = 0;
+      for (int64_t i = n * p / parts; i < n * (p + 1) / parts; ++i) bits += code.len[exponent_of(values[i])];
+      part_bits[p + 1] = bits;
+    }
+  });
+  for (int p = 0; p < parts; ++p) part_bits[p + 1] += part_bits[p];
+
+  std::vector<uint32_t> checksums(parts, 0);
+  parallel_for(parts, parts, [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      const int64_t begin = n * p / parts, end = n * (p + 1) / parts;
+      int64_t pos = part_bits[p];
+      int64_t prev_start = begin > 0 ? pos - code.len[exponent_of(values[begin - 1])] : -1;
+      int64_t w = pos >> 5;
+      int used = static_cast<int>(pos & 31);
+      uint64_t acc = 0;  // pending bits, MSB-aligned; the first `used` belong to the previous part
+      bool first_word = true;
+      uint32_t xr = 0;
+      for (int64_t i = begin; i < end; ++i) {
+        const uint16_t v = values[i];
+        const uint32_t e = exponent_of(v);
+        const int len = code.len[e];
+        const int64_t seg = pos / kSegmentBits;
+        if (seg * kSegmentBits > prev_start) {  // first code starting in segment `seg`
+          gap[seg] = static_cast<uint8_t>(pos - seg * kSegmentBits);
+          if (seg % kBlockSegments == 0) block_starts[seg / kBlockSegments] = i;
+        }
+        prev_start = pos;
+        acc |= static_cast<uint64_t>(code.bits[e]) << (64 - used - len);
+        used += len;
+        pos += len;
+        if (used >= 32) {
+          const uint32_t word = static_cast<uint32_t>(acc >> 32);
+          if (first_word) __atomic_fetch_or(words + w, word, __ATOMIC_RELAXED);
+          else words[w] = word;
+          first_word = false;
+          ++w;
+          acc <<= 32;
+          used -= 32;
+        }
+        raw[i] = raw_of(v);
+        xr ^= (i & 1) ? (static_cast<uint32_t>(v) << 16) : v;
+      }
+      if (used > 0 && end > begin) __atomic_fetch_or(words + w, static_cast<uint32_t>(acc >> 32), __ATOMIC_RELAXED);
+      checksums[p] = xr;
+    }
+  });
+  for (int64_t k = 0; k < segments; k += 2)
+    gaps[k / 2] = static_cast<uint8_t>(gap[k] | ((k + 1 < segments ? gap[k + 1] : 0) << 4));
+  int64_t most = 0;
+  for (int64_t b = 0; b < blocks; ++b) most = std::max(most, block_starts[b + 1] - block_starts[b]);
+  *max_block_values = most;
   uint32_t xr = 0;
   for (uint32_t c : checksums) xr ^= c;
   return xr;
 }
 
-void decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* chunk_offsets,
-                const uint16_t* lane_offsets, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                int64_t s, uint16_t* out, int threads) {
-  if (n <= 0) return;
-  const int64_t chunks = num_chunks_of(n, s);
+void decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
+                const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
+                uint16_t* out, int threads) {
+  if (n <= 0 || num_words <= 0) return;
   const int64_t last = num_words - 1;
-  parallel_for(chunks, threads, [&](int64_t cb, int64_t ce) {
-    auto word = [&](int64_t i) -> uint64_t { return words[std::min(std::max<int64_t>(i, 0), last)]; };
-    for (int64_t c = cb; c < ce; ++c) {
-      for (int lane = 0; lane < kLanes; ++lane) {
-        const int64_t begin = chunk_offsets[c] + lane_offsets[c * kLanes + lane];
-        const int64_t end = lane + 1 < kLanes ? chunk_offsets[c] + lane_offsets[c * kLanes + lane + 1]
-                                              : chunk_offsets[c + 1];
-        int64_t pos[2] = {begin, end - 1};
-        const int64_t step[2] = {1, -1};
-        uint64_t buf[2];
-        int nbits[2] = {64, 64};
-        for (int h = 0; h < 2; ++h) {
-          buf[h] = (word(pos[h]) << 32) | word(pos[h] + step[h]);
-          pos[h] += 2 * step[h];
+  auto word = [&](int64_t i) -> uint64_t { return words[std::min(std::max<int64_t>(i, 0), last)]; };
+  auto clamp_n = [&](int64_t i) { return std::min(std::max<int64_t>(i, 0), n); };
+  parallel_for(num_blocks, threads, [&](int64_t bb, int64_t be) {
+    for (int64_t b = bb; b < be; ++b) {
+      const int64_t first = clamp_n(block_starts[b]), stop = std::max(first, clamp_n(block_starts[b + 1]));
+      const int64_t gap_byte = b * kBlockSegments / 2;
+      const int gap = gap_byte < num_gap_bytes ? (gaps[gap_byte] & 15) : 0;
+      const int64_t pos = b * kBlockBits + gap;
+      int64_t w = pos >> 5;
+      const int off = static_cast<int>(pos & 31);
+      uint64_t buf = ((word(w) << 32) | word(w + 1)) << off;
+      int nbits = 64 - off;
+      w += 2;
+      for (int64_t i = first; i < stop; ++i) {
+        if (nbits < 32) {
+          buf |= word(w++) << (32 - nbits);
+          nbits += 32;
         }
-        for_lane_values(c, lane, n, s, [&](int64_t i) {
-          const int h = half_of(i);
-          const uint16_t e = lut[buf[h] >> (64 - kMaxCodeLen)];
-          const int len = (e >> 8) & 15;  // <= 15 even for a corrupted table: no shift >= 64
-          buf[h] <<= len;
-          nbits[h] -= len;
-          if (nbits[h] < 32) {
-            buf[h] |= word(pos[h]) << (32 - nbits[h]);
-            pos[h] += step[h];
-            nbits[h] += 32;
-          }
-          const uint16_t r = raw[i];
-          out[i] = static_cast<uint16_t>(((r & 0x80u) << 8) | ((e & 0xffu) << 7) | (r & 0x7fu));
-        });
+        const uint16_t e = lut[buf >> (64 - kMaxCodeLen)];
+        const int len = std::max(1, (e >> 8) & 15);  // 1..15 even for a corrupted table
+        buf <<= len;
+        nbits -= len;
+        const uint16_t r = raw[i];
+        out[i] = static_cast<uint16_t>(((r & 0x80u) << 8) | ((e & 0xffu) << 7) | (r & 0x7fu));
       }
     }
   });

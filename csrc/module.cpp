@@ -40,15 +40,11 @@ T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
-void check_stream_values(int64_t s) {
-  if (s < ek::dfloat::kGroup || s > ek::dfloat::kMaxStreamValues || s % ek::dfloat::kGroup != 0)
-    throw std::invalid_argument("stream_values must be a multiple of 8 in [8, 4096]");
-}
-
 void bind_dfloat(py::module_& m) {
   namespace df = ek::dfloat;
   m.attr("DFLOAT_MAX_CODE_LEN") = df::kMaxCodeLen;
-  m.attr("DFLOAT_MAX_STREAM_VALUES") = df::kMaxStreamValues;
+  m.attr("DFLOAT_SEGMENT_BITS") = df::kSegmentBits;
+  m.attr("DFLOAT_BLOCK_BITS") = df::kBlockBits;
   m.def(
       "dfloat_histogram",
       [](uintptr_t values, int64_t n, uintptr_t hist, int threads) {
@@ -69,56 +65,57 @@ void bind_dfloat(py::module_& m) {
       [](uintptr_t lengths, uintptr_t lut) { df::build_lut(ptr<const uint8_t>(lengths), ptr<uint16_t>(lut)); },
       py::arg("lengths"), py::arg("lut"), "uint16[4096] decode table of the canonical code.");
   m.def(
-      "dfloat_plan",
-      [](uintptr_t values, int64_t n, int64_t s, uintptr_t lengths, uintptr_t lane_offsets,
-         uintptr_t chunk_offsets, int threads) {
-        check_stream_values(s);
+      "dfloat_stream_bits",
+      [](uintptr_t values, int64_t n, uintptr_t lengths, int threads) {
         py::gil_scoped_release release;
-        return df::plan_streams(ptr<const uint16_t>(values), n, s, ptr<const uint8_t>(lengths),
-                                ptr<uint16_t>(lane_offsets), ptr<int64_t>(chunk_offsets), threads);
+        return df::stream_bits(ptr<const uint16_t>(values), n, ptr<const uint8_t>(lengths), threads);
       },
-      py::arg("values"), py::arg("n"), py::arg("stream_values"), py::arg("lengths"), py::arg("lane_offsets"),
-      py::arg("chunk_offsets"), py::arg("threads") = 0,
-      "Encoder pass 1: fills the index, returns the number of 32-bit stream words.");
+      py::arg("values"), py::arg("n"), py::arg("lengths"), py::arg("threads") = 0,
+      "Total bits of the exponent codes of n bf16 values.");
   m.def(
-      "dfloat_write",
-      [](uintptr_t values, int64_t n, int64_t s, uintptr_t lengths, uintptr_t lane_offsets,
-         uintptr_t chunk_offsets, uintptr_t words, uintptr_t raw, int threads) {
-        check_stream_values(s);
-        py::gil_scoped_release release;
-        return df::write_streams(ptr<const uint16_t>(values), n, s, ptr<const uint8_t>(lengths),
-                                 ptr<const uint16_t>(lane_offsets), ptr<const int64_t>(chunk_offsets),
-                                 ptr<uint32_t>(words), ptr<uint8_t>(raw), threads);
+      "dfloat_encode",
+      [](uintptr_t values, int64_t n, uintptr_t lengths, int64_t total_bits, uintptr_t words, uintptr_t gaps,
+         uintptr_t block_starts, uintptr_t raw, int threads) {
+        int64_t max_block_values = 0;
+        uint32_t checksum;
+        {
+          py::gil_scoped_release release;
+          checksum = df::encode(ptr<const uint16_t>(values), n, ptr<const uint8_t>(lengths), total_bits,
+                                ptr<uint32_t>(words), ptr<uint8_t>(gaps), ptr<int64_t>(block_starts), ptr<uint8_t>(raw),
+                                &max_block_values, threads);
+        }
+        return py::make_tuple(checksum, max_block_values);
       },
-      py::arg("values"), py::arg("n"), py::arg("stream_values"), py::arg("lengths"), py::arg("lane_offsets"),
-      py::arg("chunk_offsets"), py::arg("words"), py::arg("raw"), py::arg("threads") = 0,
-      "Encoder pass 2: writes the streams and raw bytes; returns the XOR checksum of the input.");
+      py::arg("values"), py::arg("n"), py::arg("lengths"), py::arg("total_bits"), py::arg("words"), py::arg("gaps"),
+      py::arg("block_starts"), py::arg("raw"), py::arg("threads") = 0,
+      "Encode into zeroed words/gaps/block_starts/raw; returns (xor checksum of input, max values per block).");
   m.def(
       "dfloat_decode_cpu",
-      [](uintptr_t words, int64_t num_words, uintptr_t chunk_offsets, uintptr_t lane_offsets, uintptr_t lut,
-         uintptr_t raw, int64_t n, int64_t s, uintptr_t out, int threads) {
-        check_stream_values(s);
+      [](uintptr_t words, int64_t num_words, uintptr_t block_starts, int64_t num_blocks, uintptr_t gaps,
+         int64_t num_gap_bytes, uintptr_t lut, uintptr_t raw, int64_t n, uintptr_t out, int threads) {
         py::gil_scoped_release release;
-        df::decode_cpu(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(chunk_offsets),
-                       ptr<const uint16_t>(lane_offsets), ptr<const uint16_t>(lut), ptr<const uint8_t>(raw), n, s,
+        df::decode_cpu(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts), num_blocks,
+                       ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut), ptr<const uint8_t>(raw), n,
                        ptr<uint16_t>(out), threads);
       },
-      py::arg("words"), py::arg("num_words"), py::arg("chunk_offsets"), py::arg("lane_offsets"), py::arg("lut"),
-      py::arg("raw"), py::arg("n"), py::arg("stream_values"), py::arg("out"), py::arg("threads") = 0,
-      "Decode n bf16 values into out (CPU, multithreaded).");
+      py::arg("words"), py::arg("num_words"), py::arg("block_starts"), py::arg("num_blocks"), py::arg("gaps"),
+      py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("out"), py::arg("threads") = 0,
+      "Decode n bf16 values into out (CPU, multithreaded over blocks).");
 #ifdef EK_WITH_CUDA
   m.def(
       "dfloat_decode_cuda",
-      [](uintptr_t words, int64_t num_words, uintptr_t chunk_offsets, uintptr_t lane_offsets, uintptr_t lut,
-         uintptr_t raw, int64_t n, int64_t s, uintptr_t out, uintptr_t stream) {
-        check_stream_values(s);
-        const int err = df::decode_cuda(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(chunk_offsets),
-                                        ptr<const uint16_t>(lane_offsets), ptr<const uint16_t>(lut),
-                                        ptr<const uint8_t>(raw), n, s, ptr<uint16_t>(out), stream);
+      [](uintptr_t words, int64_t num_words, uintptr_t block_starts, int64_t num_blocks, uintptr_t gaps,
+         int64_t num_gap_bytes, uintptr_t lut, uintptr_t raw, int64_t n, int64_t total_bits, int64_t max_block_values,
+         uintptr_t out, uintptr_t stream) {
+        const int err = df::decode_cuda(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts),
+                                        num_blocks, ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut),
+                                        ptr<const uint8_t>(raw), n, total_bits, max_block_values, ptr<uint16_t>(out),
+                                        stream);
         if (err != 0) throw std::runtime_error("dfloat_decode_cuda: " + ek::cuda_error_string(err));
       },
-      py::arg("words"), py::arg("num_words"), py::arg("chunk_offsets"), py::arg("lane_offsets"), py::arg("lut"),
-      py::arg("raw"), py::arg("n"), py::arg("stream_values"), py::arg("out"), py::arg("stream"),
+      py::arg("words"), py::arg("num_words"), py::arg("block_starts"), py::arg("num_blocks"), py::arg("gaps"),
+      py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("total_bits"),
+      py::arg("max_block_values"), py::arg("out"), py::arg("stream"),
       "Asynchronously decode n bf16 values into the device buffer out on `stream`.");
 #endif
 }

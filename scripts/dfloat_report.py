@@ -39,11 +39,10 @@ def structured(device):
     }
     rows = []
     for name, x in cases.items():
-        for s in (None, 8, 2048):
-            c = DFloatTensor.compress(x, stream_values=s)
-            ok_cpu = bits_equal(c.decompress(), x)
-            ok_gpu = bits_equal(c.to(device).decompress().cpu(), x) if device.type == "cuda" else None
-            rows.append({"input": name, "stream_values": c.stream_values, "cpu_exact": ok_cpu, "gpu_exact": ok_gpu})
+        c = DFloatTensor.compress(x)
+        ok_cpu = bits_equal(c.decompress(), x)
+        ok_gpu = bits_equal(c.to(device).decompress().cpu(), x) if device.type == "cuda" else None
+        rows.append({"input": name, "ratio": c.ratio, "cpu_exact": ok_cpu, "gpu_exact": ok_gpu})
     return rows
 
 
@@ -67,13 +66,10 @@ def main():
               "cpu_count": os.cpu_count(), "machine": platform.machine()}
 
     x = weights(ANCHOR, "cpu")
-    size = {}
-    for s in (None, 512, 2048, 4096):
-        c = DFloatTensor.compress(x, stream_values=s)
-        size[str(c.stream_values)] = {"ratio": c.ratio, "bits_per_value": c.bits_per_value,
-                                      "bound_bits": c.entropy_bound_bits,
-                                      "over_bound_pct": 100 * (c.bits_per_value / c.entropy_bound_bits - 1)}
-    report["size_anchor"] = size
+    c = DFloatTensor.compress(x)
+    report["size_anchor"] = {"ratio": c.ratio, "bits_per_value": c.bits_per_value, "bound_bits": c.entropy_bound_bits,
+                             "bound_ratio": c.entropy_bound_bits / 16,
+                             "over_bound_pct": 100 * (c.bits_per_value / c.entropy_bound_bits - 1)}
     if dfloat11_available() and device.type == "cuda":
         t = time.perf_counter()
         decode11, bytes11 = dfloat11_encode(x, device)
@@ -95,14 +91,19 @@ def main():
             dst = torch.empty_like(xd)
             copy_us = tt.do_bench(lambda: dst.copy_(xd), return_mode="median") * 1e3
             row = {"copy_us": copy_us}
-            for s in (None, 512, 2048):
-                cn = DFloatTensor.compress(xn, stream_values=s).to(device)
-                o = torch.empty(n, dtype=torch.bfloat16, device=device)
-                cn.decompress(out=o)
-                assert bits_equal(o.cpu(), xn), (n, s)
-                us = tt.do_bench(lambda: cn.decompress(out=o), return_mode="median") * 1e3
-                row[f"ekdf_S{cn.stream_values}_us"] = us
-                row[f"ekdf_S{cn.stream_values}_GBps"] = 2 * n / us / 1e3
+            cn = DFloatTensor.compress(xn).to(device)
+            o = torch.empty(n, dtype=torch.bfloat16, device=device)
+            cn.decompress(out=o)
+            row["bit_exact"] = bits_equal(o.cpu(), xn)
+            us = tt.do_bench(lambda: cn.decompress(out=o), return_mode="median") * 1e3
+            row["ekdf_us"], row["ekdf_GBps"] = us, 2 * n / us / 1e3
+            # the kernel alone, without the Python op dispatch: a CUDA graph of 20 decodes
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(20):
+                    cn.decompress(out=o)
+            us_graph = tt.do_bench(g.replay, return_mode="median") * 1e3 / 20
+            row["ekdf_graph_us"], row["ekdf_graph_GBps"] = us_graph, 2 * n / us_graph / 1e3
             if n == ANCHOR and "dfloat11" in report:
                 o11 = decode11()
                 report["dfloat11"]["bit_exact"] = bits_equal(o11.cpu(), xn)

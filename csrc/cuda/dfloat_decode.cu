@@ -1,12 +1,17 @@
-// EKDF GPU decoder: one warp per chunk, each lane decodes its two code streams (see dfloat.h).
-//
-// Per block: the 8 KB decode table is copied to shared memory once; every code is then one
-// shared-memory lookup. Per lane and group of 8 values: one 8-byte load of the raw
-// sign|mantissa bytes (prefetched a group ahead), 4 codes from the forward stream and 4 from the
-// backward stream (two independent dependency chains), one 16-byte store -- a warp writes 512
-// contiguous bytes per group. Stream words are prefetched one refill ahead, so the global-load
-// latency overlaps ~10 decodes.
+// EKDF GPU decoder (format: dfloat.h). One block of 256 threads per 65536-bit block of the
+// exponent stream, one thread per 256-bit segment:
+//   1. the block's 8 KB of stream words and the 8 KB decode table go to shared memory
+//      (coalesced 16-byte loads), so every later read is a shared-memory access;
+//   2. counting pass: each thread walks the codes starting in its segment (from its 4-bit gap);
+//   3. block-wide exclusive prefix sum of the counts = each thread's first output slot;
+//   4. decoding pass: the same walk writes one exponent byte per value to shared memory;
+//   5. output pass: 8 values per thread-step -- an 8-byte load of raw sign|mantissa bytes, an
+//      8-byte shared-memory load of exponents, one 16-byte store (a warp writes 512 contiguous B).
+// The chains are short (~100 codes per thread) and there are ~64 blocks per million values, so
+// the latency of the dependent shared-memory lookups is hidden by many resident warps.
 #include <cuda_runtime.h>
+
+#include <algorithm>
 
 #include "dfloat.h"
 
@@ -14,122 +19,129 @@ namespace ek {
 namespace dfloat {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * kLanes;
+constexpr int kThreads = kBlockSegments;                         // 256
+constexpr int kBlockWords = static_cast<int>(kBlockBits / 32);   // 2048 (+1 read past the end)
+constexpr int kLutBytes = kLutSize * 2;                           // 8192
+constexpr int kWordBytes = (kBlockWords + 1 + 3) / 4 * 16;        // 2049 words rounded to 16 B
+constexpr int kScanBytes = 64;
+constexpr int kFixedSmem = kLutBytes + kWordBytes + kScanBytes;
 
-__device__ __forceinline__ uint32_t load_word(const uint32_t* __restrict__ words, int64_t i, int64_t last) {
-  i = i < 0 ? 0 : (i > last ? last : i);  // clamped: corrupted offsets never read out of bounds
-  return __ldg(words + i);
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// The 32 stream bits starting at local bit `pos` of the block's words.
+__device__ __forceinline__ uint32_t peek32(const uint32_t* sw, int pos) {
+  const int i = pos >> 5;
+  return __funnelshift_l(sw[i + 1], sw[i], pos & 31);
 }
-
-// One code stream read in direction STEP (+1 forward, -1 backward).
-template <int STEP>
-struct Stream {
-  uint64_t buf;   // next bits, MSB-aligned
-  int nbits;      // valid bits in buf (>= 32 between decodes)
-  int64_t pos;    // next word to prefetch
-  uint32_t next;  // prefetched word
-
-  __device__ __forceinline__ void start(const uint32_t* __restrict__ words, int64_t first, int64_t last) {
-    buf = (static_cast<uint64_t>(load_word(words, first, last)) << 32) | load_word(words, first + STEP, last);
-    next = load_word(words, first + 2 * STEP, last);
-    pos = first + 3 * STEP;
-    nbits = 64;
-  }
-
-  __device__ __forceinline__ uint32_t decode(const uint16_t* __restrict__ lut, const uint32_t* __restrict__ words,
-                                             int64_t last) {
-    const uint32_t e = lut[buf >> (64 - kMaxCodeLen)];
-    const int len = (e >> 8) & 15;  // <= 15 even for a corrupted table: no shift >= 64
-    buf <<= len;
-    nbits -= len;
-    if (nbits < 32) {
-      buf |= static_cast<uint64_t>(next) << (32 - nbits);
-      nbits += 32;
-      next = load_word(words, pos, last);
-      pos += STEP;
-    }
-    return e & 0xffu;
-  }
-};
 
 __device__ __forceinline__ uint32_t bf16_bits(uint32_t raw, uint32_t exponent) {
   return ((raw & 0x80u) << 8) | (exponent << 7) | (raw & 0x7fu);
 }
 
-__device__ __forceinline__ uint32_t pack2(uint32_t raw_word, int byte, uint32_t e0, uint32_t e1) {
-  const uint32_t r0 = (raw_word >> (8 * byte)) & 0xffu, r1 = (raw_word >> (8 * byte + 8)) & 0xffu;
+__device__ __forceinline__ uint32_t pack2(uint32_t raw4, uint32_t exp4, int k) {
+  const uint32_t r0 = (raw4 >> (16 * k)) & 0xffu, r1 = (raw4 >> (16 * k + 8)) & 0xffu;
+  const uint32_t e0 = (exp4 >> (16 * k)) & 0xffu, e1 = (exp4 >> (16 * k + 8)) & 0xffu;
   return bf16_bits(r0, e0) | (bf16_bits(r1, e1) << 16);
 }
 
 __global__ void __launch_bounds__(kThreads) decode_kernel(
-    const uint32_t* __restrict__ words, int64_t last_word, const int64_t* __restrict__ chunk_offsets,
-    const uint16_t* __restrict__ lane_offsets, const uint16_t* __restrict__ lut,
-    const uint8_t* __restrict__ raw, int64_t n, int64_t s, uint16_t* __restrict__ out, int64_t chunks) {
-  __shared__ __align__(16) uint16_t slut[kLutSize];
-  for (int i = threadIdx.x; i < kLutSize * 2 / 16; i += kThreads)
+    const uint32_t* __restrict__ words, int64_t num_words, const int64_t* __restrict__ block_starts,
+    const uint8_t* __restrict__ gaps, int64_t num_gap_bytes, const uint16_t* __restrict__ lut,
+    const uint8_t* __restrict__ raw, int64_t n, int64_t total_bits, int cap, uint16_t* __restrict__ out) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* slut = reinterpret_cast<uint16_t*>(smem);
+  uint32_t* sw = reinterpret_cast<uint32_t*>(smem + kLutBytes);
+  int* warp_sums = reinterpret_cast<int*>(smem + kLutBytes + kWordBytes);
+  uint8_t* sexp = smem + kFixedSmem;
+
+  const int t = threadIdx.x;
+  const int64_t b = blockIdx.x;
+  for (int i = t; i < kLutBytes / 16; i += kThreads)
     reinterpret_cast<uint4*>(slut)[i] = __ldg(reinterpret_cast<const uint4*>(lut) + i);
+  const int64_t w0 = b * kBlockWords;
+  for (int i = t; i < kBlockWords + 1; i += kThreads) {
+    const int64_t wi = w0 + i;
+    sw[i] = wi < num_words ? __ldg(words + wi) : 0u;
+  }
   __syncthreads();
 
-  const int lane = threadIdx.x & (kLanes - 1);
-  const int64_t groups = s / kGroup;
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kLanes; c < chunks;
-       c += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const int64_t base_word = chunk_offsets[c];
-    const int64_t begin = base_word + lane_offsets[c * kLanes + lane];
-    const int64_t end = lane + 1 < kLanes ? base_word + lane_offsets[c * kLanes + lane + 1] : chunk_offsets[c + 1];
-    Stream<1> fwd;
-    Stream<-1> bwd;
-    fwd.start(words, begin, last_word);
-    bwd.start(words, end - 1, last_word);
+  // this thread's segment: codes starting in [gap, limit) relative to its first bit
+  const int64_t seg = b * kBlockSegments + t;
+  const int limit = static_cast<int>(max64(0, min64(kSegmentBits, total_bits - seg * kSegmentBits)));
+  const int gap = (seg >> 1) < num_gap_bytes ? (__ldg(gaps + (seg >> 1)) >> ((seg & 1) * 4)) & 15 : 15;
+  const int base = t * kSegmentBits;
 
-    const int64_t first = c * kLanes * s + lane * kGroup;  // this lane's first value
-    if (c * kLanes * s + kLanes * s <= n) {
-      // full chunk: 16-byte stores, raw bytes prefetched one group ahead
-      const uint2* raw_p = reinterpret_cast<const uint2*>(raw + first);
-      uint4* out_p = reinterpret_cast<uint4*>(out + first);
-      constexpr int64_t kStride = kLanes * kGroup / 8;  // uint2 / uint4 elements per group
-      uint2 r = __ldg(raw_p);
-      for (int64_t k = 0; k < groups; ++k) {
-        const uint2 r_next = k + 1 < groups ? __ldg(raw_p + (k + 1) * kStride) : r;
-        uint32_t ea[4], eb[4];
+  int count = 0;
+  for (int p = gap; p < limit; ++count) p += max(1, (slut[peek32(sw, base + p) >> (32 - kMaxCodeLen)] >> 8) & 15);
+
+  // block-wide exclusive prefix sum of the counts
+  const int lane = t & 31, warp = t >> 5;
+  int incl = count;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          ea[j] = fwd.decode(slut, words, last_word);
-          eb[j] = bwd.decode(slut, words, last_word);
-        }
-        out_p[k * kStride] = make_uint4(pack2(r.x, 0, ea[0], ea[1]), pack2(r.x, 2, ea[2], ea[3]),
-                                        pack2(r.y, 0, eb[0], eb[1]), pack2(r.y, 2, eb[2], eb[3]));
-        r = r_next;
-      }
-    } else {
-      // the last, partial chunk: the same order, guarded scalar accesses
-      for (int64_t k = 0; k < groups; ++k) {
-        const int64_t g = first + k * kLanes * kGroup;
-        if (g >= n) break;
-        for (int j = 0; j < kGroup; ++j) {
-          const int64_t i = g + j;
-          if (i >= n) break;
-          const uint32_t e = j < 4 ? fwd.decode(slut, words, last_word) : bwd.decode(slut, words, last_word);
-          out[i] = static_cast<uint16_t>(bf16_bits(raw[i], e));
-        }
-      }
+  for (int d = 1; d < 32; d <<= 1) {
+    const int v = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += v;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  if (t == 0) {
+    int run = 0;
+    for (int w = 0; w < kThreads / 32; ++w) {
+      const int v = warp_sums[w];
+      warp_sums[w] = run;
+      run += v;
     }
   }
+  __syncthreads();
+
+  // decoding pass: exponent of block value j goes to sexp[lead + j] (lead aligns 8-value groups)
+  const int64_t first = min64(max64(block_starts[b], 0), n);
+  const int64_t stop = min64(max64(block_starts[b + 1], first), n);
+  const int lead = static_cast<int>(first & 7);
+  int q = lead + warp_sums[warp] + incl - count;
+  const int q_end = lead + cap;
+  for (int p = gap; p < limit; ++q) {
+    const uint32_t e = slut[peek32(sw, base + p) >> (32 - kMaxCodeLen)];
+    p += max(1, static_cast<int>((e >> 8) & 15));
+    if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
+  }
+  __syncthreads();
+
+  // output pass: [first, first + cnt) with a scalar head/tail and 8-value vectors between
+  const int64_t cnt = min64(stop - first, cap);
+  const int64_t end = first + cnt;
+  const int64_t body_begin = min64((first + 7) & ~int64_t(7), end);
+  const int64_t body_end = max64(body_begin, end & ~int64_t(7));
+  const int64_t shift = first - lead;  // sexp index of value i is i - shift
+  for (int64_t i = first + t; i < body_begin; i += kThreads)
+    out[i] = static_cast<uint16_t>(bf16_bits(raw[i], sexp[i - shift]));
+  for (int64_t v = body_begin / 8 + t; v < body_end / 8; v += kThreads) {
+    const uint2 r = __ldg(reinterpret_cast<const uint2*>(raw) + v);
+    const uint2 e = *reinterpret_cast<const uint2*>(sexp + (v * 8 - shift));
+    reinterpret_cast<uint4*>(out)[v] = make_uint4(pack2(r.x, e.x, 0), pack2(r.x, e.x, 1), pack2(r.y, e.y, 0),
+                                                  pack2(r.y, e.y, 1));
+  }
+  for (int64_t i = body_end + t; i < end; i += kThreads)
+    out[i] = static_cast<uint16_t>(bf16_bits(raw[i], sexp[i - shift]));
 }
 
 }  // namespace
 
-int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* chunk_offsets,
-                const uint16_t* lane_offsets, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                int64_t stream_values, uint16_t* out, uintptr_t stream_int) {
-  if (n <= 0) return 0;
+int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
+                const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
+                int64_t total_bits, int64_t max_block_values, uint16_t* out, uintptr_t stream_int) {
+  if (n <= 0 || num_blocks <= 0) return 0;
   auto stream = reinterpret_cast<cudaStream_t>(stream_int);
-  const int64_t chunks = (n + kLanes * stream_values - 1) / (kLanes * stream_values);
-  const int64_t blocks = (chunks + kWarps - 1) / kWarps;
-  const unsigned grid = static_cast<unsigned>(blocks < (1LL << 30) ? blocks : (1LL << 30));
-  decode_kernel<<<grid, kThreads, 0, stream>>>(words, num_words - 1, chunk_offsets, lane_offsets, lut, raw, n,
-                                               stream_values, out, chunks);
+  const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
+  const int smem = kFixedSmem + (cap + 8 + 15) / 16 * 16;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  if (num_blocks > 0x7fffffffLL) return static_cast<int>(cudaErrorInvalidValue);
+  decode_kernel<<<static_cast<unsigned>(num_blocks), kThreads, smem, stream>>>(
+      words, num_words, block_starts, gaps, num_gap_bytes, lut, raw, n, total_bits, cap, out);
   return static_cast<int>(cudaGetLastError());
 }
 

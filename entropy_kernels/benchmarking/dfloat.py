@@ -21,7 +21,6 @@ from .cases import Case, Provider
 ANCHOR = 16_777_216
 FULL = [ANCHOR, 262_144, 536_870_912]
 QUICK = {"cpu": [65_536], "cuda": [ANCHOR]}
-STREAM_VALUES = (None, 2048)  # default (1024 for large tensors) and a longer-stream variant
 
 
 def weights(n: int, device, seed: int = 0) -> torch.Tensor:
@@ -36,14 +35,10 @@ def weights(n: int, device, seed: int = 0) -> torch.Tensor:
     return (torch.randn(n, generator=g) * 0.02).to(torch.bfloat16).to(device)
 
 
-def _ours(stream_values):
-    def setup(case: Case):
-        c = DFloatTensor.compress(weights(case.shape["N"], "cpu"), stream_values=stream_values).to(case.device)
-        out = torch.empty(c.numel, dtype=torch.bfloat16, device=case.device)
-        return (lambda: c.decompress(out=out)), []
-
-    name = "entropy_kernels" + ("" if stream_values is None else f" S={stream_values}")
-    return Provider(name, "ours", setup)
+def _ours(case: Case):
+    c = DFloatTensor.compress(weights(case.shape["N"], "cpu")).to(case.device)
+    out = torch.empty(c.numel, dtype=torch.bfloat16, device=case.device)
+    return (lambda: c.decompress(out=out)), []
 
 
 def dfloat11_available() -> bool:
@@ -98,7 +93,7 @@ def _copy_floor(case: Case):
 
 
 def _providers(n: int, device: torch.device) -> List[Provider]:
-    out = [_ours(s) for s in STREAM_VALUES]
+    out = [Provider("entropy_kernels", "ours", _ours)]
     if device.type == "cuda" and n == ANCHOR:
         out.append(Provider("dfloat11", "baseline", _dfloat11, available=lambda case: dfloat11_available()))
     out.append(Provider("floor: copy", "floor", _copy_floor))

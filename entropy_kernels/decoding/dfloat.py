@@ -37,26 +37,7 @@ from ..reference import dfloat as _ref
 FORMAT_MAGIC = "EKDF"
 FORMAT_VERSION = 1
 MAX_CODE_LEN = 12
-PARTS = ("words", "chunk_offsets", "lane_offsets", "lut", "raw")
-
-
-def default_stream_values(numel: int) -> int:
-    """Values per lane stream for a tensor of ``numel`` values.
-
-    Longer streams cost fewer index/padding bits (~32 bits per stream) but give the GPU fewer
-    independent streams; 1024 keeps the overhead near 0.03 bits/value on large weights, shorter
-    streams keep small tensors from running on a handful of warps.
-
-    Example
-    -------
-    >>> default_stream_values(16_777_216), default_stream_values(4096)
-    (1024, 256)
-    """
-    if numel >= 1 << 22:
-        return 1024
-    if numel >= 1 << 20:
-        return 512
-    return 256
+PARTS = ("words", "gaps", "block_starts", "lut", "raw")
 
 
 def _native():
@@ -92,24 +73,24 @@ class DFloatTensor:
     ((10,), 10, 0.0)
     """
 
-    def __init__(self, *, words: torch.Tensor, chunk_offsets: torch.Tensor, lane_offsets: torch.Tensor,
-                 lut: torch.Tensor, raw: torch.Tensor, shape: Sequence[int], stream_values: int, checksum: int,
+    def __init__(self, *, words: torch.Tensor, gaps: torch.Tensor, block_starts: torch.Tensor, lut: torch.Tensor,
+                 raw: torch.Tensor, shape: Sequence[int], total_bits: int, max_block_values: int, checksum: int,
                  code_lengths: Sequence[int], exponent_hist: Sequence[int], payload_crc32: int):
-        self.words, self.chunk_offsets, self.lane_offsets, self.lut, self.raw = (
-            words, chunk_offsets, lane_offsets, lut, raw)
+        self.words, self.gaps, self.block_starts, self.lut, self.raw = words, gaps, block_starts, lut, raw
         self.shape = tuple(int(s) for s in shape)
         self.numel = math.prod(self.shape)
-        self.stream_values = int(stream_values)
+        self.total_bits = int(total_bits)
+        self.max_block_values = int(max_block_values)
         self.checksum = int(checksum) & 0xFFFFFFFF
         self.code_lengths = [int(v) for v in code_lengths]
         self.exponent_hist = [int(v) for v in exponent_hist]
         self.payload_crc32 = int(payload_crc32) & 0xFFFFFFFF
-        _ops.check_payload(*self.payload(), self.numel, self.stream_values)
+        _ops.check_payload(*self.payload(), *self.sizes())
 
     # ----------------------------------------------------------------------------- building ---
 
     @classmethod
-    def compress(cls, tensor: torch.Tensor, stream_values: Optional[int] = None, threads: int = 0) -> "DFloatTensor":
+    def compress(cls, tensor: torch.Tensor, threads: int = 0) -> "DFloatTensor":
         """Encode a bf16 tensor (any device; encoding runs on the CPU with ``threads`` threads,
         0 = all cores). The payload is placed on the tensor's device.
 
@@ -127,9 +108,6 @@ class DFloatTensor:
             raise TypeError(f"tensor must be bfloat16 (EKDF codes the 8-bit exponent of bf16), got {tensor.dtype}; "
                             "cast explicitly if that is lossless for your data")
         numel = tensor.numel()
-        s = default_stream_values(numel) if stream_values is None else stream_values
-        if not isinstance(s, int) or not (8 <= s <= _ops.MAX_STREAM_VALUES) or s % 8:
-            raise ValueError(f"stream_values must be a multiple of 8 in [8, {_ops.MAX_STREAM_VALUES}], got {s!r}")
         if not isinstance(threads, int) or threads < 0:
             raise ValueError(f"threads must be an int >= 0, got {threads!r}")
         C = _native()
@@ -140,26 +118,30 @@ class DFloatTensor:
         C.dfloat_code_lengths(hist.data_ptr(), MAX_CODE_LEN, lengths.data_ptr())
         lut = torch.empty(_ops.LUT_SIZE, dtype=torch.int16)
         C.dfloat_build_lut(lengths.data_ptr(), lut.data_ptr())
-        chunks = _ops.num_chunks(numel, s)
-        lane_offsets = torch.empty(chunks * _ops.LANES, dtype=torch.int16)
-        chunk_offsets = torch.empty(chunks + 1, dtype=torch.int64)
-        num_words = C.dfloat_plan(x.data_ptr(), numel, s, lengths.data_ptr(), lane_offsets.data_ptr(),
-                                  chunk_offsets.data_ptr(), threads)
-        words = torch.empty(num_words, dtype=torch.int32)
+        total_bits = C.dfloat_stream_bits(x.data_ptr(), numel, lengths.data_ptr(), threads)
+        sizes = _ops.payload_sizes(numel, total_bits)
+        words = torch.zeros(sizes["words"], dtype=torch.int32)
+        gaps = torch.zeros(sizes["gaps"], dtype=torch.uint8)
+        block_starts = torch.zeros(sizes["block_starts"], dtype=torch.int64)
         raw = torch.empty(numel, dtype=torch.uint8)
-        checksum = C.dfloat_write(x.data_ptr(), numel, s, lengths.data_ptr(), lane_offsets.data_ptr(),
-                                  chunk_offsets.data_ptr(), words.data_ptr(), raw.data_ptr(), threads)
-        payload = (words, chunk_offsets, lane_offsets, lut, raw)
-        out = cls(words=words, chunk_offsets=chunk_offsets, lane_offsets=lane_offsets, lut=lut, raw=raw,
-                  shape=tensor.shape, stream_values=s, checksum=checksum, code_lengths=lengths.tolist(),
-                  exponent_hist=hist.tolist(), payload_crc32=_crc32(payload))
+        checksum, max_block_values = C.dfloat_encode(x.data_ptr(), numel, lengths.data_ptr(), total_bits,
+                                                     words.data_ptr(), gaps.data_ptr(), block_starts.data_ptr(),
+                                                     raw.data_ptr(), threads)
+        payload = (words, gaps, block_starts, lut, raw)
+        out = cls(words=words, gaps=gaps, block_starts=block_starts, lut=lut, raw=raw, shape=tensor.shape,
+                  total_bits=total_bits, max_block_values=max_block_values, checksum=checksum,
+                  code_lengths=lengths.tolist(), exponent_hist=hist.tolist(), payload_crc32=_crc32(payload))
         return out.to(tensor.device) if tensor.device.type != "cpu" else out
 
     # ----------------------------------------------------------------------------- decoding ---
 
     def payload(self) -> Tuple[torch.Tensor, ...]:
-        """The decoder's arrays ``(words, chunk_offsets, lane_offsets, lut, raw)``."""
-        return self.words, self.chunk_offsets, self.lane_offsets, self.lut, self.raw
+        """The decoder's arrays ``(words, gaps, block_starts, lut, raw)``."""
+        return self.words, self.gaps, self.block_starts, self.lut, self.raw
+
+    def sizes(self) -> Tuple[int, int, int]:
+        """The decoder's integer arguments ``(numel, total_bits, max_block_values)``."""
+        return self.numel, self.total_bits, self.max_block_values
 
     @property
     def device(self) -> torch.device:
@@ -199,12 +181,12 @@ class DFloatTensor:
         """
         src = self if device is None else self.to(device)
         if out is None:
-            flat = torch.ops.entropy_kernels.dfloat_decompress(*src.payload(), src.numel, src.stream_values)
+            flat = torch.ops.entropy_kernels.dfloat_decompress(*src.payload(), *src.sizes())
             return flat.view(self.shape)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
         flat = out.view(-1) if out.is_contiguous() else out
-        torch.ops.entropy_kernels.dfloat_decompress_into(flat, *src.payload(), src.numel, src.stream_values)
+        torch.ops.entropy_kernels.dfloat_decompress_into(flat, *src.payload(), *src.sizes())
         return out.view(self.shape)
 
     def verify(self, decoded: torch.Tensor) -> bool:
@@ -255,14 +237,16 @@ class DFloatTensor:
     # ----------------------------------------------------------------------- serialisation ---
 
     def _header_args(self) -> dict:
-        return dict(shape=self.shape, stream_values=self.stream_values, checksum=self.checksum,
+        return dict(shape=self.shape, total_bits=self.total_bits, max_block_values=self.max_block_values,
+                    checksum=self.checksum,
                     code_lengths=self.code_lengths, exponent_hist=self.exponent_hist,
                     payload_crc32=self.payload_crc32)
 
     def header(self) -> dict:
         """JSON-able header: magic, version, dtype, shape, code table, sizes and checksums."""
         return {"magic": FORMAT_MAGIC, "version": FORMAT_VERSION, "dtype": "bfloat16", "shape": list(self.shape),
-                "stream_values": self.stream_values, "max_code_len": MAX_CODE_LEN, "num_words": self.words.numel(),
+                "total_bits": self.total_bits, "max_block_values": self.max_block_values,
+                "max_code_len": MAX_CODE_LEN, "num_words": self.words.numel(),
                 "checksum": self.checksum, "payload_crc32": self.payload_crc32,
                 "code_lengths": _sparse(self.code_lengths), "exponent_hist": _sparse(self.exponent_hist)}
 
@@ -296,7 +280,8 @@ class DFloatTensor:
             shape = [int(s) for s in header["shape"]]
             if any(s < 0 for s in shape):
                 raise ValueError("negative dimension")
-            obj = cls(**{p: tensors[p] for p in PARTS}, shape=shape, stream_values=int(header["stream_values"]),
+            obj = cls(**{p: tensors[p] for p in PARTS}, shape=shape, total_bits=int(header["total_bits"]),
+                      max_block_values=int(header["max_block_values"]),
                       checksum=int(header["checksum"]), code_lengths=_dense(header["code_lengths"]),
                       exponent_hist=_dense(header["exponent_hist"]), payload_crc32=int(header["payload_crc32"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -339,15 +324,15 @@ class DFloatTensor:
         C.dfloat_build_lut(lengths_t.data_ptr(), lut.data_ptr())
         if not torch.equal(lut, self.lut.cpu()):
             raise DFloatError("decode table does not match the code lengths")
-        chunk = self.chunk_offsets.cpu()
-        if self.numel and (int(chunk[0]) != 0 or int(chunk[-1]) != self.words.numel() or
-                           bool((chunk[1:] < chunk[:-1]).any())):
-            raise DFloatError("chunk offsets are not a non-decreasing range over the words")
-        lane = (self.lane_offsets.cpu().to(torch.int64) & 0xFFFF).view(-1, _ops.LANES)
-        if lane.numel():
-            sizes = (chunk[1:] - chunk[:-1]).unsqueeze(1)
-            if bool((lane[:, 0] != 0).any()) or bool((lane[:, 1:] < lane[:, :-1]).any()) or bool((lane > sizes).any()):
-                raise DFloatError("lane offsets are out of range")
+        starts = self.block_starts.cpu()
+        if int(starts[0]) != 0 or int(starts[-1]) != self.numel or bool((starts[1:] < starts[:-1]).any()):
+            raise DFloatError("block starts are not a non-decreasing range from 0 to numel")
+        if starts.numel() > 1 and int((starts[1:] - starts[:-1]).max()) > self.max_block_values:
+            raise DFloatError("a block holds more values than max_block_values")
+        g = self.gaps.cpu()
+        nibbles = torch.stack([g & 15, g >> 4], 1).reshape(-1)
+        if bool(((nibbles >= _ref.MAX_CODE_LEN) & (nibbles != 15)).any()):
+            raise DFloatError("segment gaps out of range")
 
 
 def _sparse(values: Sequence[int]) -> Dict[str, int]:

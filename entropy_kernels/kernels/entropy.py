@@ -66,6 +66,7 @@ def _entropy_fwd_kernel(
     n_cols, n_inner, stride_outer, stride_inner, cols_per_split, n_splits,
     HAS_ROW_TEMP: tl.constexpr, SPLIT: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    inv_temp = tl.cast(inv_temp, tl.float32)  # a Python float arrives as fp64 from inductor
     row = tl.program_id(0)
     split = tl.program_id(1)
     acc_ty = tl.float64 if ACC64 else tl.float32
@@ -118,6 +119,7 @@ def _entropy_bwd_kernel(
     n_cols, n_inner, stride_outer, stride_inner, cols_per_split,
     HAS_ROW_TEMP: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    inv_temp = tl.cast(inv_temp, tl.float32)  # a Python float arrives as fp64 from inductor
     row = tl.program_id(0)
     split = tl.program_id(1)
     acc_ty = tl.float64 if ACC64 else tl.float32

@@ -62,6 +62,8 @@ def _lsm_fwd_kernel(
     HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    softcap = tl.cast(softcap, tl.float32)  # a Python float arrives as fp64 from inductor
+    inv_temp = tl.cast(inv_temp, tl.float32)  # a Python float arrives as fp64 from inductor
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -130,6 +132,8 @@ def _lsm_bwd_kernel(
     NEED_DH: tl.constexpr, NEED_DW: tl.constexpr,
     GROUP_N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    softcap = tl.cast(softcap, tl.float32)  # a Python float arrives as fp64 from inductor
+    inv_temp = tl.cast(inv_temp, tl.float32)  # a Python float arrives as fp64 from inductor
     # Grouped order: GROUP_N token tiles sweep the vocabulary together, so a W tile is reused
     # from L2 by neighbouring programs while their dW atomics go to different rows of W.
     pid = tl.program_id(0)

@@ -35,6 +35,8 @@ def _rows_stats_kernel(
     x_ptr, stride_row, y_ptr, stats_ptr, V, softcap, inv_temp,
     SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    softcap = tl.cast(softcap, tl.float32)  # a Python float arrives as fp64 from inductor
+    inv_temp = tl.cast(inv_temp, tl.float32)  # a Python float arrives as fp64 from inductor
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_row
     y = tl.load(y_ptr + row)
@@ -66,6 +68,8 @@ def _rows_grad_kernel(
     x_ptr, stride_row, out_ptr, out_stride_row, y_ptr, stats_ptr, coef_ptr, V, softcap, inv_temp,
     SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    softcap = tl.cast(softcap, tl.float32)  # a Python float arrives as fp64 from inductor
+    inv_temp = tl.cast(inv_temp, tl.float32)  # a Python float arrives as fp64 from inductor
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_row
     out_row = out_ptr + row.to(tl.int64) * out_stride_row

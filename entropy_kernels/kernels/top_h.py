@@ -92,6 +92,7 @@ def _top_h_kernel(
     EXACT: tl.constexpr, WRITE_MASK: tl.constexpr, SAMPLE: tl.constexpr,
     CAND: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    inv_temp = tl.cast(inv_temp, tl.float32)  # a Python float arrives as fp64 from inductor
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_row
     alpha = tl.load(alpha_ptr + row).to(tl.float32)

@@ -19,32 +19,39 @@ import torch
 
 from .. import _backend
 
-LANES = 32
 LUT_SIZE = 4096
-MAX_STREAM_VALUES = 4096
+SEGMENT_BITS = 256  # stream bits per GPU thread
+BLOCK_BITS = 256 * SEGMENT_BITS  # stream bits per GPU block
 
-_PAYLOAD = (("words", torch.int32), ("chunk_offsets", torch.int64), ("lane_offsets", torch.int16),
-            ("lut", torch.int16), ("raw", torch.uint8))
+_PAYLOAD = (("words", torch.int32), ("gaps", torch.uint8), ("block_starts", torch.int64), ("lut", torch.int16),
+            ("raw", torch.uint8))
 
 
-def num_chunks(numel: int, stream_values: int) -> int:
-    """Chunks (one warp each) of an EKDF payload of ``numel`` values.
+def payload_sizes(numel: int, total_bits: int) -> dict:
+    """Entries of each payload array for ``numel`` values coded in ``total_bits`` stream bits.
 
     Example
     -------
-    >>> num_chunks(70_000, 1024)  # 32·1024 values per chunk
-    3
+    >>> payload_sizes(100, 300)
+    {'words': 11, 'gaps': 1, 'block_starts': 2, 'lut': 4096, 'raw': 100}
     """
-    return -(-numel // (LANES * stream_values))
+    segments = -(-total_bits // SEGMENT_BITS)
+    blocks = -(-total_bits // BLOCK_BITS)
+    return {"words": -(-total_bits // 32) + 1, "gaps": -(-segments // 2), "block_starts": blocks + 1,
+            "lut": LUT_SIZE, "raw": numel}
 
 
-def check_payload(words, chunk_offsets, lane_offsets, lut, raw, numel: int, stream_values: int, out=None) -> None:
+def check_payload(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int,
+                  out=None) -> None:
     """Raise ValueError/TypeError unless the arrays are a well-formed EKDF payload by shape."""
-    if not isinstance(numel, int) or numel < 0:
-        raise ValueError(f"numel must be a non-negative int, got {numel!r}")
-    if not isinstance(stream_values, int) or not (8 <= stream_values <= MAX_STREAM_VALUES) or stream_values % 8:
-        raise ValueError(f"stream_values must be a multiple of 8 in [8, {MAX_STREAM_VALUES}], got {stream_values!r}")
-    arrays = dict(zip([n for n, _ in _PAYLOAD], (words, chunk_offsets, lane_offsets, lut, raw)))
+    for name, v in (("numel", numel), ("total_bits", total_bits), ("max_block_values", max_block_values)):
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    if numel and not (numel <= total_bits <= 12 * numel):
+        raise ValueError(f"total_bits must be in [numel, 12·numel] (codes are 1-12 bits), got {total_bits}")
+    if max_block_values > BLOCK_BITS:
+        raise ValueError(f"max_block_values must be <= {BLOCK_BITS}, got {max_block_values}")
+    arrays = dict(zip([n for n, _ in _PAYLOAD], (words, gaps, block_starts, lut, raw)))
     device = words.device if isinstance(words, torch.Tensor) else None
     for name, dtype in _PAYLOAD:
         t = arrays[name]
@@ -56,19 +63,15 @@ def check_payload(words, chunk_offsets, lane_offsets, lut, raw, numel: int, stre
             raise ValueError(f"{name} must be a contiguous 1-D tensor, got shape {tuple(t.shape)}")
         if t.device != device:
             raise ValueError(f"all payload tensors must be on one device: words on {device}, {name} on {t.device}")
-    chunks = num_chunks(numel, stream_values)
-    expected = {"chunk_offsets": chunks + 1, "lane_offsets": chunks * LANES, "lut": LUT_SIZE, "raw": numel}
-    for name, size in expected.items():
+    for name, size in payload_sizes(numel, total_bits).items():
         if arrays[name].numel() != size:
-            raise ValueError(f"{name} must have {size} entries for numel={numel}, stream_values={stream_values}; "
+            raise ValueError(f"{name} must have {size} entries for numel={numel}, total_bits={total_bits}; "
                              f"got {arrays[name].numel()}")
-    if numel > 0 and words.numel() == 0:
-        raise ValueError("words is empty but numel > 0")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"payload must be on cpu or cuda, got {device}")
     if device.type == "cuda" and not _is_fake(words):
         if lut.data_ptr() % 16 or raw.data_ptr() % 8 or words.data_ptr() % 4:
-            raise ValueError("payload tensors must be aligned (lut 16 B, raw 8 B); pass freshly allocated tensors")
+            raise ValueError("payload tensors must be aligned (lut 16 B, raw 8 B, words 4 B); pass freshly allocated tensors")
     if out is not None:
         if not isinstance(out, torch.Tensor) or out.dtype != torch.bfloat16:
             raise TypeError(f"out must be a bfloat16 tensor, got {getattr(out, 'dtype', type(out).__name__)}")
@@ -84,26 +87,27 @@ def _is_fake(t: torch.Tensor) -> bool:
     return isinstance(t, torch._subclasses.fake_tensor.FakeTensor) or t.device.type == "meta"
 
 
-def _launch(out, words, chunk_offsets, lane_offsets, lut, raw, numel: int, stream_values: int) -> None:
+def _launch(out, words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int) -> None:
     if numel == 0:
         return
     C = _backend.native()
     if C is None:
         raise RuntimeError(f"entropy_kernels._C failed to import: {_backend.native_error()}")
-    args = (words.data_ptr(), words.numel(), chunk_offsets.data_ptr(), lane_offsets.data_ptr(), lut.data_ptr(),
-            raw.data_ptr(), numel, stream_values, out.data_ptr())
+    args = (words.data_ptr(), words.numel(), block_starts.data_ptr(), block_starts.numel() - 1, gaps.data_ptr(),
+            gaps.numel(), lut.data_ptr(), raw.data_ptr(), numel)
     if out.device.type == "cuda":
         if not hasattr(C, "dfloat_decode_cuda"):
             raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
         with torch.cuda.device(out.device):
-            C.dfloat_decode_cuda(*args, torch.cuda.current_stream(out.device).cuda_stream)
+            C.dfloat_decode_cuda(*args, total_bits, max_block_values, out.data_ptr(),
+                                 torch.cuda.current_stream(out.device).cuda_stream)
     else:
-        C.dfloat_decode_cpu(*args)
+        C.dfloat_decode_cpu(*args, out.data_ptr())
 
 
 @torch.library.custom_op("entropy_kernels::dfloat_decompress", mutates_args=(), device_types=("cpu", "cuda"))
-def dfloat_decompress(words: torch.Tensor, chunk_offsets: torch.Tensor, lane_offsets: torch.Tensor,
-                      lut: torch.Tensor, raw: torch.Tensor, numel: int, stream_values: int) -> torch.Tensor:
+def dfloat_decompress(words: torch.Tensor, gaps: torch.Tensor, block_starts: torch.Tensor, lut: torch.Tensor,
+                      raw: torch.Tensor, numel: int, total_bits: int, max_block_values: int) -> torch.Tensor:
     """Decode an EKDF payload into a fresh bf16 tensor ``[numel]`` on the payload's device.
 
     Example
@@ -112,25 +116,25 @@ def dfloat_decompress(words: torch.Tensor, chunk_offsets: torch.Tensor, lane_off
     >>> from entropy_kernels.decoding import DFloatTensor
     >>> x = torch.randn(1000).to(torch.bfloat16)
     >>> c = DFloatTensor.compress(x)
-    >>> y = torch.ops.entropy_kernels.dfloat_decompress(*c.payload(), c.numel, c.stream_values)
+    >>> y = torch.ops.entropy_kernels.dfloat_decompress(*c.payload(), *c.sizes())
     >>> torch.equal(y.view(torch.int16), x.view(torch.int16))
     True
     """
-    check_payload(words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values)
+    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
     out = torch.empty((numel,), dtype=torch.bfloat16, device=words.device)
-    _launch(out, words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values)
+    _launch(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
     return out
 
 
 @dfloat_decompress.register_fake
-def _dfloat_decompress_fake(words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values):
+def _dfloat_decompress_fake(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values):
     return words.new_empty((numel,), dtype=torch.bfloat16)
 
 
 @torch.library.custom_op("entropy_kernels::dfloat_decompress_into", mutates_args=("out",), device_types=("cpu", "cuda"))
-def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, chunk_offsets: torch.Tensor,
-                           lane_offsets: torch.Tensor, lut: torch.Tensor, raw: torch.Tensor, numel: int,
-                           stream_values: int) -> None:
+def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, gaps: torch.Tensor, block_starts: torch.Tensor,
+                           lut: torch.Tensor, raw: torch.Tensor, numel: int, total_bits: int,
+                           max_block_values: int) -> None:
     """Decode an EKDF payload into the existing bf16 buffer ``out`` (``numel`` contiguous elements,
     16-byte aligned on CUDA) -- for decoding many weights into one reused buffer.
 
@@ -141,14 +145,14 @@ def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, chunk_offsets
     >>> x = torch.randn(64).to(torch.bfloat16)
     >>> c = DFloatTensor.compress(x)
     >>> buf = torch.empty(64, dtype=torch.bfloat16)
-    >>> torch.ops.entropy_kernels.dfloat_decompress_into(buf, *c.payload(), c.numel, c.stream_values)
+    >>> torch.ops.entropy_kernels.dfloat_decompress_into(buf, *c.payload(), *c.sizes())
     >>> torch.equal(buf, x)
     True
     """
-    check_payload(words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values, out=out)
-    _launch(out, words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values)
+    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
+    _launch(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
 
 
 @dfloat_decompress_into.register_fake
-def _dfloat_decompress_into_fake(out, words, chunk_offsets, lane_offsets, lut, raw, numel, stream_values):
+def _dfloat_decompress_into_fake(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values):
     return None

@@ -7,9 +7,9 @@ documented layout independently of the compiled decoders. Layout (see ``csrc/dfl
 - ``raw[i]`` = sign bit << 7 | 7 mantissa bits of value ``i``; the 8 exponent bits are coded
   with a canonical prefix code of lengths <= 12, decoded by ``lut[next 12 bits]`` =
   ``len << 8 | exponent``.
-- chunk ``c`` (32·S values), lane ``l``: values ``c·32·S + k·256 + l·8 + j``; values with
-  ``j < 4`` are coded in a stream read forward from the lane's first word, ``j >= 4`` in a
-  stream read backward from its last word; bits are MSB-first inside 32-bit words.
+- all codes form one bit stream (value order, MSB-first in 32-bit words); segment ``k`` is
+  stream bits ``[256k, 256k + 256)``, ``gaps`` holds (4 bits each) where its first code starts,
+  ``block_starts[b]`` the index of the first value coded in segments ``[256b, 256b + 256)``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 MAX_CODE_LEN = 12
-LANES = 32
-GROUP = 8
+SEGMENT_BITS = 256
+BLOCK_SEGMENTS = 256
 
 
 def split_bf16(t: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -90,52 +90,47 @@ def kraft_sum(lengths) -> float:
     return float(sum(math.ldexp(1.0, -int(n)) for n in lengths if n > 0))
 
 
-def decode_reference(words, chunk_offsets, lane_offsets, lut, raw, numel: int, stream_values: int) -> torch.Tensor:
-    """Decode an EKDF payload value by value, exactly as ``csrc/dfloat.h`` specifies (slow).
+def decode_reference(words, gaps, block_starts, lut, raw, numel: int, total_bits: int) -> torch.Tensor:
+    """Decode an EKDF payload the way the GPU does, segment by segment from each segment's gap,
+    and check the index on the way (slow; for tests on small inputs).
 
-    Arguments are the payload arrays (any integer dtype, CPU); returns bf16 ``[numel]``.
+    Arguments are the payload arrays (CPU); returns bf16 ``[numel]``. Raises AssertionError if the
+    segment counts disagree with ``block_starts``.
 
     Example
     -------
     >>> from entropy_kernels.decoding import DFloatTensor
     >>> x = torch.randn(300).to(torch.bfloat16)
     >>> c = DFloatTensor.compress(x)
-    >>> y = decode_reference(c.words, c.chunk_offsets, c.lane_offsets, c.lut, c.raw, c.numel, c.stream_values)
+    >>> y = decode_reference(c.words, c.gaps, c.block_starts, c.lut, c.raw, c.numel, c.total_bits)
     >>> torch.equal(y.view(torch.int16), x.view(torch.int16))
     True
     """
     w = [int(v) & 0xFFFFFFFF for v in np.asarray(words).reshape(-1).tolist()]
-    chunk_off = [int(v) for v in np.asarray(chunk_offsets).reshape(-1).tolist()]
-    lane_off = [int(v) & 0xFFFF for v in np.asarray(lane_offsets).reshape(-1).tolist()]
+    g = [int(v) for v in np.asarray(gaps).reshape(-1).tolist()]
+    starts = [int(v) for v in np.asarray(block_starts).reshape(-1).tolist()]
     table = [int(v) & 0xFFFF for v in np.asarray(lut).reshape(-1).tolist()]
     raw_b = np.asarray(raw).reshape(-1).astype(np.uint16)
-    out = np.zeros(numel, dtype=np.uint16)
-    s = stream_values
+    exponents = []
 
-    def word(i: int) -> int:
-        return w[min(max(i, 0), len(w) - 1)]
+    def bits_at(pos: int, count: int) -> int:  # `count` stream bits from bit `pos`, MSB first
+        out = 0
+        for q in range(pos, pos + count):
+            word = w[q >> 5] if (q >> 5) < len(w) else 0
+            out = (out << 1) | ((word >> (31 - (q & 31))) & 1)
+        return out
 
-    for c in range(len(chunk_off) - 1):
-        for lane in range(LANES):
-            begin = chunk_off[c] + lane_off[c * LANES + lane]
-            end = chunk_off[c] + lane_off[c * LANES + lane + 1] if lane + 1 < LANES else chunk_off[c + 1]
-            streams = []  # [buffer, valid bits, next word position, step] for forward/backward
-            for first, step in ((begin, 1), (end - 1, -1)):
-                streams.append([(word(first) << 32) | word(first + step), 64, first + 2 * step, step])
-            for k in range(s // GROUP):
-                for j in range(GROUP):
-                    i = c * LANES * s + k * LANES * GROUP + lane * GROUP + j
-                    if i >= numel:
-                        break
-                    st = streams[j // 4]
-                    entry = table[st[0] >> (64 - MAX_CODE_LEN)]
-                    length, exponent = (entry >> 8) & 15, entry & 0xFF
-                    st[0] = (st[0] << length) & 0xFFFFFFFFFFFFFFFF
-                    st[1] -= length
-                    if st[1] < 32:
-                        st[0] |= word(st[2]) << (32 - st[1])
-                        st[2] += st[3]
-                        st[1] += 32
-                    r = int(raw_b[i])
-                    out[i] = ((r & 0x80) << 8) | (exponent << 7) | (r & 0x7F)
-    return torch.from_numpy(out.view(np.int16).copy()).view(torch.bfloat16)
+    segments = -(-total_bits // SEGMENT_BITS)
+    for k in range(segments):
+        if k % BLOCK_SEGMENTS == 0:
+            assert len(exponents) == starts[k // BLOCK_SEGMENTS], "block_starts disagrees with the stream"
+        gap = (g[k // 2] >> (4 * (k % 2))) & 15
+        pos, limit = k * SEGMENT_BITS + gap, min((k + 1) * SEGMENT_BITS, total_bits)
+        while pos < limit:
+            entry = table[bits_at(pos, MAX_CODE_LEN)]
+            exponents.append(entry & 0xFF)
+            pos += (entry >> 8) & 15
+    assert len(exponents) == numel == starts[-1], "stream holds a different number of values"
+    e = np.asarray(exponents, dtype=np.uint16)
+    out = ((raw_b & 0x80) << 8) | (e << 7) | (raw_b & 0x7F)
+    return torch.from_numpy(out.astype(np.uint16).view(np.int16).copy()).view(torch.bfloat16)
