@@ -17,6 +17,7 @@ from . import linear_softmax_stored  # noqa: F401  (entropy_kernels::linear_soft
 from . import linear_cross_entropy  # noqa: F401  (entropy_kernels::linear_cross_entropy_chunked)
 from . import linear_logprob_entropy  # noqa: F401  (built on the ops above)
 from . import top_h  # noqa: F401  (entropy_kernels::top_h)
+from . import cov_select  # noqa: F401  (entropy_kernels::cov_select / cov_stats / cov_keys / cov_policy_loss)
 
 # public function -> the torch.library ops behind it (for `entropy-kernels info` and the docs)
 OPS = {
@@ -30,5 +31,12 @@ OPS = {
     "linear_logprob_entropy": (
         "entropy_kernels::linear_softmax_stats",
         "entropy_kernels::linear_softmax_stats_stored",
+    ),
+    "clip_cov_select / kl_cov_select": ("entropy_kernels::cov_select",),
+    "clip_cov_policy_loss / kl_cov_policy_loss": (
+        "entropy_kernels::cov_select",
+        "entropy_kernels::cov_policy_loss",
+        "entropy_kernels::cov_stats",
+        "entropy_kernels::cov_keys",
     ),
 }
