@@ -52,6 +52,7 @@ _SUITES = {
     "linear_cross_entropy": "linear_cross_entropy:linear_cross_entropy_cases",
     "linear_logprob_entropy": "linear_logprob_entropy:linear_logprob_entropy_cases",
     "top_h": "top_h:top_h_cases",
+    "policy_loss": "policy_loss:policy_loss_cases",
 }
 
 
