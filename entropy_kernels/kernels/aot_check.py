@@ -86,10 +86,10 @@ def _configs() -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object]]
 
 def _cov_configs(C):
     """Clip-Cov / KL-Cov selection and loss kernels (kernels/cov_select.py)."""
-    data = {"lp_ptr": "*fp32", "adv_ptr": "*fp32", "mask_ptr": "*u8"}
+    data = {"lp_ptr": "*fp32", "adv_ptr": "*fp32", "mask_ptr": "*i1"}
     yield ("cov_stats", C._stats_kernel, {**data, "part_ptr": "*fp64", "ctrl_ptr": "*i32", "N": "i32", "chunk": "i32"},
            {"ZERO_CTRL": True, "BLOCK": 1024})
-    for dt, mask_t in (("fp32", "*u8"), ("bf16", "*fp32"), ("fp64", "*i64")):
+    for dt, mask_t in (("fp32", "*i1"), ("bf16", "*fp32"), ("fp64", "*i64")):
         for clip in (False, True):
             for hist in (False, True):
                 yield (f"cov_keys[{dt},clip={clip},hist={hist}]", C._keys_kernel, {
@@ -106,13 +106,13 @@ def _cov_configs(C):
         yield (f"cov_hist3[clip={clip}]", C._hist3_kernel, {**common, "rows_ptr": "*i32", "N": "i32", "chunk": "i32", **ratio},
                {"CLIP": clip, "BLOCK": 1024})
         yield (f"cov_write[clip={clip}]", C._write_kernel, {
-            **common, "rows_ptr": "*i32", "sel_ptr": "*u8", "N": "i32", "chunk": "i32", **ratio,
+            **common, "rows_ptr": "*i32", "sel_ptr": "*i1", "N": "i32", "chunk": "i32", **ratio,
         }, {"CLIP": clip, "P_BLOCK": 512, "BLOCK": 1024})
     for dt in ("fp32", "bf16", "fp64"):
         for clip in (False, True):
             for agg in (0, 1, 2):
                 yield (f"cov_loss[{dt},clip={clip},agg={agg}]", C._loss_kernel, {
-                    "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*u8", "sel_ptr": "*u8",
+                    "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "sel_ptr": "*i1",
                     "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "coef_ptr": "*fp64" if dt == "fp64" else "*fp32",
                     "part_ptr": "*fp64", "N": "i32", "T": "i32", "B": "i32", "chunk": "i32", "clip_low": "fp32",
                     "clip_high": "fp32", "kl_coef": "fp32",

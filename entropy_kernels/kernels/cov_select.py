@@ -267,7 +267,7 @@ def _write_kernel(
         tie = ok & (u == thresh)
         tie_rank = n_ties + tl.cumsum(tie.to(tl.int32), 0) - 1
         sel = (u > thresh) | (tie & (tie_rank < need))
-        tl.store(sel_ptr + idx, sel.to(tl.uint8), mask=ok)
+        tl.store(sel_ptr + idx, sel, mask=ok)
         n_ties += tl.sum(tie.to(tl.int32), 0)
 
 
@@ -377,10 +377,6 @@ def _p_block(programs: int) -> int:
     return max(16, min(1024, triton.next_power_of_2(programs)))
 
 
-def _mask_arg(mask: torch.Tensor) -> torch.Tensor:
-    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
-
-
 def stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``(Σ m·A, Σ m·lp, Σ m, #valid)`` fp64 ``[4]`` (contiguous inputs of equal shape)."""
     n = log_prob.numel()
@@ -388,7 +384,7 @@ def stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) 
     programs, chunk = _grid(n, log_prob.device, block)
     part = torch.empty((programs, 4), dtype=torch.float64, device=log_prob.device)
     wrap_triton(_stats_kernel)[(programs,)](
-        log_prob, advantages, _mask_arg(mask), part, part, n, chunk, ZERO_CTRL=False, BLOCK=block, num_warps=4,
+        log_prob, advantages, mask, part, part, n, chunk, ZERO_CTRL=False, BLOCK=block, num_warps=4,
     )
     return part.sum(0)
 
@@ -404,7 +400,7 @@ def keys(
     out = torch.empty(log_prob.shape, dtype=torch.int64, device=log_prob.device)
     dummy = out
     wrap_triton(_keys_kernel)[(programs,)](
-        log_prob, advantages, _mask_arg(mask), old_log_prob if clip_mode else log_prob, stats_, 1, dummy, out, dummy,
+        log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, stats_, 1, dummy, out, dummy,
         seed if clip_mode else dummy, offset if clip_mode else dummy, n, chunk, clip_low, clip_high, lb, ub,
         CLIP=clip_mode, HIST=False, KEY64=True, ACC64=log_prob.dtype == torch.float64, P_BLOCK=16, BLOCK=block,
         num_warps=4,
@@ -427,13 +423,14 @@ def select(
     ctrl = torch.empty((CTRL_SIZE,), dtype=torch.int32, device=dev)
     key = torch.empty((n,), dtype=torch.int32, device=dev)
     rows = torch.empty((programs, 1024), dtype=torch.int32, device=dev)
-    sel = torch.empty(log_prob.shape, dtype=torch.uint8, device=dev)
-    m = _mask_arg(mask)
+    # bool tensors go to Triton as they are (``*i1``): a ``.view(torch.uint8)`` here would not
+    # lower under torch.compile with torch < 2.13
+    sel = torch.empty(log_prob.shape, dtype=torch.bool, device=dev)
     r = split_ratio(ratio)
     grid = (programs,)
-    wrap_triton(_stats_kernel)[grid](log_prob, advantages, m, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=4)
+    wrap_triton(_stats_kernel)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=4)
     wrap_triton(_keys_kernel)[grid](
-        log_prob, advantages, m, old_log_prob if clip_mode else log_prob, part, programs, st, key, ctrl,
+        log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, part, programs, st, key, ctrl,
         seed if clip_mode else part, offset if clip_mode else part, n, chunk, clip_low, clip_high, lb, ub,
         CLIP=clip_mode, HIST=True, KEY64=False, ACC64=log_prob.dtype == torch.float64, P_BLOCK=p_block, BLOCK=block,
         num_warps=4,
@@ -443,7 +440,7 @@ def select(
     wrap_triton(_write_kernel)[grid](
         key, st, ctrl, rows, sel, n, chunk, *r, CLIP=clip_mode, P_BLOCK=p_block, BLOCK=block, num_warps=4,
     )
-    return sel.view(torch.bool), st
+    return sel, st
 
 
 AGG_CODES = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2}
@@ -466,7 +463,7 @@ def policy_loss(
     loss = torch.empty((), dtype=out_dt, device=dev)
     metrics = torch.empty((2,), dtype=torch.float32, device=dev)
     wrap_triton(_loss_kernel)[(programs,)](
-        old_log_prob, log_prob, advantages, _mask_arg(mask), selected.view(torch.uint8), stats_,
+        old_log_prob, log_prob, advantages, mask, selected, stats_,
         row_count if row_count is not None else stats_, coef, part, n, t, b, chunk, clip_low, clip_high, kl_coef,
         CLIP=clip_mode, AGG=agg, ACC64=acc64, BLOCK=block, num_warps=4,
     )
