@@ -29,6 +29,7 @@ sums; ``_loss_combine_kernel`` adds them up into the loss and the metrics.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -357,6 +358,16 @@ def _loss_combine_kernel(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B,
 # launchers
 
 
+def _launch(kernel, probe: torch.Tensor):
+    """The kernel to launch: the plain Triton kernel in eager mode (these ops are a few µs of
+    GPU work each, so per-launch host cost matters), ``wrap_triton`` while torch.compile traces
+    (fake/functional tensors are subclasses) so the graph sees the kernel.
+    ``EK_COV_WRAP_TRITON=1`` forces ``wrap_triton`` everywhere (to compare)."""
+    if type(probe) is torch.Tensor and not torch.compiler.is_compiling() and os.environ.get("EK_COV_WRAP_TRITON") != "1":
+        return kernel
+    return wrap_triton(kernel)
+
+
 def _grid(n: int, device: torch.device, block: int) -> Tuple[int, int]:
     """(programs, chunk): ≤ 4 programs per SM, each owning a contiguous multiple of ``block``."""
     blocks = max(1, triton.cdiv(n, block))
@@ -382,7 +393,7 @@ def stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) 
     block = _block(n)
     programs, chunk = _grid(n, log_prob.device, block)
     part = torch.empty((programs, 4), dtype=torch.float64, device=log_prob.device)
-    wrap_triton(_stats_kernel)[(programs,)](
+    _launch(_stats_kernel, log_prob)[(programs,)](
         log_prob, advantages, mask, part, part, n, chunk, ZERO_CTRL=False, BLOCK=block, num_warps=4,
     )
     return part.sum(0)
@@ -398,7 +409,7 @@ def keys(
     programs, chunk = _grid(n, log_prob.device, block)
     out = torch.empty(log_prob.shape, dtype=torch.int64, device=log_prob.device)
     dummy = out
-    wrap_triton(_keys_kernel)[(programs,)](
+    _launch(_keys_kernel, log_prob)[(programs,)](
         log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, stats_, 1, dummy, out, dummy,
         seed if clip_mode else dummy, offset if clip_mode else dummy, n, chunk, clip_low, clip_high, lb, ub,
         CLIP=clip_mode, HIST=False, KEY64=True, ACC64=log_prob.dtype == torch.float64, P_BLOCK=16, BLOCK=block,
@@ -427,16 +438,16 @@ def select(
     sel = torch.empty(log_prob.shape, dtype=torch.bool, device=dev)
     r = split_ratio(ratio)
     grid = (programs,)
-    wrap_triton(_stats_kernel)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=4)
-    wrap_triton(_keys_kernel)[grid](
+    _launch(_stats_kernel, log_prob)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=4)
+    _launch(_keys_kernel, log_prob)[grid](
         log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, part, programs, st, key, ctrl,
         seed if clip_mode else part, offset if clip_mode else part, n, chunk, clip_low, clip_high, lb, ub,
         CLIP=clip_mode, HIST=True, KEY64=False, ACC64=log_prob.dtype == torch.float64, P_BLOCK=p_block, BLOCK=block,
         num_warps=4,
     )
-    wrap_triton(_hist2_kernel)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
-    wrap_triton(_hist3_kernel)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
-    wrap_triton(_write_kernel)[grid](
+    _launch(_hist2_kernel, log_prob)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
+    _launch(_hist3_kernel, log_prob)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
+    _launch(_write_kernel, log_prob)[grid](
         key, st, ctrl, rows, sel, n, chunk, *r, CLIP=clip_mode, P_BLOCK=p_block, BLOCK=block, num_warps=4,
     )
     return sel, st
@@ -461,12 +472,12 @@ def policy_loss(
     coef = torch.empty((b, t), dtype=out_dt, device=dev)
     loss = torch.empty((), dtype=out_dt, device=dev)
     metrics = torch.empty((2,), dtype=torch.float32, device=dev)
-    wrap_triton(_loss_kernel)[(programs,)](
+    _launch(_loss_kernel, log_prob)[(programs,)](
         old_log_prob, log_prob, advantages, mask, selected, stats_,
         row_count if row_count is not None else stats_, coef, part, n, t, b, chunk, clip_low, clip_high, kl_coef,
         CLIP=clip_mode, AGG=agg, ACC64=acc64, BLOCK=block, num_warps=4,
     )
-    wrap_triton(_loss_combine_kernel)[(1,)](
+    _launch(_loss_combine_kernel, log_prob)[(1,)](
         part, programs, stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg, P_BLOCK=_p_block(programs), num_warps=4,
     )
     return loss, metrics, coef
