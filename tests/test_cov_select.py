@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import entropy_kernels as ek
-from entropy_kernels import _backend
 
 try:
     from entropy_kernels.kernels import cov_select as K
@@ -92,7 +91,7 @@ def assert_kl_matches(sel, lp, adv, mask, ratio):
 def test_kl_cov_top_k_equals_float64_oracle(backend, small_blocks, ratio, dtype):
     shapes = [(3, 50), (2, 333)] if backend.name == "cpu-triton-interpreter" else [(3, 50), (8, 1000), (1, 4097)]
     for b, t in shapes:
-        old, lp, adv, mask = make_batch(b, t, backend.device)
+        _, lp, adv, mask = make_batch(b, t, backend.device)
         lp, adv = lp.to(dtype), adv.to(dtype)
         sel = run(backend, ek.kl_cov_select, lp, adv, mask, kl_cov_ratio=ratio)
         assert sel.dtype == torch.bool and sel.shape == (b, t)
@@ -216,7 +215,7 @@ def test_one_and_zero_valid_tokens(backend):
 
 
 def test_float_and_integer_masks(backend):
-    old, lp, adv, mask = make_batch(3, 40, backend.device)
+    _, lp, adv, mask = make_batch(3, 40, backend.device)
     ref = run(backend, ek.kl_cov_select, lp, adv, mask, kl_cov_ratio=0.1)
     for m in (mask.long(), mask.float(), mask.to(torch.uint8)):
         assert torch.equal(run(backend, ek.kl_cov_select, lp, adv, m, kl_cov_ratio=0.1), ref)

@@ -51,7 +51,7 @@ def _check(rank, world):
          lambda: ek.clip_cov_select(old, lp, adv, mask, clip_cov_ratio=0.1, clip_cov_lb=0.2, seed=seed, offset=off)),
     ):
         x = lp[rows].clone().requires_grad_()
-        loss, metrics = fn(old[rows], x, adv[rows], mask[rows], "seq-mean-token-mean", process_group=group, **kw)
+        loss, _ = fn(old[rows], x, adv[rows], mask[rows], "seq-mean-token-mean", process_group=group, **kw)
         loss.backward()
         y = lp[rows].clone().requires_grad_()
         extra = {k: v for k, v in kw.items() if k in ("ppo_kl_coef",)}

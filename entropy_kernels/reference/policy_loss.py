@@ -158,7 +158,7 @@ def clip_cov_loss_reference(
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Clip-Cov loss given the selection: ``max(L1, L2)·(1 − selected)``, aggregated; autograd
     through plain torch ops (the oracle for the op's analytic gradient)."""
-    ratio, l1, l2 = ppo_surrogates(old_log_prob, log_prob, advantages, clip_low, clip_high)
+    _, l1, l2 = ppo_surrogates(old_log_prob, log_prob, advantages, clip_low, clip_high)
     corr = 1.0 - selected.to(l1.dtype)
     loss = aggregate(torch.maximum(l1, l2) * corr, mask, loss_agg_mode)
     d = (log_prob.detach() - old_log_prob).to(l1.dtype)
