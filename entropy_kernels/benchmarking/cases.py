@@ -53,6 +53,7 @@ _SUITES = {
     "linear_logprob_entropy": "linear_logprob_entropy:linear_logprob_entropy_cases",
     "top_h": "top_h:top_h_cases",
     "dfloat": "dfloat:dfloat_cases",
+    "policy_loss": "policy_loss:policy_loss_cases",
 }
 
 

@@ -21,6 +21,7 @@ BLOCK_NAMES = ("BLOCK_N", "BLOCK_V", "BLOCK_D")
 
 def _configs() -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object]]]:
     """(name, kernel, signature, constexprs) for the launch configurations the ops use."""
+    from . import cov_select as C
     from . import entropy as E
     from . import linear_softmax as L
     from . import logits_rows as R
@@ -78,8 +79,48 @@ def _configs() -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object]]
                 "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64", "scratch_ptr": "*i64",
                 "n_select": "i32",
             }, {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "CAND": cand, "BLOCK": 4096 if dt == "bf16" else 2048})
+    yield from _cov_configs(C)
     yield ("lsm_combine", L._lsm_combine_kernel, {"part_ptr": "*fp32", "stats_ptr": "*fp32", "N": "i32", "n_splits": "i32"},
            {"BLOCK_R": 64, "BLOCK_S": 32})
+
+
+def _cov_configs(C):
+    """Clip-Cov / KL-Cov selection and loss kernels (kernels/cov_select.py)."""
+    data = {"lp_ptr": "*fp32", "adv_ptr": "*fp32", "mask_ptr": "*i1"}
+    yield ("cov_stats", C._stats_kernel, {**data, "part_ptr": "*fp64", "ctrl_ptr": "*i32", "N": "i32", "chunk": "i32"},
+           {"ZERO_CTRL": True, "BLOCK": 1024})
+    for dt, mask_t in (("fp32", "*i1"), ("bf16", "*fp32"), ("fp64", "*i64")):
+        for clip in (False, True):
+            for hist in (False, True):
+                yield (f"cov_keys[{dt},clip={clip},hist={hist}]", C._keys_kernel, {
+                    "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": mask_t, "old_ptr": f"*{dt}", "part_ptr": "*fp64",
+                    "n_parts": "i32", "stats_ptr": "*fp64", "key_ptr": "*i32" if hist else "*i64", "ctrl_ptr": "*i32",
+                    "seed_ptr": "*i64", "offset_ptr": "*i64", "N": "i32", "chunk": "i32", "clip_low": "fp32",
+                    "clip_high": "fp32", "lb": "fp32", "ub": "fp32",
+                }, {"CLIP": clip, "HIST": hist, "KEY64": not hist, "ACC64": dt == "fp64", "P_BLOCK": 512, "BLOCK": 1024})
+    ratio = {"r_hi": "fp32", "r_mid": "fp32", "r_lo": "fp32"}
+    for clip in (False, True):
+        common = {"key_ptr": "*i32", "stats_ptr": "*fp64", "ctrl_ptr": "*i32"}
+        yield (f"cov_hist2[clip={clip}]", C._hist2_kernel, {**common, "N": "i32", "chunk": "i32", **ratio},
+               {"CLIP": clip, "BLOCK": 1024})
+        yield (f"cov_hist3[clip={clip}]", C._hist3_kernel, {**common, "rows_ptr": "*i32", "N": "i32", "chunk": "i32", **ratio},
+               {"CLIP": clip, "BLOCK": 1024})
+        yield (f"cov_write[clip={clip}]", C._write_kernel, {
+            **common, "rows_ptr": "*i32", "sel_ptr": "*i1", "N": "i32", "chunk": "i32", **ratio,
+        }, {"CLIP": clip, "P_BLOCK": 512, "BLOCK": 1024})
+    for dt in ("fp32", "bf16", "fp64"):
+        for clip in (False, True):
+            for agg in (0, 1, 2):
+                yield (f"cov_loss[{dt},clip={clip},agg={agg}]", C._loss_kernel, {
+                    "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "sel_ptr": "*i1",
+                    "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "coef_ptr": "*fp64" if dt == "fp64" else "*fp32",
+                    "part_ptr": "*fp64", "N": "i32", "T": "i32", "B": "i32", "chunk": "i32", "clip_low": "fp32",
+                    "clip_high": "fp32", "kl_coef": "fp32",
+                }, {"CLIP": clip, "AGG": agg, "ACC64": dt == "fp64", "BLOCK": 1024})
+        yield (f"cov_loss_combine[{dt}]", C._loss_combine_kernel, {
+            "part_ptr": "*fp64", "n_parts": "i32", "stats_ptr": "*fp64", "loss_ptr": "*fp64" if dt == "fp64" else "*fp32",
+            "metrics_ptr": "*fp32", "B": "i32",
+        }, {"CLIP": True, "AGG": 0, "P_BLOCK": 512})
 
 
 def compile_all(archs: List[int], num_warps: int = 8) -> List[Tuple[str, int, str]]:

@@ -18,6 +18,7 @@ from . import linear_cross_entropy  # noqa: F401  (entropy_kernels::linear_cross
 from . import linear_logprob_entropy  # noqa: F401  (built on the ops above)
 from . import top_h  # noqa: F401  (entropy_kernels::top_h)
 from . import dfloat  # noqa: F401  (entropy_kernels::dfloat_decompress / dfloat_decompress_into)
+from . import cov_select  # noqa: F401  (entropy_kernels::cov_select / cov_stats / cov_keys / cov_policy_loss)
 
 # public function -> the torch.library ops behind it (for `entropy-kernels info` and the docs)
 OPS = {
@@ -33,4 +34,11 @@ OPS = {
         "entropy_kernels::linear_softmax_stats_stored",
     ),
     "DFloatTensor.decompress": ("entropy_kernels::dfloat_decompress", "entropy_kernels::dfloat_decompress_into"),
+    "clip_cov_select / kl_cov_select": ("entropy_kernels::cov_select",),
+    "clip_cov_policy_loss / kl_cov_policy_loss": (
+        "entropy_kernels::cov_select",
+        "entropy_kernels::cov_policy_loss",
+        "entropy_kernels::cov_stats",
+        "entropy_kernels::cov_keys",
+    ),
 }

@@ -8,6 +8,7 @@ LinearCrossEntropyLoss(ignore_index=-100, reduction='mean', label_smoothing=0.0,
 """
 
 from .losses import LinearCrossEntropyLoss
+from .policy_loss import clip_cov_policy_loss, kl_cov_policy_loss, linear_cov_policy_loss
 from .rl import LOSS_AGG_MODES, aggregate_loss, entropy_bonus, response_logprobs_and_entropy
 from .transformers_patch import SUPPORTED as SUPPORTED_CAUSAL_LMS
 from .transformers_patch import patch_causal_lm, unpatch_causal_lm
@@ -21,4 +22,7 @@ __all__ = [
     "aggregate_loss",
     "entropy_bonus",
     "LOSS_AGG_MODES",
+    "clip_cov_policy_loss",
+    "kl_cov_policy_loss",
+    "linear_cov_policy_loss",
 ]

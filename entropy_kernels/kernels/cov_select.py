@@ -1,0 +1,483 @@
+"""Triton kernels of the Clip-Cov / KL-Cov selection and loss. Semantics:
+:mod:`entropy_kernels.reference.policy_loss`.
+
+The ``[B, T]`` inputs are read as flat ``[N]`` arrays; ``P`` programs each own a contiguous
+chunk (a multiple of ``BLOCK``), so "earlier program" means "lower flat index".
+
+Selection, five launches and no host synchronisation (``k`` never leaves the device):
+
+1. ``_stats_kernel``: per-program partial sums ``(Σ m·A, Σ m·lp, Σ m, #valid)`` in fp64 (a
+   two-stage reduction: deterministic, no float atomics); program 0 also zeroes the control
+   block (eligible count and three histograms).
+2. ``_keys_kernel``: every program adds up the partials (means), computes the per-token
+   covariance and the 32-bit selection key (KL-Cov: the order-preserving bits of the fp32
+   covariance; Clip-Cov: Philox random bits keyed by ``(seed, offset + index)`` on eligible
+   tokens; 0 = never), stores the keys and adds its histogram of the keys' top 11 bits and its
+   eligible count to the control block (integer atomics: deterministic).
+3. ``_hist2_kernel`` / ``_hist3_kernel``: radix select of the ``k``-th largest key (11 + 11 +
+   10 bits, as in :mod:`.top_h`), ``k`` computed on the device from the statistics
+   (``max(int(ρ·n), 1)``, exactly as Python's float64 ``int()``: ρ travels as three fp32
+   words). Pass 3 also stores each program's histogram row of the last digit, from which the
+   writer learns how many keys equal to the threshold lie in earlier programs.
+4. ``_write_kernel``: ``selected = key > t`` or (``key == t`` and among the first ``need`` such
+   keys in flat order) — exactly ``k`` tokens, ties broken by the lower flat index.
+
+Loss: ``_loss_kernel`` computes per-token loss, its derivative w.r.t. ``log_prob`` (already
+scaled by the aggregation weight, so the backward is one multiply) and per-program partial
+sums; ``_loss_combine_kernel`` adds them up into the loss and the metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from ._launch import sm_count
+from .top_h import _pick_digit
+
+# control block (int32): [0] eligible count, then the three radix histograms
+H1 = tl.constexpr(16)
+H2 = tl.constexpr(16 + 2048)
+H3 = tl.constexpr(16 + 4096)
+CTRL_SIZE = 16 + 4096 + 1024
+CTRL_POW2 = tl.constexpr(8192)
+N_STATS = 4
+TWO31 = tl.constexpr(2147483648)
+
+
+def split_ratio(ratio: float) -> Tuple[float, float, float]:
+    """A float64 as three float32 words whose exact sum is the float64 (the kernels rebuild it
+    in fp64, so ``int(n·ρ)`` on the device equals Python's)."""
+    import numpy as np
+
+    hi = float(np.float32(ratio))
+    mid = float(np.float32(ratio - hi))
+    lo = float(np.float32(ratio - hi - mid))
+    return hi, mid, lo
+
+
+@triton.jit
+def _sum_stats(part_ptr, n_parts, P_BLOCK: tl.constexpr):
+    """Σ over ``n_parts`` rows of 4 fp64 partial sums."""
+    rows = tl.arange(0, P_BLOCK)
+    sa = tl.zeros((P_BLOCK,), tl.float64)
+    sl = tl.zeros((P_BLOCK,), tl.float64)
+    sm = tl.zeros((P_BLOCK,), tl.float64)
+    sc = tl.zeros((P_BLOCK,), tl.float64)
+    for start in range(0, n_parts, P_BLOCK):
+        r = start + rows
+        ok = r < n_parts
+        sa += tl.load(part_ptr + r * 4 + 0, mask=ok, other=0.0)
+        sl += tl.load(part_ptr + r * 4 + 1, mask=ok, other=0.0)
+        sm += tl.load(part_ptr + r * 4 + 2, mask=ok, other=0.0)
+        sc += tl.load(part_ptr + r * 4 + 3, mask=ok, other=0.0)
+    return tl.sum(sa, 0), tl.sum(sl, 0), tl.sum(sm, 0), tl.sum(sc, 0)
+
+
+@triton.jit
+def _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP: tl.constexpr):
+    """How many tokens to select: Clip-Cov ``min(max(int(ρ·Σm), 1), #eligible)``, KL-Cov
+    ``max(1, int(ρ·#valid))`` (0 without valid tokens). fp64 math, truncation like ``int()``."""
+    ratio = tl.cast(r_hi, tl.float64) + tl.cast(r_mid, tl.float64) + tl.cast(r_lo, tl.float64)
+    n_elig = tl.load(ctrl_ptr)
+    if CLIP:
+        n = tl.maximum((tl.load(stats_ptr + 2) * ratio).to(tl.int64), 1)
+        k = tl.minimum(n, n_elig.to(tl.int64))
+    else:
+        count = tl.load(stats_ptr + 3)
+        k = tl.where(count > 0, tl.maximum((count * ratio).to(tl.int64), 1), 0)
+    return k.to(tl.int32)
+
+
+@triton.jit
+def _stats_kernel(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_CTRL: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    base = pid.to(tl.int64) * chunk
+    offs = tl.arange(0, BLOCK)
+    sa = tl.zeros((BLOCK,), tl.float64)
+    sl = tl.zeros((BLOCK,), tl.float64)
+    sm = tl.zeros((BLOCK,), tl.float64)
+    sc = tl.zeros((BLOCK,), tl.float64)
+    for start in range(0, chunk, BLOCK):
+        idx = base + start + offs
+        ok = idx < N
+        m = tl.load(mask_ptr + idx, mask=ok, other=0).to(tl.float64)
+        valid = m > 0
+        a = tl.load(adv_ptr + idx, mask=valid, other=0.0).to(tl.float64)
+        lp = tl.load(lp_ptr + idx, mask=valid, other=0.0).to(tl.float64)
+        sa += tl.where(valid, m * a, 0.0)
+        sl += tl.where(valid, m * lp, 0.0)
+        sm += tl.where(valid, m, 0.0)
+        sc += valid.to(tl.float64)
+    tl.store(part_ptr + pid * 4 + 0, tl.sum(sa, 0))
+    tl.store(part_ptr + pid * 4 + 1, tl.sum(sl, 0))
+    tl.store(part_ptr + pid * 4 + 2, tl.sum(sm, 0))
+    tl.store(part_ptr + pid * 4 + 3, tl.sum(sc, 0))
+    if ZERO_CTRL:
+        if pid == 0:
+            c = tl.arange(0, CTRL_POW2)
+            tl.store(ctrl_ptr + c, tl.zeros((CTRL_POW2,), tl.int32), mask=c < H3 + 1024)
+
+
+@triton.jit
+def _keys_kernel(
+    lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
+    N, chunk, clip_low, clip_high, lb, ub,
+    CLIP: tl.constexpr, HIST: tl.constexpr, KEY64: tl.constexpr, ACC64: tl.constexpr,
+    P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    sa, sl, sm, sc = _sum_stats(part_ptr, n_parts, P_BLOCK)
+    if HIST:
+        if pid == 0:
+            tl.store(stats_ptr + 0, sa)
+            tl.store(stats_ptr + 1, sl)
+            tl.store(stats_ptr + 2, sm)
+            tl.store(stats_ptr + 3, sc)
+    den = tl.where(sm > 0, sm, 1.0)
+    mean_a = sa / den
+    mean_lp = sl / den
+    if CLIP:
+        seed = tl.load(seed_ptr)
+        offset = tl.load(offset_ptr).to(tl.int32)
+    base = pid.to(tl.int64) * chunk
+    offs = tl.arange(0, BLOCK)
+    hist = tl.zeros((2048,), tl.int32)
+    n_elig = tl.zeros((BLOCK,), tl.int32)
+    for start in range(0, chunk, BLOCK):
+        idx = base + start + offs
+        ok = idx < N
+        m = tl.load(mask_ptr + idx, mask=ok, other=0).to(tl.float32)
+        valid = m > 0
+        a_in = tl.load(adv_ptr + idx, mask=valid, other=0.0)
+        lp_in = tl.load(lp_ptr + idx, mask=valid, other=0.0)
+        cov = (a_in.to(tl.float64) - mean_a) * (lp_in.to(tl.float64) - mean_lp)
+        if CLIP:
+            if ACC64:
+                a = a_in.to(tl.float64)
+                d = lp_in.to(tl.float64) - tl.load(old_ptr + idx, mask=valid, other=0.0).to(tl.float64)
+            else:
+                a = a_in.to(tl.float32)
+                d = lp_in.to(tl.float32) - tl.load(old_ptr + idx, mask=valid, other=0.0).to(tl.float32)
+            ratio = tl.exp(d)
+            l1 = -a * ratio
+            l2 = -a * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+            elig = valid & ~(l2 > l1) & (cov > lb) & (cov < ub)
+            r = tl.randint(seed, offset + idx.to(tl.int32))
+            u = (r >> 1).to(tl.int64) + 1
+        else:
+            elig = valid
+            c32 = cov.to(tl.float32)
+            b = c32.to(tl.int32, bitcast=True)
+            u = tl.maximum(tl.where(b < 0, b ^ 0x7FFFFFFF, b).to(tl.int64) + TWO31, 1)
+            u = tl.where(c32 != c32, 1, u)  # NaN: the lowest valid key (no float constant: inductor re-emits globals)
+        u = tl.where(elig, u, 0)
+        if KEY64:
+            tl.store(key_ptr + idx, u, mask=ok)
+        else:
+            tl.store(key_ptr + idx, (u - TWO31).to(tl.int32), mask=ok)
+        if HIST:
+            hist += tl.histogram((u >> 21).to(tl.int32), 2048, mask=ok)
+            n_elig += elig.to(tl.int32)
+    if HIST:
+        bins = tl.arange(0, 2048)
+        tl.atomic_add(ctrl_ptr + H1 + bins, hist, mask=hist > 0)
+        tl.atomic_add(ctrl_ptr, tl.sum(n_elig, 0))
+
+
+@triton.jit
+def _load_keys(key_ptr, idx, ok):
+    return tl.load(key_ptr + idx, mask=ok, other=-TWO31).to(tl.int64) + TWO31
+
+
+@triton.jit
+def _hist2_kernel(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP)
+    bins = tl.arange(0, 2048)
+    d1, _ = _pick_digit(tl.load(ctrl_ptr + H1 + bins), need, 2048)
+    base = pid.to(tl.int64) * chunk
+    offs = tl.arange(0, BLOCK)
+    hist = tl.zeros((2048,), tl.int32)
+    for start in range(0, chunk, BLOCK):
+        idx = base + start + offs
+        ok = idx < N
+        u = _load_keys(key_ptr, idx, ok)
+        hist += tl.histogram(((u >> 10) & 2047).to(tl.int32), 2048, mask=ok & ((u >> 21) == d1))
+    tl.atomic_add(ctrl_ptr + H2 + bins, hist, mask=hist > 0)
+
+
+@triton.jit
+def _prefix22(ctrl_ptr, need):
+    bins = tl.arange(0, 2048)
+    d1, above = _pick_digit(tl.load(ctrl_ptr + H1 + bins), need, 2048)
+    need -= above
+    d2, above = _pick_digit(tl.load(ctrl_ptr + H2 + bins), need, 2048)
+    need -= above
+    return d1.to(tl.int64) * 2048 + d2, need
+
+
+@triton.jit
+def _hist3_kernel(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP)
+    prefix, _ = _prefix22(ctrl_ptr, need)
+    base = pid.to(tl.int64) * chunk
+    offs = tl.arange(0, BLOCK)
+    hist = tl.zeros((1024,), tl.int32)
+    for start in range(0, chunk, BLOCK):
+        idx = base + start + offs
+        ok = idx < N
+        u = _load_keys(key_ptr, idx, ok)
+        hist += tl.histogram((u & 1023).to(tl.int32), 1024, mask=ok & ((u >> 10) == prefix))
+    bins = tl.arange(0, 1024)
+    tl.store(rows_ptr + pid * 1024 + bins, hist)
+    tl.atomic_add(ctrl_ptr + H3 + bins, hist, mask=hist > 0)
+
+
+@triton.jit
+def _write_kernel(
+    key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo,
+    CLIP: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP)
+    prefix, need = _prefix22(ctrl_ptr, need)
+    d3, above = _pick_digit(tl.load(ctrl_ptr + H3 + tl.arange(0, 1024)), need, 1024)
+    need -= above  # how many keys equal to the threshold are selected (lowest flat index first)
+    thresh = prefix * 1024 + d3.to(tl.int64)
+    # keys equal to the threshold in earlier programs (their last-digit histogram rows, column d3)
+    rows = tl.arange(0, P_BLOCK)
+    before = tl.zeros((P_BLOCK,), tl.int32)
+    for start in range(0, pid, P_BLOCK):
+        r = start + rows
+        before += tl.load(rows_ptr + r * 1024 + d3, mask=r < pid, other=0)
+    n_ties = tl.sum(before, 0)
+    base = pid.to(tl.int64) * chunk
+    offs = tl.arange(0, BLOCK)
+    for start in range(0, chunk, BLOCK):
+        idx = base + start + offs
+        ok = idx < N
+        u = _load_keys(key_ptr, idx, ok)
+        tie = ok & (u == thresh)
+        tie_rank = n_ties + tl.cumsum(tie.to(tl.int32), 0) - 1
+        sel = (u > thresh) | (tie & (tie_rank < need))
+        tl.store(sel_ptr + idx, sel, mask=ok)
+        n_ties += tl.sum(tie.to(tl.int32), 0)
+
+
+@triton.jit
+def _loss_kernel(
+    old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
+    N, T, B, chunk, clip_low, clip_high, kl_coef,
+    CLIP: tl.constexpr, AGG: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """AGG: 0 token-mean, 1 seq-mean-token-sum, 2 seq-mean-token-mean."""
+    pid = tl.program_id(0)
+    DT: tl.constexpr = tl.float64 if ACC64 else tl.float32
+    sm = tl.load(stats_ptr + 2)
+    den = tl.where(sm > 0, sm, 1.0)
+    if AGG == 0:
+        scale_all = (1.0 / den).to(DT)
+    else:
+        scale_all = tl.full((), 1.0, DT) / B
+    base = pid.to(tl.int64) * chunk
+    offs = tl.arange(0, BLOCK)
+    acc_loss = tl.zeros((BLOCK,), DT)
+    acc_kl = tl.zeros((BLOCK,), DT)
+    acc_sel = tl.zeros((BLOCK,), DT)
+    for start in range(0, chunk, BLOCK):
+        idx = base + start + offs
+        ok = idx < N
+        m = tl.load(mask_ptr + idx, mask=ok, other=0).to(DT)
+        valid = m > 0
+        lp = tl.load(lp_ptr + idx, mask=valid, other=0.0).to(DT)
+        old = tl.load(old_ptr + idx, mask=valid, other=0.0).to(DT)
+        a = tl.load(adv_ptr + idx, mask=valid, other=0.0).to(DT)
+        sel = tl.load(sel_ptr + idx, mask=valid, other=0) != 0
+        d = lp - old
+        ratio = tl.exp(d)
+        l1 = -a * ratio
+        if CLIP:
+            l2 = -a * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+            tok = tl.where(sel, 0.0, tl.maximum(l1, l2))
+            grad = tl.where(sel | (l2 > l1), 0.0, l1)
+            kl = -d
+        else:
+            absd = tl.abs(d)
+            sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
+            tok = tl.where(sel, l1 + kl_coef * absd, l1)
+            grad = tl.where(sel, l1 + kl_coef * sign, l1)
+            kl = absd
+        w = m
+        if AGG == 2:
+            n_b = tl.load(rowcnt_ptr + idx // T, mask=valid, other=1.0).to(DT)
+            w = m / tl.where(n_b > 0, n_b, 1.0)
+        acc_loss += tl.where(valid, w * tok, 0.0)
+        tl.store(coef_ptr + idx, tl.where(valid, (w * scale_all) * grad, 0.0), mask=ok)
+        acc_kl += tl.where(valid, m * kl, 0.0)
+        acc_sel += tl.where(valid & sel, m, 0.0)
+    tl.store(part_ptr + pid * 3 + 0, tl.sum(acc_loss, 0).to(tl.float64))
+    tl.store(part_ptr + pid * 3 + 1, tl.sum(acc_kl, 0).to(tl.float64))
+    tl.store(part_ptr + pid * 3 + 2, tl.sum(acc_sel, 0).to(tl.float64))
+
+
+@triton.jit
+def _loss_combine_kernel(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP: tl.constexpr, AGG: tl.constexpr,
+                         P_BLOCK: tl.constexpr):
+    rows = tl.arange(0, P_BLOCK)
+    s0 = tl.zeros((P_BLOCK,), tl.float64)
+    s1 = tl.zeros((P_BLOCK,), tl.float64)
+    s2 = tl.zeros((P_BLOCK,), tl.float64)
+    for start in range(0, n_parts, P_BLOCK):
+        r = start + rows
+        ok = r < n_parts
+        s0 += tl.load(part_ptr + r * 3 + 0, mask=ok, other=0.0)
+        s1 += tl.load(part_ptr + r * 3 + 1, mask=ok, other=0.0)
+        s2 += tl.load(part_ptr + r * 3 + 2, mask=ok, other=0.0)
+    sm = tl.load(stats_ptr + 2)
+    den = tl.where(sm > 0, sm, 1.0)
+    if AGG == 0:
+        loss = tl.sum(s0, 0) / den
+    else:
+        loss = tl.sum(s0, 0) / B
+    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+    if CLIP:
+        tl.store(metrics_ptr + 0, (tl.sum(s2, 0) / den).to(metrics_ptr.dtype.element_ty))
+    else:
+        tl.store(metrics_ptr + 0, 0.0)
+    tl.store(metrics_ptr + 1, (tl.sum(s1, 0) / den).to(metrics_ptr.dtype.element_ty))
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+
+
+def _launch(kernel, probe: torch.Tensor):
+    """The kernel to launch: the plain Triton kernel in eager mode (these ops are a few µs of
+    GPU work each, so per-launch host cost matters), ``wrap_triton`` while torch.compile traces
+    (fake/functional tensors are subclasses) so the graph sees the kernel.
+    ``EK_COV_WRAP_TRITON=1`` forces ``wrap_triton`` everywhere (to compare)."""
+    if type(probe) is torch.Tensor and not torch.compiler.is_compiling() and os.environ.get("EK_COV_WRAP_TRITON") != "1":
+        return kernel
+    return wrap_triton(kernel)
+
+
+def _grid(n: int, device: torch.device, block: int) -> Tuple[int, int]:
+    """(programs, chunk): ≤ 4 programs per SM, each owning a contiguous multiple of ``block``."""
+    blocks = max(1, triton.cdiv(n, block))
+    programs = min(blocks, 4 * sm_count(device))
+    chunk = triton.cdiv(blocks, programs) * block
+    return triton.cdiv(max(n, 1), chunk), chunk
+
+
+MAX_BLOCK = 1024  # tokens per block iteration; tests lower it to exercise many programs and chunks
+
+
+def _block(n: int) -> int:
+    return max(16, min(MAX_BLOCK, triton.next_power_of_2(max(n, 1))))
+
+
+def _p_block(programs: int) -> int:
+    return max(16, min(1024, triton.next_power_of_2(programs)))
+
+
+def stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(Σ m·A, Σ m·lp, Σ m, #valid)`` fp64 ``[4]`` (contiguous inputs of equal shape)."""
+    n = log_prob.numel()
+    block = _block(n)
+    programs, chunk = _grid(n, log_prob.device, block)
+    part = torch.empty((programs, 4), dtype=torch.float64, device=log_prob.device)
+    _launch(_stats_kernel, log_prob)[(programs,)](
+        log_prob, advantages, mask, part, part, n, chunk, ZERO_CTRL=False, BLOCK=block, num_warps=4,
+    )
+    return part.sum(0)
+
+
+def keys(
+    log_prob, advantages, mask, old_log_prob: Optional[torch.Tensor], stats_: torch.Tensor, clip_mode: bool,
+    clip_low: float, clip_high: float, lb: float, ub: float, seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """int64 selection keys (0 = never) from given (e.g. all-reduced) statistics ``stats_ [4]``."""
+    n = log_prob.numel()
+    block = _block(n)
+    programs, chunk = _grid(n, log_prob.device, block)
+    out = torch.empty(log_prob.shape, dtype=torch.int64, device=log_prob.device)
+    dummy = out
+    _launch(_keys_kernel, log_prob)[(programs,)](
+        log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, stats_, 1, dummy, out, dummy,
+        seed if clip_mode else dummy, offset if clip_mode else dummy, n, chunk, clip_low, clip_high, lb, ub,
+        CLIP=clip_mode, HIST=False, KEY64=True, ACC64=log_prob.dtype == torch.float64, P_BLOCK=16, BLOCK=block,
+        num_warps=4,
+    )
+    return out
+
+
+def select(
+    log_prob, advantages, mask, old_log_prob: Optional[torch.Tensor], clip_mode: bool, ratio: float,
+    clip_low: float, clip_high: float, lb: float, ub: float, seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(selected bool [B, T], stats fp64 [4])``: the whole selection on the device."""
+    n = log_prob.numel()
+    dev = log_prob.device
+    block = _block(n)
+    programs, chunk = _grid(n, dev, block)
+    p_block = _p_block(programs)
+    part = torch.empty((programs, 4), dtype=torch.float64, device=dev)
+    st = torch.empty((4,), dtype=torch.float64, device=dev)
+    ctrl = torch.empty((CTRL_SIZE,), dtype=torch.int32, device=dev)
+    key = torch.empty((n,), dtype=torch.int32, device=dev)
+    rows = torch.empty((programs, 1024), dtype=torch.int32, device=dev)
+    # bool tensors go to Triton as they are (``*i1``): a ``.view(torch.uint8)`` here would not
+    # lower under torch.compile with torch < 2.13
+    sel = torch.empty(log_prob.shape, dtype=torch.bool, device=dev)
+    r = split_ratio(ratio)
+    grid = (programs,)
+    _launch(_stats_kernel, log_prob)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=4)
+    _launch(_keys_kernel, log_prob)[grid](
+        log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, part, programs, st, key, ctrl,
+        seed if clip_mode else part, offset if clip_mode else part, n, chunk, clip_low, clip_high, lb, ub,
+        CLIP=clip_mode, HIST=True, KEY64=False, ACC64=log_prob.dtype == torch.float64, P_BLOCK=p_block, BLOCK=block,
+        num_warps=4,
+    )
+    _launch(_hist2_kernel, log_prob)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
+    _launch(_hist3_kernel, log_prob)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
+    _launch(_write_kernel, log_prob)[grid](
+        key, st, ctrl, rows, sel, n, chunk, *r, CLIP=clip_mode, P_BLOCK=p_block, BLOCK=block, num_warps=4,
+    )
+    return sel, st
+
+
+AGG_CODES = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2}
+
+
+def policy_loss(
+    old_log_prob, log_prob, advantages, mask, selected, stats_, row_count: Optional[torch.Tensor], clip_mode: bool,
+    agg: int, clip_low: float, clip_high: float, kl_coef: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, metrics [2], coef [B, T])``; ``coef = ∂loss/∂log_prob``."""
+    b, t = log_prob.shape
+    n = log_prob.numel()
+    dev = log_prob.device
+    acc64 = log_prob.dtype == torch.float64
+    out_dt = torch.float64 if acc64 else torch.float32
+    block = _block(n)
+    programs, chunk = _grid(n, dev, block)
+    part = torch.empty((programs, 3), dtype=torch.float64, device=dev)
+    coef = torch.empty((b, t), dtype=out_dt, device=dev)
+    loss = torch.empty((), dtype=out_dt, device=dev)
+    metrics = torch.empty((2,), dtype=torch.float32, device=dev)
+    _launch(_loss_kernel, log_prob)[(programs,)](
+        old_log_prob, log_prob, advantages, mask, selected, stats_,
+        row_count if row_count is not None else stats_, coef, part, n, t, b, chunk, clip_low, clip_high, kl_coef,
+        CLIP=clip_mode, AGG=agg, ACC64=acc64, BLOCK=block, num_warps=4,
+    )
+    _launch(_loss_combine_kernel, log_prob)[(1,)](
+        part, programs, stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg, P_BLOCK=_p_block(programs), num_warps=4,
+    )
+    return loss, metrics, coef

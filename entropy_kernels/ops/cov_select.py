@@ -1,0 +1,350 @@
+"""Clip-Cov / KL-Cov token selection and policy loss ("The Entropy Mechanism of RL for Reasoning
+LMs"; SPEC §2.5): the ops
+
+- ``entropy_kernels::cov_select`` — masked means, per-token covariance and the selection
+  (Clip-Cov's uniform random sample / KL-Cov's top-k), all on the device;
+- ``entropy_kernels::cov_stats`` / ``cov_keys`` — the two halves of it, used for the global
+  selection across data-parallel ranks (all-reduce of the statistics in between);
+- ``entropy_kernels::cov_policy_loss`` — the loss given a selection, with its backward;
+
+and the public :func:`clip_cov_select` / :func:`kl_cov_select`. The losses themselves are in
+:mod:`entropy_kernels.training.policy_loss`. Semantics: :mod:`entropy_kernels.reference.policy_loss`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch.library import triton_op
+
+from .. import _backend, _validation
+from ..reference import policy_loss as R
+from .top_h import _uniform_reference
+
+if _backend.triton_available():
+    from ..kernels import cov_select as _kernels
+else:  # pragma: no cover
+    _kernels = None
+
+AGG_CODES = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2}
+
+
+def _reference_keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, clip_low, clip_high, lb, ub, seed, offset):
+    if clip_mode:
+        uniform = _uniform_reference(seed, offset, 1, log_prob.numel(), log_prob.device).reshape(log_prob.shape)
+        return R.clip_cov_keys(old_log_prob, log_prob, advantages, mask, stats, clip_low, clip_high, lb, ub, uniform)
+    return R.kl_cov_keys(log_prob, advantages, mask, stats)
+
+
+@triton_op("entropy_kernels::cov_stats", mutates_args=())
+def cov_stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(Σ m·A, Σ m·lp, Σ m, #valid)`` float64 ``[4]``. Internal."""
+    if _backend.use_triton(log_prob):
+        return _kernels.stats(log_prob, advantages, mask)
+    return R.masked_stats(log_prob, advantages, mask)
+
+
+@triton_op("entropy_kernels::cov_keys", mutates_args=())
+def cov_keys(
+    log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, old_log_prob: Optional[torch.Tensor],
+    stats: torch.Tensor, clip_mode: bool, clip_low: float, clip_high: float, lb: float, ub: float,
+    seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """int64 selection keys ``[B, T]`` (0 = never selected) from the given statistics. Internal."""
+    if _backend.use_triton(log_prob):
+        return _kernels.keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
+    return _reference_keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
+
+
+@triton_op("entropy_kernels::cov_select", mutates_args=())
+def cov_select(
+    log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, old_log_prob: Optional[torch.Tensor],
+    clip_mode: bool, ratio: float, clip_low: float, clip_high: float, lb: float, ub: float,
+    seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(selected bool [B, T], stats float64 [4])``. Internal: use the public functions."""
+    if _backend.use_triton(log_prob):
+        return _kernels.select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
+    stats = R.masked_stats(log_prob, advantages, mask)
+    key = _reference_keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
+    if clip_mode:
+        k = torch.minimum(R.clip_cov_count(stats, ratio), (key > 0).sum())
+    else:
+        k = R.kl_cov_count(stats, ratio)
+    return R.select_top(key, k), stats
+
+
+@triton_op("entropy_kernels::cov_policy_loss", mutates_args=())
+def cov_policy_loss(
+    old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    selected: torch.Tensor, stats: torch.Tensor, row_count: Optional[torch.Tensor], clip_mode: bool, agg: int,
+    clip_low: float, clip_high: float, kl_coef: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, metrics [pg_clipfrac, ppo_kl] fp32, coef [B, T])`` with ``coef = ∂loss/∂log_prob``
+    (saved for the backward). Internal: use :mod:`entropy_kernels.training.policy_loss`."""
+    if _backend.use_triton(log_prob):
+        return _kernels.policy_loss(
+            old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef
+        )
+    mode = next(name for name, code in AGG_CODES.items() if code == agg)
+    return R.cov_loss_parts_reference(
+        old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode, mode, clip_low, clip_high, kl_coef
+    )
+
+
+def _loss_setup_context(ctx, inputs, output):
+    _, metrics, coef = output
+    ctx.mark_non_differentiable(metrics, coef)
+    ctx.save_for_backward(coef)
+    ctx.lp_dtype = inputs[1].dtype
+
+
+def _loss_backward(ctx, grad_loss, _grad_metrics, _grad_coef):
+    (coef,) = ctx.saved_tensors
+    grad_lp = (coef * grad_loss).to(ctx.lp_dtype)
+    # old log-probs, advantages and the mask are data (verl treats them as constants)
+    return None, grad_lp, None, None, None, None, None, None, None, None, None, None
+
+
+cov_policy_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks shared with training.policy_loss
+
+
+def check_inputs(old_log_prob, log_prob, advantages, response_mask):
+    """Types, shapes and devices of the ``[B, T]`` inputs; returns contiguous tensors."""
+    tensors = {"log_prob": log_prob, "advantages": advantages, "response_mask": response_mask}
+    if old_log_prob is not None:
+        tensors = {"old_log_prob": old_log_prob, **tensors}
+    for name, t in tensors.items():
+        _validation.check_tensor(name, t)
+        if name != "response_mask":
+            _validation.check_float_dtype(name, t)
+    if response_mask.dtype.is_complex:
+        raise TypeError(f"response_mask must be bool, integer or floating, got {response_mask.dtype}")
+    if log_prob.dim() != 2 or 0 in log_prob.shape:
+        raise ValueError(f"log_prob must be a non-empty [B, T] tensor, got shape {tuple(log_prob.shape)}")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(log_prob.shape):
+            raise ValueError(f"{name} shape {tuple(t.shape)} must equal log_prob's {tuple(log_prob.shape)}")
+        _validation.check_same_device(name, t, "log_prob", log_prob)
+    if log_prob.numel() >= 2**31:
+        raise ValueError(f"at most 2**31 - 1 tokens per call, got {log_prob.numel()}")
+    return tuple(t.contiguous() if t is not None else None for t in (old_log_prob, log_prob, advantages, response_mask))
+
+
+def check_fraction(name: str, value, upper: float = 1.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= upper:
+        raise ValueError(f"{name} must be a number in (0, {upper}], got {value!r}")
+    return float(value)
+
+
+def check_nonneg(name: str, value, upper: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= upper or math.isnan(value):
+        raise ValueError(f"{name} must be a finite number in [0, {upper}], got {value!r}")
+    if math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high) -> Tuple[float, float]:
+    """verl's rule: ``clip_ratio_low/high`` default to ``clip_ratio``; ε_low ∈ [0, 1], ε_high ≥ 0."""
+    low = clip_ratio if clip_ratio_low is None else clip_ratio_low
+    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
+    return check_nonneg("clip_ratio_low", low, 1.0), check_nonneg("clip_ratio_high", high)
+
+
+def check_band(lb, ub) -> Tuple[float, float]:
+    for name, v in (("clip_cov_lb", lb), ("clip_cov_ub", ub)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            raise ValueError(f"{name} must be a number, got {v!r}")
+    if not lb < ub:
+        raise ValueError(f"clip_cov_lb ({lb}) must be < clip_cov_ub ({ub})")
+    return float(lb), float(ub)
+
+
+def random_state(generator, seed, offset, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(seed, offset) one-element int64 tensors on ``device``: given, or drawn from ``generator``
+    (or torch's default generator) on the device — no host sync."""
+    if (seed is None) != (offset is None):
+        raise ValueError("seed and offset must be given together")
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("pass either generator or seed/offset, not both")
+        for name, t in (("seed", seed), ("offset", offset)):
+            _validation.check_tensor(name, t)
+            if t.dtype != torch.int64 or t.numel() != 1:
+                raise ValueError(f"{name} must be a one-element int64 tensor, got {t.dtype} with {t.numel()} elements")
+            if t.device != device:
+                raise ValueError(f"{name} is on {t.device} but log_prob is on {device}; they must be on the same device")
+        return seed.reshape(1), offset.reshape(1)
+    gen_device = generator.device if generator is not None else device
+    seed = torch.randint(0, 2**31 - 1, (1,), device=gen_device, generator=generator).to(device)
+    return seed, torch.zeros((1,), dtype=torch.int64, device=device)
+
+
+# --------------------------------------------------------------------------------------------
+# global selection over data-parallel ranks
+
+
+def _global_select(
+    log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Selection over the concatenation (rank order) of every rank's ``[B, T]`` batch.
+
+    All-reduce of the 4 statistics (global means and counts); each rank's keys from the global
+    means (Clip-Cov's random keys use ``offset + rank·N`` so they equal the single-process keys
+    of the concatenated batch); each rank sends its top ``C`` candidates as composite
+    ``key·2³¹ + (2³¹−1 − global index)`` (unique, so ties resolve by the lower global index);
+    the ``k``-th largest of the gathered candidates is the global threshold. Exact when no
+    rank holds more than ``C = min(N, max(1, int(ρ·N·world)))`` of the global selection, which
+    holds when every rank passes the same ``[B, T]`` shape. Returns the local selection and the
+    *local* statistics (the loss is aggregated per rank, as verl does)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    n = log_prob.numel()
+    local = cov_stats(log_prob, advantages, mask)
+    total = local.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    if clip_mode:
+        offset = offset + rank * n
+    key = cov_keys(log_prob, advantages, mask, old_log_prob, total, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
+    flat = key.reshape(-1)
+    gidx = torch.arange(n, device=flat.device, dtype=torch.int64) + rank * n
+    composite = torch.where(flat > 0, flat * 2**31 + (2**31 - 1 - gidx), torch.zeros_like(flat))
+    c = min(n, max(1, int(ratio * n * world)))
+    cand = torch.topk(composite, c, sorted=True).values
+    gathered = [torch.empty_like(cand) for _ in range(world)]
+    dist.all_gather(gathered, cand, group=group)
+    allc = torch.sort(torch.cat(gathered), descending=True).values
+    if clip_mode:
+        n_elig = (flat > 0).sum().to(torch.float64)
+        dist.all_reduce(n_elig, op=dist.ReduceOp.SUM, group=group)
+        k = torch.minimum(R.clip_cov_count(total, ratio), n_elig.long())
+    else:
+        k = R.kl_cov_count(total, ratio)
+    k = torch.clamp(k, max=allc.numel())
+    thresh = allc.gather(0, torch.clamp(k - 1, min=0).reshape(1)).reshape(())
+    selected = (composite >= thresh) & (flat > 0) & (k > 0)
+    return selected.reshape(log_prob.shape), local
+
+
+def _select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group):
+    """``(selected, local stats)``, single-process or global; inputs are detached here."""
+    log_prob, advantages = log_prob.detach(), advantages.detach()
+    old_log_prob = old_log_prob.detach() if old_log_prob is not None else None
+    if group is not None:
+        return _global_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group)
+    return cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
+
+
+# --------------------------------------------------------------------------------------------
+# public functions
+
+
+def clip_cov_select(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    clip_ratio: float = 0.2,
+    clip_ratio_low: Optional[float] = None,
+    clip_ratio_high: Optional[float] = None,
+    clip_cov_ratio: float = 2e-4,
+    clip_cov_lb: float = 1.0,
+    clip_cov_ub: float = 5.0,
+    generator: Optional[torch.Generator] = None,
+    seed: Optional[torch.Tensor] = None,
+    offset: Optional[torch.Tensor] = None,
+    process_group=None,
+) -> torch.Tensor:
+    """Clip-Cov's tokens: a uniform random sample of ``n = max(int(clip_cov_ratio·Σ mask), 1)``
+    of the eligible tokens (all of them if fewer), computed on the device without host sync.
+
+    A token is eligible when it is valid (``mask > 0``), not already PPO-clipped (``L2 > L1``
+    with ``L1 = −A·r``, ``L2 = −A·clamp(r, 1−ε_low, 1+ε_high)``, ``r = exp(lp − old_lp)``) and
+    its covariance ``(A − mean A)·(lp − mean lp)`` (masked means, float64) lies strictly inside
+    ``(clip_cov_lb, clip_cov_ub)``. The sample is the ``n`` largest of independent random keys
+    (Philox on CUDA, keyed by ``(seed, offset + flat index)``; a splitmix64 counter hash on the
+    CPU path, so CPU and CUDA pick different, equally distributed, samples for one seed).
+
+    Parameters
+    ----------
+    old_log_prob, log_prob, advantages : Tensor ``[B, T]`` floating (``log_prob`` is detached here)
+    response_mask : Tensor ``[B, T]`` bool / 0-1 (values weight the means, as verl's ``masked_mean``)
+    clip_ratio, clip_ratio_low, clip_ratio_high : float — PPO's ε (low/high default to ``clip_ratio``)
+    clip_cov_ratio : float in (0, 1]; clip_cov_lb < clip_cov_ub : the covariance band
+    generator : torch.Generator, optional — one seed is drawn from it on the device
+    seed, offset : one-element int64 tensors on the inputs' device (instead of ``generator``;
+        the form a CUDA graph can capture: advance ``offset`` by ``B·T`` per step)
+    process_group : torch.distributed group, optional — global selection over the ranks' batches
+        (means over all ranks, ``n`` from the global Σ mask; see :func:`_global_select`)
+
+    Returns
+    -------
+    Bool tensor ``[B, T]`` with exactly ``min(n, #eligible)`` True entries, all eligible.
+
+    Example
+    -------
+    >>> import torch, entropy_kernels as ek
+    >>> lp = torch.tensor([[-1.0, -4.0, -2.0, -0.5]]); old = lp.clone()
+    >>> adv = torch.tensor([[2.0, -3.0, 1.0, 0.0]])
+    >>> mask = torch.ones(1, 4)                        # covs 1.75, 6.375, -0.125, 0
+    >>> ek.clip_cov_select(old, lp, adv, mask, clip_cov_ratio=0.5, clip_cov_ub=10.0)  # n = 2
+    tensor([[ True,  True, False, False]])
+    >>> g = torch.Generator().manual_seed(0)          # band (1, 5): one eligible token
+    >>> ek.clip_cov_select(old, lp, adv, mask, clip_cov_ratio=0.5, generator=g)
+    tensor([[ True, False, False, False]])
+    """
+    old_log_prob, log_prob, advantages, response_mask = check_inputs(old_log_prob, log_prob, advantages, response_mask)
+    low, high = clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high)
+    ratio = check_fraction("clip_cov_ratio", clip_cov_ratio)
+    lb, ub = check_band(clip_cov_lb, clip_cov_ub)
+    seed, offset = random_state(generator, seed, offset, log_prob.device)
+    sel, _ = _select(log_prob.detach(), advantages, response_mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group)
+    return sel
+
+
+def kl_cov_select(
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    kl_cov_ratio: float = 2e-4,
+    process_group=None,
+) -> torch.Tensor:
+    """KL-Cov's tokens: the ``k = max(1, int(kl_cov_ratio·#valid))`` valid tokens with the
+    largest covariance ``(A − mean A)·(lp − mean lp)`` (masked means), on the device.
+
+    The covariance is computed in float64 and ranked as float32; ties (equal float32 values) go
+    to the lower flattened index, so exactly ``k`` tokens are selected (none if no token is
+    valid). NaN covariances rank below every other valid token.
+
+    Parameters
+    ----------
+    log_prob, advantages : Tensor ``[B, T]`` floating (``log_prob`` is detached here)
+    response_mask : Tensor ``[B, T]`` bool / 0-1
+    kl_cov_ratio : float in (0, 1]
+    process_group : torch.distributed group, optional — global top-k over the ranks' batches
+
+    Example
+    -------
+    >>> import torch, entropy_kernels as ek
+    >>> lp = torch.tensor([[-1.0, -0.5, -3.0, -2.0], [-1.0, -1.0, -1.0, -1.0]])
+    >>> adv = torch.tensor([[1.0, 2.0, -1.0, 0.5], [9.0, 9.0, 9.0, 9.0]])
+    >>> mask = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]])
+    >>> ek.kl_cov_select(lp, adv, mask, kl_cov_ratio=0.5)   # covs 0.34, 1.47, 3.28, -0.01
+    tensor([[False,  True,  True, False],
+            [False, False, False, False]])
+    """
+    _, log_prob, advantages, response_mask = check_inputs(None, log_prob, advantages, response_mask)
+    ratio = check_fraction("kl_cov_ratio", kl_cov_ratio)
+    sel, _ = _select(log_prob.detach(), advantages, response_mask, None, False, ratio, 0.0, 0.0, 0.0, 0.0, None, None, process_group)
+    return sel

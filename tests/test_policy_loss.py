@@ -1,0 +1,306 @@
+"""Clip-Cov / KL-Cov policy losses: loss, metrics and gradients against float64 oracles written
+here from verl's code (every ``loss_agg_mode``), the verl-style baseline of the reference
+module, verl itself when importable, the fused hidden-states path, edge cases, opcheck,
+torch.compile and (GPU) a CUDA-graph capture of a whole forward + backward."""
+
+import pytest
+import torch
+
+import entropy_kernels as ek
+from entropy_kernels.reference.policy_loss import verl_clip_cov_loss, verl_kl_cov_loss
+from entropy_kernels.training import LOSS_AGG_MODES, clip_cov_policy_loss, kl_cov_policy_loss, linear_cov_policy_loss
+
+from test_cov_select import make_batch, oracle_clip_eligible, run, small_blocks  # noqa: F401  (fixture)
+
+
+def oracle_agg(loss_mat, mask, mode):
+    """verl's agg_loss (0/1 mask); an empty denominator counts as 1."""
+    m = mask.to(loss_mat.dtype)
+    if mode == "token-mean":
+        return (loss_mat * m).sum() / m.sum().clamp_min(1)
+    seq = (loss_mat * m).sum(-1)
+    if mode == "seq-mean-token-sum":
+        return seq.mean()
+    return (seq / m.sum(-1).clamp_min(1)).mean()
+
+
+def oracle_clip_cov(old, lp, adv, mask, selected, mode, low=0.2, high=0.2):
+    """verl's compute_policy_loss_clip_cov after the selection, float64, autograd."""
+    ratio = torch.exp(lp - old)
+    l1, l2 = -adv * ratio, -adv * torch.clamp(ratio, 1 - low, 1 + high)
+    corr = torch.where(selected, 0.0, 1.0).double()
+    m = mask.double()
+    return oracle_agg(torch.maximum(l1, l2) * corr, mask, mode), {
+        "pg_clipfrac": ((corr == 0).double() * m).sum() / m.sum().clamp_min(1),
+        "ppo_kl": (-(lp - old) * m).sum().detach() / m.sum().clamp_min(1),
+    }
+
+
+def oracle_kl_cov(old, lp, adv, mask, selected, mode, coef):
+    d = lp - old
+    loss = torch.where(selected, -adv * torch.exp(d) + coef * d.abs(), -adv * torch.exp(d))
+    m = mask.double()
+    return oracle_agg(loss, mask, mode), {"ppo_kl": (d.abs() * m).sum().detach() / m.sum().clamp_min(1)}
+
+
+def rel_err(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30)) if b.norm() > 0 else float(a.norm())
+
+
+def _double(*xs):
+    return [x.detach().double().cpu() for x in xs]
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_clip_cov_loss_and_gradient_vs_oracle(backend, small_blocks, mode, dtype):  # noqa: F811
+    b, t = (3, 50) if backend.name == "cpu-triton-interpreter" else (6, 300)
+    old, lp, adv, mask = make_batch(b, t, backend.device, scale=2.0)
+    mask[1] = False  # one sequence without valid tokens
+    old, lp, adv = old.to(dtype), lp.to(dtype), adv.to(dtype)
+    x = lp.clone().requires_grad_()
+    kw = dict(clip_ratio_low=0.2, clip_ratio_high=0.28, clip_cov_ratio=0.05, clip_cov_lb=0.1, clip_cov_ub=3.0)
+    loss, metrics = run(backend, clip_cov_policy_loss, old, x, adv, mask, mode,
+                        generator=torch.Generator(backend.device).manual_seed(0), **kw)
+    loss.backward()
+    sel = run(backend, ek.clip_cov_select, old, lp, adv, mask, generator=torch.Generator(backend.device).manual_seed(0), **kw)
+    assert int(metrics["n_selected"]) == int(sel.sum()) > 0
+    o, y, a = _double(old, lp, adv)
+    y.requires_grad_()
+    want, wm = oracle_clip_cov(o, y, a, mask.cpu(), sel.cpu(), mode, 0.2, 0.28)
+    want.backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel_err(loss, want) <= tol and rel_err(x.grad, y.grad) <= tol
+    assert rel_err(metrics["pg_clipfrac"], wm["pg_clipfrac"]) <= 1e-6 and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= tol
+    assert torch.all(x.grad[sel] == 0), "selected Clip-Cov tokens must get exactly zero gradient"
+    assert loss.dtype == torch.float32 and metrics["ppo_kl"].dim() == 0
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_kl_cov_loss_and_gradient_vs_oracle(backend, small_blocks, mode, dtype):  # noqa: F811
+    b, t = (3, 50) if backend.name == "cpu-triton-interpreter" else (6, 300)
+    old, lp, adv, mask = make_batch(b, t, backend.device)
+    old, lp, adv = old.to(dtype), lp.to(dtype), adv.to(dtype)
+    x = lp.clone().requires_grad_()
+    loss, metrics = run(backend, kl_cov_policy_loss, old, x, adv, mask, mode, kl_cov_ratio=0.05, ppo_kl_coef=1.0)
+    loss.backward()
+    sel = run(backend, ek.kl_cov_select, lp, adv, mask, kl_cov_ratio=0.05)
+    o, y, a = _double(old, lp, adv)
+    y.requires_grad_()
+    want, wm = oracle_kl_cov(o, y, a, mask.cpu(), sel.cpu(), mode, 1.0)
+    want.backward()
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float64: 1e-12}[dtype]
+    assert rel_err(loss, want) <= tol and rel_err(x.grad, y.grad) <= tol and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= max(tol, 1e-6)
+    assert float(metrics["pg_clipfrac"]) == 0.0
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_kl_cov_equals_verl_style_baseline(backend, mode):
+    old, lp, adv, mask = make_batch(4, 120, backend.device)
+    x = lp.clone().requires_grad_()
+    loss, metrics = run(backend, kl_cov_policy_loss, old, x, adv, mask, mode, kl_cov_ratio=0.02, ppo_kl_coef=0.5)
+    loss.backward()
+    o, y, a = _double(old, lp, adv)
+    y.requires_grad_()
+    want, wm = verl_kl_cov_loss(o, y, a, mask.cpu().double(), mode, kl_cov_ratio=0.02, ppo_kl_coef=0.5)
+    want.backward()
+    assert rel_err(loss, want) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5 and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= 1e-5
+
+
+def test_clip_cov_equals_verl_style_baseline_given_its_selection(backend):
+    old, lp, adv, mask = make_batch(4, 120, backend.device, scale=3.0)
+    o, y, a = _double(old, lp, adv)
+    y.requires_grad_()
+    want, wm = verl_clip_cov_loss(o, y, a, mask.cpu().double(), clip_cov_ratio=0.05, clip_cov_lb=0.1,
+                                  generator=torch.Generator().manual_seed(3))
+    want.backward()
+    # its choice, replayed: verl's nonzero order (row-major) of the float64 eligible set, the
+    # same randperm stream, the first min(n, #eligible)
+    eligible = oracle_clip_eligible(o, y.detach(), a, mask.cpu(), lb=0.1)
+    idx = torch.nonzero(eligible)
+    n = max(int(0.05 * float(mask.sum())), 1)
+    idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(3))[: min(n, len(idx))]]
+    sel = torch.zeros_like(eligible)
+    sel[idx[:, 0], idx[:, 1]] = True
+    assert sel.any()
+    x = lp.clone().requires_grad_()
+    loss, metrics = run(backend, clip_cov_policy_loss, old, x, adv, mask, selection=sel.to(backend.device))
+    loss.backward()
+    assert rel_err(loss, want) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
+    assert rel_err(metrics["pg_clipfrac"], wm["pg_clipfrac"]) <= 1e-6 and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= 1e-5
+
+
+def test_against_verl_if_importable():
+    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+    from omegaconf import OmegaConf
+
+    old, lp, adv, mask = make_batch(4, 200, "cpu")
+    cfg = OmegaConf.create({"policy_loss": {"kl_cov_ratio": 0.02, "ppo_kl_coef": 1.0}, "clip_ratio": 0.2,
+                            "clip_ratio_low": 0.2, "clip_ratio_high": 0.2})
+    for mode in LOSS_AGG_MODES:
+        out = core_algos.compute_policy_loss_kl_cov(old, lp, adv, mask.float(), mode, cfg)
+        loss, _ = kl_cov_policy_loss(old, lp, adv, mask, mode, kl_cov_ratio=0.02, ppo_kl_coef=1.0)
+        assert rel_err(loss, out[0]) <= 1e-5
+
+
+def test_zero_and_one_valid_tokens(backend):
+    old, lp, adv, _ = make_batch(2, 9, backend.device)
+    none = torch.zeros(2, 9, dtype=torch.bool, device=backend.device)
+    for fn in (clip_cov_policy_loss, kl_cov_policy_loss):
+        for mode in LOSS_AGG_MODES:
+            x = lp.clone().requires_grad_()
+            loss, metrics = run(backend, fn, old, x, adv, none, mode)
+            loss.backward()
+            assert float(loss.detach()) == 0.0 and torch.all(x.grad == 0)
+            assert all(torch.isfinite(v).all() and float(v) == 0 for v in metrics.values())
+    one = none.clone()
+    one[0, 3] = True
+    x = lp.clone().requires_grad_()
+    loss, metrics = run(backend, kl_cov_policy_loss, old, x, adv, one, ppo_kl_coef=1.0)
+    loss.backward()
+    d = float(lp[0, 3] - old[0, 3])
+    want = -float(adv[0, 3]) * torch.exp(torch.tensor(d)).item() + abs(d)
+    assert abs(float(loss.detach()) - want) <= 1e-5 * max(1.0, abs(want)) and int(metrics["n_selected"]) == 1
+    assert torch.count_nonzero(x.grad) <= 1
+
+
+def test_fused_hidden_state_path_matches_logits(backend):
+    if backend.name == "cpu-triton-interpreter":
+        pytest.skip("the log-prob op's own interpreter tests cover its kernels; this checks the composition")
+    b, t, d, v = 2, 12, 16, 40
+    h = torch.randn(b, t, d, device=backend.device)
+    w = torch.randn(v, d, device=backend.device) / d**0.5
+    y = torch.randint(0, v, (b, t), device=backend.device)
+    old, _, adv, mask = make_batch(b, t, backend.device)
+    for loss_mode in ("clip_cov", "kl_cov"):
+        hx = h.clone().requires_grad_()
+        extra = dict(seed=torch.tensor([1], device=backend.device), offset=torch.tensor([0], device=backend.device),
+                     clip_cov_lb=-10.0, clip_cov_ratio=0.1) if loss_mode == "clip_cov" else dict(kl_cov_ratio=0.1)
+        loss, metrics = run(backend, linear_cov_policy_loss, hx, w, y, old, adv, mask, loss_mode, temperature=0.9, **extra)
+        loss.backward()
+        hr = h.double().clone().requires_grad_()
+        logits = hr @ w.double().T / 0.9
+        lp = torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        if loss_mode == "clip_cov":
+            sel = run(backend, ek.clip_cov_select, old, lp.detach().float(), adv, mask, **extra)
+            want, _ = oracle_clip_cov(old.double(), lp, adv.double(), mask, sel, "token-mean")
+        else:
+            sel = run(backend, ek.kl_cov_select, lp.detach().float(), adv, mask, kl_cov_ratio=0.1)
+            want, _ = oracle_kl_cov(old.double(), lp, adv.double(), mask, sel, "token-mean", 0.1)
+        want.backward()
+        assert rel_err(loss, want) <= 1e-4 and rel_err(hx.grad, hr.grad) <= 1e-4
+        assert "entropy" in metrics and torch.isfinite(metrics["entropy"])
+
+
+def test_opcheck(backend):
+    old, lp, adv, mask = make_batch(2, 37, backend.device, scale=2.0)
+    sel = torch.rand(2, 37, device=backend.device) < 0.2
+    ops = torch.ops.entropy_kernels
+    with backend.context():
+        stats = ops.cov_stats.default(lp, adv, mask)
+        rows = mask.float().sum(-1)
+        for clip, agg, rc in ((True, 0, None), (False, 1, None), (True, 2, rows), (False, 2, rows)):
+            torch.library.opcheck(ops.cov_policy_loss.default,
+                                  (old, lp.clone().requires_grad_(), adv, mask, sel, stats, rc, clip, agg, 0.2, 0.28, 0.7))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    old, lp, adv, mask = make_batch(4, 100, device, scale=2.0)
+    seed, off = torch.tensor([5], device=device), torch.tensor([0], device=device)
+
+    def step(x):
+        a, _ = clip_cov_policy_loss(old, x, adv, mask, clip_cov_ratio=0.05, clip_cov_lb=0.1, seed=seed, offset=off)
+        b, _ = kl_cov_policy_loss(old, x, adv, mask, "seq-mean-token-mean", kl_cov_ratio=0.05)
+        return a + b
+
+    x1, x2 = lp.clone().requires_grad_(), lp.clone().requires_grad_()
+    step(x1).backward()
+    torch.compile(step, fullgraph=True)(x2).backward()
+    assert torch.allclose(x1.grad, x2.grad, rtol=1e-6, atol=1e-9)
+
+
+def _x(b=2, t=5):
+    return torch.randn(b, t)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), "token-sum"), ValueError, "loss_agg_mode"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), ppo_kl_coef=-1.0), ValueError, "ppo_kl_coef"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), kl_cov_ratio=2.0), ValueError, "kl_cov_ratio"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(3, 5), torch.ones(2, 5)), ValueError, "advantages shape"),
+        (lambda: clip_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), selection=torch.ones(2, 5)), TypeError, "selection"),
+        (lambda: clip_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), selection=torch.ones(2, 4, dtype=torch.bool)),
+         ValueError, "selection"),
+        (lambda: clip_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), selection=torch.ones(2, 5, dtype=torch.bool),
+                                      generator=torch.Generator()), ValueError, "selection"),
+        (lambda: clip_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), clip_cov_ub=0.5), ValueError, "clip_cov_lb"),
+        (lambda: linear_cov_policy_loss(torch.randn(2, 5, 4), torch.randn(7, 4), torch.zeros(2, 5, dtype=torch.long),
+                                        _x(), _x(), torch.ones(2, 5), "ppo"), ValueError, "loss_mode"),
+    ],
+)
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ---- GPU ------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_of_a_whole_loss_step():
+    """Forward + backward of both losses captured once and replayed on new data: no host sync
+    anywhere (capture fails on one), same results as eager."""
+    b, t = 64, 1024
+    old, lp, adv, mask = make_batch(b, t, "cuda", scale=2.0)
+    x = lp.clone().requires_grad_()
+    seed, off = torch.tensor([3], device="cuda"), torch.tensor([0], device="cuda")
+
+    def step():
+        x.grad = None
+        l1, m1 = clip_cov_policy_loss(old, x, adv, mask, clip_cov_ratio=2e-3, seed=seed, offset=off)
+        l2, m2 = kl_cov_policy_loss(old, x, adv, mask, "seq-mean-token-mean", kl_cov_ratio=2e-3)
+        (l1 + l2).backward()
+        return l1.detach(), l2.detach(), m1["pg_clipfrac"], m2["ppo_kl"]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    x.grad = None
+    with torch.cuda.graph(graph):
+        out = step()
+        grad = x.grad
+    new = make_batch(b, t, "cuda", scale=2.0)
+    for dst, src in zip((old, lp, adv), new[:3]):
+        dst.copy_(src)
+    with torch.no_grad():
+        x.copy_(lp)
+    graph.replay()
+    got = [o.clone() for o in out] + [grad.clone()]
+    want = list(step()) + [x.grad]
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_cuda_million_tokens_vs_oracle(mode):
+    old, lp, adv, mask = make_batch(256, 4096, "cuda", scale=2.0)
+    x = lp.clone().requires_grad_()
+    loss, _ = kl_cov_policy_loss(old, x, adv, mask, mode, kl_cov_ratio=2e-4, ppo_kl_coef=1.0)
+    loss.backward()
+    sel = ek.kl_cov_select(lp, adv, mask, kl_cov_ratio=2e-4)
+    o, y, a = _double(old, lp, adv)
+    y.requires_grad_()
+    want, _ = oracle_kl_cov(o, y, a, mask.cpu(), sel.cpu(), mode, 1.0)
+    want.backward()
+    assert rel_err(loss, want) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
