@@ -142,7 +142,7 @@ def _parts():
     return x, {k: v.clone() for k, v in parts.items()}, dict(header)
 
 
-@pytest.mark.parametrize("part", ["words", "gaps", "block_starts", "lut", "raw"])
+@pytest.mark.parametrize("part", ["words", "gaps", "block_starts", "raw"])
 def test_flipped_byte_is_detected(part):
     _, parts, header = _parts()
     parts[part].view(torch.uint8)[parts[part].numel() * parts[part].element_size() // 2] ^= 0x10
@@ -178,7 +178,7 @@ def test_inconsistent_index_is_rejected_even_with_a_matching_crc():
                               ("gaps", lambda t: t.__setitem__(0, 0xCC), "gaps")):
         _, parts, header = _parts()
         edit(parts[part])
-        header["payload_crc32"] = _crc32([parts[p] for p in ("words", "gaps", "block_starts", "lut", "raw")])
+        header["payload_crc32"] = _crc32([parts[p] for p in ("words", "gaps", "block_starts", "raw")])
         with pytest.raises(DFloatError, match=match):
             DFloatTensor.from_state_dict(parts, header)
 
@@ -186,6 +186,7 @@ def test_inconsistent_index_is_rejected_even_with_a_matching_crc():
 def test_decoding_garbage_never_crashes():
     # without validation a corrupted payload decodes to wrong values, but every read is bounded
     x, parts, header = _parts()
+    parts["lut"] = DFloatTensor.compress(x).lut  # not stored in files (rebuilt from the code lengths)
     g = torch.Generator().manual_seed(1)
     for part in ("words", "gaps", "block_starts", "lut"):
         bad = {k: v.clone() for k, v in parts.items()}
@@ -197,6 +198,17 @@ def test_decoding_garbage_never_crashes():
 
 
 # ---- serialisation -----------------------------------------------------------------------------
+
+def test_decode_table_is_rebuilt_from_the_code_lengths():
+    x, parts, header = _parts()
+    assert "lut" not in parts
+    c = DFloatTensor.from_state_dict(parts, header)
+    assert torch.equal(c.lut, DFloatTensor.compress(x).lut)
+    assert_bit_exact(c.decompress(), x)
+    header["code_lengths"] = {"120": 1, "121": 1, "119": 1}  # not a prefix code
+    with pytest.raises(DFloatError, match="prefix code"):
+        DFloatTensor.from_state_dict(parts, header)
+
 
 def test_safetensors_round_trip(tmp_path):
     x = INPUTS["normal 0.02 2-D"]

@@ -38,6 +38,7 @@ FORMAT_MAGIC = "EKDF"
 FORMAT_VERSION = 1
 MAX_CODE_LEN = 12
 PARTS = ("words", "gaps", "block_starts", "lut", "raw")
+STORED_PARTS = ("words", "gaps", "block_starts", "raw")  # the decode table is rebuilt from the code lengths
 
 
 def _native():
@@ -130,7 +131,8 @@ class DFloatTensor:
         payload = (words, gaps, block_starts, lut, raw)
         out = cls(words=words, gaps=gaps, block_starts=block_starts, lut=lut, raw=raw, shape=tensor.shape,
                   total_bits=total_bits, max_block_values=max_block_values, checksum=checksum,
-                  code_lengths=lengths.tolist(), exponent_hist=hist.tolist(), payload_crc32=_crc32(payload))
+                  code_lengths=lengths.tolist(), exponent_hist=hist.tolist(),
+                  payload_crc32=_crc32([words, gaps, block_starts, raw]))
         return out.to(tensor.device) if tensor.device.type != "cpu" else out
 
     # ----------------------------------------------------------------------------- decoding ---
@@ -251,8 +253,10 @@ class DFloatTensor:
                 "code_lengths": _sparse(self.code_lengths), "exponent_hist": _sparse(self.exponent_hist)}
 
     def state_dict(self) -> Tuple[Dict[str, torch.Tensor], dict]:
-        """``({part: tensor}, header)`` -- what :func:`save_file` writes for one tensor."""
-        return dict(zip(PARTS, self.payload())), self.header()
+        """``({part: tensor}, header)`` -- what :func:`save_file` writes for one tensor (the 8 KB
+        decode table is not stored: it is rebuilt from the code lengths in the header)."""
+        parts = dict(zip(PARTS, self.payload()))
+        return {p: parts[p] for p in STORED_PARTS}, self.header()
 
     @classmethod
     def from_state_dict(cls, tensors: Dict[str, torch.Tensor], header: dict, validate: bool = True) -> "DFloatTensor":
@@ -273,10 +277,13 @@ class DFloatTensor:
         if header.get("dtype") != "bfloat16" or header.get("max_code_len") != MAX_CODE_LEN:
             raise DFloatError(f"unsupported dtype/code length in header: {header.get('dtype')!r}, "
                               f"{header.get('max_code_len')!r}")
-        missing = [p for p in PARTS if p not in tensors]
+        missing = [p for p in STORED_PARTS if p not in tensors]
         if missing:
             raise DFloatError(f"payload is missing {missing}")
         try:
+            tensors = dict(tensors)
+            if "lut" not in tensors:
+                tensors["lut"] = _build_lut(_dense(header["code_lengths"])).to(tensors["words"].device)
             shape = [int(s) for s in header["shape"]]
             if any(s < 0 for s in shape):
                 raise ValueError("negative dimension")
@@ -307,7 +314,7 @@ class DFloatTensor:
         ...
         entropy_kernels.decoding.dfloat.DFloatError: payload CRC32 mismatch (corrupted or truncated data)
         """
-        if _crc32(self.payload()) != self.payload_crc32:
+        if _crc32([self.words, self.gaps, self.block_starts, self.raw]) != self.payload_crc32:
             raise DFloatError("payload CRC32 mismatch (corrupted or truncated data)")
         lengths = self.code_lengths
         if len(lengths) != 256 or any(not (0 <= v <= MAX_CODE_LEN) for v in lengths):
@@ -318,11 +325,7 @@ class DFloatTensor:
             raise DFloatError("code lengths do not form a prefix code")
         if any(h > 0 and n == 0 for h, n in zip(self.exponent_hist, lengths)):
             raise DFloatError("an exponent that occurs has no code")
-        C = _native()
-        lut = torch.empty(_ops.LUT_SIZE, dtype=torch.int16)
-        lengths_t = torch.tensor(lengths, dtype=torch.uint8)  # kept alive across the call
-        C.dfloat_build_lut(lengths_t.data_ptr(), lut.data_ptr())
-        if not torch.equal(lut, self.lut.cpu()):
+        if not torch.equal(_build_lut(lengths), self.lut.cpu()):
             raise DFloatError("decode table does not match the code lengths")
         starts = self.block_starts.cpu()
         if int(starts[0]) != 0 or int(starts[-1]) != self.numel or bool((starts[1:] < starts[:-1]).any()):
@@ -333,6 +336,17 @@ class DFloatTensor:
         nibbles = torch.stack([g & 15, g >> 4], 1).reshape(-1)
         if bool(((nibbles >= _ref.MAX_CODE_LEN) & (nibbles != 15)).any()):
             raise DFloatError("segment gaps out of range")
+
+
+def _build_lut(lengths: Sequence[int]) -> torch.Tensor:
+    if len(lengths) != 256 or any(not (0 <= int(v) <= MAX_CODE_LEN) for v in lengths):
+        raise DFloatError("code lengths must be 256 values in [0, 12]")
+    if _ref.kraft_sum(lengths) > 1.0:
+        raise DFloatError("code lengths do not form a prefix code")
+    lut = torch.empty(_ops.LUT_SIZE, dtype=torch.int16)
+    lengths_t = torch.tensor([int(v) for v in lengths], dtype=torch.uint8)  # kept alive across the call
+    _native().dfloat_build_lut(lengths_t.data_ptr(), lut.data_ptr())
+    return lut
 
 
 def _sparse(values: Sequence[int]) -> Dict[str, int]:
