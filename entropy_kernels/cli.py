@@ -3,6 +3,9 @@
     entropy-kernels info                 versions, build, GPU, backend of every op
     entropy-kernels bench --quick        small shapes (CPU or GPU), prints a table, writes files
     entropy-kernels bench --full         the ANCHORS.md shapes (GPU)
+    entropy-kernels compress IN OUT      EKDF-code the bf16 tensors of a safetensors file / model dir
+    entropy-kernels decompress IN OUT    back to plain safetensors, bit-identical
+    entropy-kernels inspect PATH         per-tensor size, bits per value, entropy bound
 """
 
 from __future__ import annotations
@@ -75,6 +78,43 @@ def _bench(args) -> int:
     return 1 if any(r.error for r in results if r.kind == "ours") else 0
 
 
+def _compress(args) -> int:
+    from .decoding.dfloat_files import compress_path
+
+    t = compress_path(args.src, args.dst, min_numel=args.min_numel, threads=args.threads, progress=not args.quiet)
+    print(f"{args.src} -> {args.dst}: {t['tensors_compressed']} of {t['tensors']} tensors EKDF-coded in "
+          f"{t['seconds']:.1f} s; size {t['compressed_bytes'] / 2**20:.1f} MiB of {t['original_bytes'] / 2**20:.1f} MiB "
+          f"({100 * t['ratio']:.2f}%)")
+    if t["bf16_bits_per_value"]:
+        over = 100 * (t["bf16_bits_per_value"] / t["bound_bits_per_value"] - 1)
+        print(f"coded bf16 tensors: {t['bf16_bits_per_value']:.3f} bits/value; entropy bound "
+              f"{t['bound_bits_per_value']:.3f} (+{over:.2f}%); bf16 = 16")
+    return 0
+
+
+def _decompress(args) -> int:
+    from .decoding.dfloat_files import decompress_path
+
+    t = decompress_path(args.src, args.dst, progress=not args.quiet)
+    print(f"{args.src} -> {args.dst}: {t['tensors']} tensors restored in {t['seconds']:.1f} s")
+    return 0
+
+
+def _inspect(args) -> int:
+    from .decoding.dfloat_files import inspect_path
+
+    rows = inspect_path(args.path)
+    print(f"{'tensor':48s} {'shape':>18s} {'dtype':>9s} {'MiB':>9s} {'bits/val':>8s} {'bound':>7s}")
+    for r in rows:
+        bound = f"{r['bound_bits']:7.3f}" if r["bound_bits"] is not None else "      -"
+        print(f"{r['name'][:48]:48s} {str(tuple(r['shape'])):>18s} {('ekdf' if r['ekdf'] else r['dtype']):>9s} "
+              f"{r['bytes'] / 2**20:9.2f} {r['bits_per_value']:8.3f} {bound}")
+    coded = [r for r in rows if r["ekdf"]]
+    total = sum(r["bytes"] for r in rows)
+    print(f"{len(rows)} tensors, {len(coded)} EKDF-coded, {total / 2**20:.2f} MiB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entropy-kernels", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--out", default="ek-results", help="directory for JSON + markdown (default: ek-results)")
     p_bench.add_argument("-v", "--verbose", action="store_true", help="print each measurement as it finishes")
     p_bench.set_defaults(fn=_bench)
+
+    p_comp = sub.add_parser("compress", help="EKDF-code the bf16 tensors of a safetensors file or model directory")
+    p_comp.add_argument("src", help="a .safetensors file or a directory (other files are copied)")
+    p_comp.add_argument("dst", help="output file or directory")
+    p_comp.add_argument("--min-numel", type=int, default=65536, help="smaller tensors stay plain (default 65536)")
+    p_comp.add_argument("--threads", type=int, default=0, help="encoder threads (default: all cores)")
+    p_comp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p_comp.set_defaults(fn=_compress)
+
+    p_dec = sub.add_parser("decompress", help="restore plain safetensors from EKDF-coded ones (bit-identical)")
+    p_dec.add_argument("src")
+    p_dec.add_argument("dst")
+    p_dec.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p_dec.set_defaults(fn=_decompress)
+
+    p_insp = sub.add_parser("inspect", help="per-tensor size, bits per value and entropy bound of a (compressed) file")
+    p_insp.add_argument("path", help="a .safetensors file or a directory")
+    p_insp.set_defaults(fn=_inspect)
     return parser
 
 
