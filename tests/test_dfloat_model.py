@@ -101,3 +101,18 @@ def test_compressed_model_on_cuda_is_bit_identical(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, ref)
     assert torch.equal(_generate(loaded, ids), _generate(model, ids))
+
+
+def test_checkpoint_compressed_by_the_cli_loads_as_a_model(tmp_path):
+    from entropy_kernels import cli
+
+    model = tiny_llama(True)
+    ckpt, packed = tmp_path / "ckpt", tmp_path / "packed"
+    model.save_pretrained(str(ckpt))
+    assert cli.main(["compress", str(ckpt), str(packed), "--min-numel", "4096", "-q"]) == 0
+    loaded = load_compressed(str(packed), progress=False)
+    assert hasattr(loaded.model.layers[0].mlp.up_proj, "_ekdf_weight")
+    ids = torch.randint(0, 320, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert torch.equal(_generate(loaded, ids), _generate(model, ids))

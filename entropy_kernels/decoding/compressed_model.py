@@ -264,6 +264,11 @@ def load_compressed(path: str, device="cpu", model_class=None, group_by: Optiona
     defaults to ``AutoModelForCausalLM``). The model is built on the meta device and filled
     from the file, so the uncompressed weights never exist; returns it in eval mode.
 
+    A checkpoint directory written by ``entropy-kernels compress`` (its shards, ``config.json``)
+    loads too: the model is then built from its config on the CPU first (so buffers that
+    checkpoints do not store, like rotary frequencies, are computed as usual), the plain tensors
+    are loaded into it and the coded weights attached.
+
     Example
     -------
     >>> # model = load_compressed("my-model-ekdf", device="cuda")
@@ -273,7 +278,9 @@ def load_compressed(path: str, device="cpu", model_class=None, group_by: Optiona
 
     weights = os.path.join(path, WEIGHTS_FILE)
     if not os.path.exists(weights):
-        raise FileNotFoundError(f"{weights} not found (write it with save_compressed)")
+        if os.path.isdir(path) and any(f.endswith(".safetensors") for f in os.listdir(path)):
+            return _load_compressed_checkpoint(path, device, model_class, group_by or "block", progress)
+        raise FileNotFoundError(f"{weights} not found (write it with save_compressed or entropy-kernels compress)")
     with safe_open(weights, framework="pt") as f:
         meta = f.metadata() or {}
     if META_KEY not in meta:
@@ -307,4 +314,33 @@ def load_compressed(path: str, device="cpu", model_class=None, group_by: Optiona
         compressed[alias] = compressed[target]
     _install(model, compressed, group_by or info.get("group_by", "block"))
     model._ekdf_group_by = group_by or info.get("group_by", "block")
+    return model.eval()
+
+
+def _load_compressed_checkpoint(path: str, device, model_class, group_by: str, progress: bool) -> nn.Module:
+    if model_class is None:
+        from transformers import AutoModelForCausalLM as model_class
+    from transformers import AutoConfig
+
+    model = model_class.from_config(AutoConfig.from_pretrained(path)).to(torch.bfloat16)
+    plain: Dict[str, torch.Tensor] = {}
+    compressed: Dict[str, DFloatTensor] = {}
+    shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    for shard in _progress(shards, len(shards), "loading", progress):
+        for name, value in load_file(os.path.join(path, shard)).items():
+            (compressed if isinstance(value, DFloatTensor) else plain)[name] = value
+    missing, unexpected = model.load_state_dict(plain, strict=False)
+    unknown = [n for n in unexpected] + [n for n in compressed if n not in dict(model.named_parameters())]
+    if unknown:
+        raise ValueError(f"tensors not in the model: {unknown[:5]}")
+    by_id: Dict[int, List[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name in list(compressed):  # tied parameters (e.g. an LM head tied to the embeddings)
+        for other in by_id[id(params[name])]:
+            compressed.setdefault(other, compressed[name])
+    model = model.to(device)
+    _install(model, {n: c.to(device) for n, c in compressed.items()}, group_by)
+    model._ekdf_group_by = group_by
     return model.eval()
