@@ -59,12 +59,20 @@ void decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_s
                 const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
                 uint16_t* out, int threads);
 
+// The GPU block algorithm of decoder variant 2 (dfloat_block.h) run thread by thread on the CPU,
+// for tests: same shared-memory layout, same per-thread steps, sequentially.
+void decode_block_emulated(const uint32_t* words, int64_t num_words, const int64_t* block_starts,
+                           int64_t num_blocks, const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut,
+                           const uint8_t* raw, int64_t n, int64_t total_bits, int64_t max_block_values,
+                           uint16_t* out);
+
 #ifdef EK_WITH_CUDA
 // GPU decoder on `stream` (cudaStream_t as integer). Asynchronous; returns 0 or a cudaError_t.
 // `max_block_values` sizes the shared-memory exponent buffer (values beyond it are not written).
+// `decoder` picks the kernel variant (1 or 2, see dfloat_decode.cu).
 int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
                 const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                int64_t total_bits, int64_t max_block_values, uint16_t* out, uintptr_t stream);
+                int64_t total_bits, int64_t max_block_values, uint16_t* out, uintptr_t stream, int decoder);
 #endif
 
 }  // namespace dfloat

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "dfloat.h"
+#include "dfloat_block.h"
 
 namespace ek {
 namespace dfloat {
@@ -264,6 +265,52 @@ void decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_s
       }
     }
   });
+}
+
+void decode_block_emulated(const uint32_t* words, int64_t num_words, const int64_t* block_starts,
+                           int64_t num_blocks, const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut,
+                           const uint8_t* raw, int64_t n, int64_t total_bits, int64_t max_block_values,
+                           uint16_t* out) {
+  if (n <= 0) return;
+  const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
+  std::vector<uint16_t> lut6(block::kShortSize);
+  for (int v = 0; v < block::kShortSize; ++v) lut6[v] = block::short_entry(lut, v);
+  std::vector<uint32_t> sw(block::kPaddedWords);
+  std::vector<int> offset(kBlockSegments);
+  std::vector<uint8_t> sexp(static_cast<size_t>(cap) + 16);
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    const int64_t w0 = b * (kBlockBits / 32);
+    for (int i = 0; i < block::kLoadWords; ++i) sw[block::padded(i)] = w0 + i < num_words ? words[w0 + i] : 0u;
+    auto segment = [&](int t, int* gap, int* limit) {
+      const int64_t seg = b * kBlockSegments + t;
+      *limit = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(kSegmentBits, total_bits - seg * kSegmentBits)));
+      *gap = (seg >> 1) < num_gap_bytes ? (gaps[seg >> 1] >> ((seg & 1) * 4)) & 15 : 15;
+    };
+    int run = 0;
+    for (int t = 0; t < kBlockSegments; ++t) {  // counting pass + exclusive prefix sum
+      int gap, limit;
+      segment(t, &gap, &limit);
+      offset[t] = run;
+      run += block::walk_segment(t, gap, limit, sw.data(), lut, lut6.data(), [](uint32_t) {});
+    }
+    const int64_t first = std::min<int64_t>(std::max<int64_t>(block_starts[b], 0), n);
+    const int64_t stop = std::min<int64_t>(std::max<int64_t>(block_starts[b + 1], first), n);
+    const int lead = static_cast<int>(first & 7);
+    for (int t = 0; t < kBlockSegments; ++t) {  // decoding pass
+      int gap, limit;
+      segment(t, &gap, &limit);
+      int q = lead + offset[t];
+      block::walk_segment(t, gap, limit, sw.data(), lut, lut6.data(), [&](uint32_t e) {
+        if (q < lead + cap) sexp[q] = static_cast<uint8_t>(e);
+        ++q;
+      });
+    }
+    const int64_t cnt = std::min<int64_t>(stop - first, cap);
+    for (int64_t i = first; i < first + cnt; ++i) {
+      const uint32_t r = raw[i], e = sexp[i - first + lead];
+      out[i] = static_cast<uint16_t>(((r & 0x80u) << 8) | (e << 7) | (r & 0x7fu));
+    }
+  }
 }
 
 }  // namespace dfloat

@@ -74,6 +74,39 @@ def test_reference_decoder_reads_the_documented_format(name):
     assert torch.equal(bits(y), bits(x))
 
 
+def _emulated_gpu_decode(c: DFloatTensor) -> torch.Tensor:
+    from entropy_kernels import _backend
+
+    out = torch.zeros(c.numel, dtype=torch.bfloat16)
+    _backend.native().dfloat_decode_emulated(
+        c.words.data_ptr(), c.words.numel(), c.block_starts.data_ptr(), c.block_starts.numel() - 1, c.gaps.data_ptr(),
+        c.gaps.numel(), c.lut.data_ptr(), c.raw.data_ptr(), c.numel, c.total_bits, c.max_block_values, out.data_ptr())
+    return out.view(c.shape)
+
+
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_gpu_decoder_v2_block_algorithm_emulated_on_cpu(name):
+    # the exact per-thread steps of CUDA decoder variant 2 (csrc/dfloat_block.h), thread by thread
+    x = INPUTS[name]
+    assert_bit_exact(_emulated_gpu_decode(DFloatTensor.compress(x)), x)
+
+
+def test_gpu_decoder_v2_emulation_on_many_blocks_and_corrupted_payloads():
+    x = (torch.randn(3_000_017) * 0.02).to(torch.bfloat16)
+    c = DFloatTensor.compress(x)
+    assert_bit_exact(_emulated_gpu_decode(c), x)
+    parts, header = c.state_dict()
+    parts = {k: v.clone() for k, v in parts.items()}
+    parts["lut"] = c.lut.clone()
+    g = torch.Generator().manual_seed(2)
+    for part in ("words", "gaps", "lut"):
+        bad = dict(parts)
+        bad[part] = parts[part].clone()
+        t = bad[part].view(torch.uint8)
+        t.copy_(torch.randint(0, 256, t.shape, generator=g, dtype=torch.uint8))
+        assert _emulated_gpu_decode(DFloatTensor.from_state_dict(bad, header, validate=False)).shape == x.shape
+
+
 def test_large_tensor_spans_many_blocks_and_threads():
     x = (torch.randn(3_000_017) * 0.02).to(torch.bfloat16)
     c = DFloatTensor.compress(x, threads=3)
@@ -287,6 +320,16 @@ def test_round_trip_cuda_is_bit_exact(name):
     assert y.device.type == "cuda"
     assert_bit_exact(y, x)
     assert c.verify(y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decoder", [1, 2])
+def test_both_cuda_decoder_variants_are_bit_exact(decoder, monkeypatch):
+    from entropy_kernels.ops import dfloat as ops
+
+    monkeypatch.setattr(ops, "DECODER", decoder)
+    for x in (INPUTS["normal 1"], INPUTS["every bit pattern"], INPUTS["nan inf denormal"], INPUTS["size 7"]):
+        assert_bit_exact(DFloatTensor.compress(x.cuda()).decompress(), x)
 
 
 @pytest.mark.gpu

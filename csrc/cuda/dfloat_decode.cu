@@ -9,11 +9,19 @@
 //      8-byte shared-memory load of exponents, one 16-byte store (a warp writes 512 contiguous B).
 // The chains are short (~100 codes per thread) and there are ~64 blocks per million values, so
 // the latency of the dependent shared-memory lookups is hidden by many resident warps.
+//
+// Two variants of steps 2 and 4 (the template parameter V; `decoder` argument of decode_cuda):
+//   V = 1 (default, measured on an H100): each code reads two stream words from shared memory
+//         (segments start 8 words apart: 8-way bank conflicts) and one 4096-entry table entry;
+//   V = 2 (dfloat_block.h; its logic is emulated on the CPU by the tests, its speed is not yet
+//         measured): padded stream words (conflict-free), a 64-bit bit buffer per thread (one
+//         word read per ~12 codes) and a conflict-free 64-entry first-level table.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "dfloat.h"
+#include "dfloat_block.h"
 
 namespace ek {
 namespace dfloat {
@@ -25,6 +33,13 @@ constexpr int kLutBytes = kLutSize * 2;                           // 8192
 constexpr int kWordBytes = (kBlockWords + 1 + 3) / 4 * 16;        // 2049 words rounded to 16 B
 constexpr int kScanBytes = 64;
 constexpr int kFixedSmem = kLutBytes + kWordBytes + kScanBytes;
+// variant 2: + 64-entry first-level table, padded words
+constexpr int kShortBytes = block::kShortSize * 2;
+constexpr int kPaddedWordBytes = (block::kPaddedWords + 3) / 4 * 16;
+constexpr int kFixedSmemV2 = kLutBytes + kShortBytes + kPaddedWordBytes + kScanBytes;
+
+template <int V>
+__host__ __device__ constexpr int fixed_smem() { return V == 1 ? kFixedSmem : kFixedSmemV2; }
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -45,26 +60,39 @@ __device__ __forceinline__ uint32_t pack2(uint32_t raw4, uint32_t exp4, int k) {
   return bf16_bits(r0, e0) | (bf16_bits(r1, e1) << 16);
 }
 
+template <int V>
 __global__ void __launch_bounds__(kThreads) decode_kernel(
     const uint32_t* __restrict__ words, int64_t num_words, const int64_t* __restrict__ block_starts,
     const uint8_t* __restrict__ gaps, int64_t num_gap_bytes, const uint16_t* __restrict__ lut,
     const uint8_t* __restrict__ raw, int64_t n, int64_t total_bits, int cap, uint16_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* slut = reinterpret_cast<uint16_t*>(smem);
-  uint32_t* sw = reinterpret_cast<uint32_t*>(smem + kLutBytes);
-  int* warp_sums = reinterpret_cast<int*>(smem + kLutBytes + kWordBytes);
-  uint8_t* sexp = smem + kFixedSmem;
+  uint16_t* slut6 = reinterpret_cast<uint16_t*>(smem + kLutBytes);  // variant 2 only
+  uint32_t* sw = reinterpret_cast<uint32_t*>(smem + kLutBytes + (V == 1 ? 0 : kShortBytes));
+  int* warp_sums = reinterpret_cast<int*>(smem + fixed_smem<V>() - kScanBytes);
+  uint8_t* sexp = smem + fixed_smem<V>();
 
   const int t = threadIdx.x;
   const int64_t b = blockIdx.x;
   for (int i = t; i < kLutBytes / 16; i += kThreads)
     reinterpret_cast<uint4*>(slut)[i] = __ldg(reinterpret_cast<const uint4*>(lut) + i);
   const int64_t w0 = b * kBlockWords;
-  for (int i = t; i < kBlockWords + 1; i += kThreads) {
-    const int64_t wi = w0 + i;
-    sw[i] = wi < num_words ? __ldg(words + wi) : 0u;
+  if (V == 1) {
+    for (int i = t; i < kBlockWords + 1; i += kThreads) {
+      const int64_t wi = w0 + i;
+      sw[i] = wi < num_words ? __ldg(words + wi) : 0u;
+    }
+  } else {
+    for (int i = t; i < block::kLoadWords; i += kThreads) {
+      const int64_t wi = w0 + i;
+      sw[block::padded(i)] = wi < num_words ? __ldg(words + wi) : 0u;
+    }
   }
   __syncthreads();
+  if (V == 2) {
+    if (t < block::kShortSize) slut6[t] = block::short_entry(slut, t);
+    __syncthreads();
+  }
 
   // this thread's segment: codes starting in [gap, limit) relative to its first bit
   const int64_t seg = b * kBlockSegments + t;
@@ -73,7 +101,11 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
   const int base = t * kSegmentBits;
 
   int count = 0;
-  for (int p = gap; p < limit; ++count) p += max(1, (slut[peek32(sw, base + p) >> (32 - kMaxCodeLen)] >> 8) & 15);
+  if (V == 1) {
+    for (int p = gap; p < limit; ++count) p += max(1, (slut[peek32(sw, base + p) >> (32 - kMaxCodeLen)] >> 8) & 15);
+  } else {
+    count = block::walk_segment(t, gap, limit, sw, slut, slut6, [](uint32_t) {});
+  }
 
   // block-wide exclusive prefix sum of the counts
   const int lane = t & 31, warp = t >> 5;
@@ -101,10 +133,17 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
   const int lead = static_cast<int>(first & 7);
   int q = lead + warp_sums[warp] + incl - count;
   const int q_end = lead + cap;
-  for (int p = gap; p < limit; ++q) {
-    const uint32_t e = slut[peek32(sw, base + p) >> (32 - kMaxCodeLen)];
-    p += max(1, static_cast<int>((e >> 8) & 15));
-    if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
+  if (V == 1) {
+    for (int p = gap; p < limit; ++q) {
+      const uint32_t e = slut[peek32(sw, base + p) >> (32 - kMaxCodeLen)];
+      p += max(1, static_cast<int>((e >> 8) & 15));
+      if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
+    }
+  } else {
+    block::walk_segment(t, gap, limit, sw, slut, slut6, [&](uint32_t e) {
+      if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
+      ++q;
+    });
   }
   __syncthreads();
 
@@ -126,23 +165,34 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
     out[i] = static_cast<uint16_t>(bf16_bits(raw[i], sexp[i - shift]));
 }
 
+template <int V>
+int launch(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
+           const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
+           int64_t total_bits, int cap, uint16_t* out, cudaStream_t stream) {
+  const int smem = fixed_smem<V>() + (cap + 8 + 15) / 16 * 16;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(decode_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  decode_kernel<V><<<static_cast<unsigned>(num_blocks), kThreads, smem, stream>>>(
+      words, num_words, block_starts, gaps, num_gap_bytes, lut, raw, n, total_bits, cap, out);
+  return static_cast<int>(cudaGetLastError());
+}
+
 }  // namespace
 
 int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
                 const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                int64_t total_bits, int64_t max_block_values, uint16_t* out, uintptr_t stream_int) {
+                int64_t total_bits, int64_t max_block_values, uint16_t* out, uintptr_t stream_int, int decoder) {
   if (n <= 0 || num_blocks <= 0) return 0;
+  if (num_blocks > 0x7fffffffLL || (decoder != 1 && decoder != 2)) return static_cast<int>(cudaErrorInvalidValue);
   auto stream = reinterpret_cast<cudaStream_t>(stream_int);
   const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
-  const int smem = kFixedSmem + (cap + 8 + 15) / 16 * 16;
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return static_cast<int>(err);
-  }
-  if (num_blocks > 0x7fffffffLL) return static_cast<int>(cudaErrorInvalidValue);
-  decode_kernel<<<static_cast<unsigned>(num_blocks), kThreads, smem, stream>>>(
-      words, num_words, block_starts, gaps, num_gap_bytes, lut, raw, n, total_bits, cap, out);
-  return static_cast<int>(cudaGetLastError());
+  if (decoder == 2)
+    return launch<2>(words, num_words, block_starts, num_blocks, gaps, num_gap_bytes, lut, raw, n, total_bits, cap,
+                     out, stream);
+  return launch<1>(words, num_words, block_starts, num_blocks, gaps, num_gap_bytes, lut, raw, n, total_bits, cap,
+                   out, stream);
 }
 
 }  // namespace dfloat

@@ -15,11 +15,16 @@ ranges) belong to ``DFloatTensor.validate``, run once when a payload is built or
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .. import _backend
 
 LUT_SIZE = 4096
+# CUDA kernel variant (csrc/cuda/dfloat_decode.cu): 1 is the one measured on an H100; 2 removes its
+# shared-memory bank conflicts (logic emulated on the CPU by the tests; speed not yet measured).
+DECODER = int(os.environ.get("EK_DFLOAT_DECODER", "1"))
 SEGMENT_BITS = 256  # stream bits per GPU thread
 BLOCK_BITS = 256 * SEGMENT_BITS  # stream bits per GPU block
 
@@ -100,7 +105,7 @@ def _launch(out, words, gaps, block_starts, lut, raw, numel: int, total_bits: in
             raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
         with torch.cuda.device(out.device):
             C.dfloat_decode_cuda(*args, total_bits, max_block_values, out.data_ptr(),
-                                 torch.cuda.current_stream(out.device).cuda_stream)
+                                 torch.cuda.current_stream(out.device).cuda_stream, DECODER)
     else:
         C.dfloat_decode_cpu(*args, out.data_ptr())
 
