@@ -8,6 +8,7 @@
 #   EK_BENCH_OPS="entropy top_h" bash scripts/gpu_check.sh build bench
 #   EK_TEST_ARGS="tests/test_dfloat.py" bash scripts/gpu_check.sh build tests
 #   bash scripts/gpu_check.sh build dfloat             # scripts/dfloat_report.py
+#   bash scripts/gpu_check.sh build profile            # scripts/gpu_profile.py: host vs kernel time
 #
 # It leaves at most 8 files in $OUT (the device tool returns up to 8).
 #
@@ -49,6 +50,12 @@ fi
 if want dfloat; then
   step "EKDF: size vs bound and dfloat11, encoder/decoder throughput, GPU decode bandwidth"
   "$PY" scripts/dfloat_report.py --out "$OUT" 2>&1 | tee "$OUT/dfloat.log" | tail -60
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if want profile; then
+  step "profile: host vs device time of the slow ops"
+  "$PY" scripts/gpu_profile.py --out "$OUT" 2>&1 | tee "$OUT/profile.log" | tail -20
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
