@@ -13,7 +13,12 @@ import time
 
 import torch
 
-from entropy_kernels.benchmarking.dfloat import ANCHOR, dfloat11_available, dfloat11_encode, weights
+from entropy_kernels.benchmarking.dfloat import (
+    ANCHOR,
+    dfloat11_available,
+    dfloat11_encode,
+    weights,
+)
 from entropy_kernels.decoding.dfloat import DFloatTensor
 from entropy_kernels.ops import dfloat as ops
 

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from entropy_kernels.decoding.dfloat import DFloatError, DFloatTensor, load_file, save_file
+from entropy_kernels.decoding.dfloat import (
+    DFloatError,
+    DFloatTensor,
+    load_file,
+    save_file,
+)
 from entropy_kernels.reference import dfloat as ref
 
 HAS_CUDA = torch.cuda.is_available()
@@ -263,9 +268,11 @@ def test_corrupted_file_is_rejected(tmp_path):
     x = INPUTS["normal 1"]
     path = os.path.join(tmp_path, "w.safetensors")
     save_file({"w": DFloatTensor.compress(x)}, path)
-    data = bytearray(open(path, "rb").read())
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
     data[len(data) // 2] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    with open(path, "wb") as f:
+        f.write(bytes(data))
     with pytest.raises(DFloatError, match="CRC32"):
         load_file(path)
 

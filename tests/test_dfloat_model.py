@@ -116,3 +116,19 @@ def test_checkpoint_compressed_by_the_cli_loads_as_a_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
     assert torch.equal(_generate(loaded, ids), _generate(model, ids))
+
+
+def test_checkpoint_with_a_missing_parameter_is_rejected(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from entropy_kernels import cli
+
+    ckpt, packed = tmp_path / "ckpt", tmp_path / "packed"
+    tiny_llama(False).save_pretrained(str(ckpt))
+    (shard,) = [p for p in ckpt.iterdir() if p.suffix == ".safetensors"]
+    tensors = load_file(str(shard))
+    del tensors["model.norm.weight"]
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    assert cli.main(["compress", str(ckpt), str(packed), "--min-numel", "4096", "-q"]) == 0
+    with pytest.raises(ValueError, match="missing from the checkpoint"):
+        load_compressed(str(packed), progress=False)

@@ -54,7 +54,12 @@ def dfloat11_encode(x: torch.Tensor, device):
     """dfloat11's own encoder + decode launcher for one bf16 tensor: ``(decode_fn, compressed_bytes)``."""
     import cupy as cp
     from dfloat11 import dfloat11 as df
-    from dfloat11.dfloat11_utils import encode_weights, get_32bit_codec, get_codec, get_luts
+    from dfloat11.dfloat11_utils import (
+        encode_weights,
+        get_32bit_codec,
+        get_codec,
+        get_luts,
+    )
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         _, counter = get_codec(x)

@@ -329,14 +329,18 @@ def _load_compressed_checkpoint(path: str, device, model_class, group_by: str, p
     for shard in _progress(shards, len(shards), "loading", progress):
         for name, value in load_file(os.path.join(path, shard)).items():
             (compressed if isinstance(value, DFloatTensor) else plain)[name] = value
-    missing, unexpected = model.load_state_dict(plain, strict=False)
-    unknown = [n for n in unexpected] + [n for n in compressed if n not in dict(model.named_parameters())]
+    _, unexpected = model.load_state_dict(plain, strict=False)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    unknown = list(unexpected) + [n for n in compressed if n not in params]
     if unknown:
         raise ValueError(f"tensors not in the model: {unknown[:5]}")
     by_id: Dict[int, List[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
+    for name, p in params.items():
         by_id.setdefault(id(p), []).append(name)
-    params = dict(model.named_parameters(remove_duplicate=False))
+    # a parameter is loaded if it, or a parameter tied to it, is in the checkpoint
+    absent = [n for n in params if not any(t in plain or t in compressed for t in by_id[id(params[n])])]
+    if absent:
+        raise ValueError(f"parameters missing from the checkpoint: {absent[:5]}")
     for name in list(compressed):  # tied parameters (e.g. an LM head tied to the embeddings)
         for other in by_id[id(params[name])]:
             compressed.setdefault(other, compressed[name])

@@ -27,7 +27,6 @@ import math
 import zlib
 from typing import Dict, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from .. import _backend
@@ -128,7 +127,6 @@ class DFloatTensor:
         checksum, max_block_values = C.dfloat_encode(x.data_ptr(), numel, lengths.data_ptr(), total_bits,
                                                      words.data_ptr(), gaps.data_ptr(), block_starts.data_ptr(),
                                                      raw.data_ptr(), threads)
-        payload = (words, gaps, block_starts, lut, raw)
         out = cls(words=words, gaps=gaps, block_starts=block_starts, lut=lut, raw=raw, shape=tensor.shape,
                   total_bits=total_bits, max_block_values=max_block_values, checksum=checksum,
                   code_lengths=lengths.tolist(), exponent_hist=hist.tolist(),
