@@ -44,10 +44,16 @@ def _info(_args) -> int:
             print(f"_C sees         {n} GPU(s): {names}; driver {C.cuda_driver_version()}")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(f"torch GPU       {gpu}")
-    print("\nop               cpu                      cuda")
+    width = max(len(n) for n in OPS) + 2
+    print(f"\n{'op':{width}s}{'cpu':24s} cuda")
     for name in OPS:
-        print(f"{name:16s} {_backend.describe_backend('cpu'):24s} {_backend.describe_backend('cuda')}")
+        cpu, cuda = NATIVE_OPS.get(name, (_backend.describe_backend("cpu"), _backend.describe_backend("cuda")))
+        print(f"{name:{width}s}{cpu:24s} {cuda}")
     return 0
+
+
+# ops whose kernels are C++/CUDA in _C rather than Triton
+NATIVE_OPS = {"DFloatTensor.decompress": ("C++ (_C)", "CUDA C++ (_C)")}
 
 
 def _slug(text: str) -> str:
