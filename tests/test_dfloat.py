@@ -264,6 +264,16 @@ def test_safetensors_round_trip(tmp_path):
         assert "ekdf" in f.metadata() and "a.weight.__ekdf__.words" in f.keys()
 
 
+def test_tensor_save_and_load(tmp_path):
+    x = INPUTS["normal 0.02 2-D"]
+    path = os.path.join(tmp_path, "x.safetensors")
+    DFloatTensor.compress(x).save(path)
+    assert_bit_exact(DFloatTensor.load(path).decompress(), x)
+    save_file({"tensor": torch.ones(2)}, path)
+    with pytest.raises(DFloatError, match="no EKDF tensor"):
+        DFloatTensor.load(path)
+
+
 def test_corrupted_file_is_rejected(tmp_path):
     x = INPUTS["normal 1"]
     path = os.path.join(tmp_path, "w.safetensors")

@@ -297,6 +297,28 @@ class DFloatTensor:
             obj.validate()
         return obj
 
+    def save(self, path: str) -> None:
+        """Write this tensor alone to a safetensors file (key ``"tensor"``; see :func:`save_file`).
+
+        Example
+        -------
+        >>> import torch, tempfile, os
+        >>> x = torch.randn(100).to(torch.bfloat16)
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.safetensors")
+        >>> DFloatTensor.compress(x).save(path)
+        >>> torch.equal(DFloatTensor.load(path).decompress(), x)
+        True
+        """
+        save_file({"tensor": self}, path)
+
+    @classmethod
+    def load(cls, path: str, device="cpu") -> "DFloatTensor":
+        """Read a file written by :meth:`save` (validated, then moved to ``device``)."""
+        value = load_file(path, device=device).get("tensor")
+        if not isinstance(value, DFloatTensor):
+            raise DFloatError(f"{path} holds no EKDF tensor under the key 'tensor'")
+        return value
+
     def validate(self) -> None:
         """Check the payload against its header: CRC32, index ranges, code lengths and decode
         table. Raises :class:`DFloatError`. Reads the payload on the host (a sync for GPU payloads).
