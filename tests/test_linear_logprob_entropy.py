@@ -163,7 +163,8 @@ def test_torch_compile_fullgraph_matches_eager(device, impl):
     gc = torch.autograd.grad(out, (h, w, b))
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     for a, e in zip(gc, ge):
-        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+        # by norm (SPEC §1): inductor reorders fp32 sums, so single tiny entries can differ by 1e-3
+        assert ((a - e).norm() / e.norm()).item() <= 1e-5
 
 
 @pytest.mark.parametrize(

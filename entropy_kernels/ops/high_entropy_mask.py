@@ -50,9 +50,10 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: f
     key = entropy.detach().reshape(-1).float()
     key = torch.where(valid & ~torch.isnan(key), key, torch.full_like(key, -math.inf))
     n_valid = valid.sum()
-    # k as a tensor: ceil(q·n) computed exactly in integers, so 0.2·10 gives 2, not 3
-    numerator = round(top_fraction * 2**20)
-    k = torch.where(n_valid > 0, torch.clamp((n_valid * numerator + 2**20 - 1) // 2**20, min=1), 0)
+    # k = ceil(q·n) as a device tensor, in float64 with a 1e-9 slack so that q·n landing on an
+    # integer (0.2·10 = 2.0000000000000004, 0.05·700) is not rounded up
+    k_float = torch.ceil(n_valid.to(torch.float64) * float(top_fraction) - 1e-9)
+    k = torch.where(n_valid > 0, torch.clamp(k_float.to(torch.int64), min=1), 0)
     order = torch.sort(key, descending=True, stable=True).indices  # device radix sort, no sync
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=order.device)
