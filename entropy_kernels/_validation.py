@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -100,3 +100,24 @@ def check_class_indices(name: str, targets: torch.Tensor, vocab: int, ignore_ind
     if bool(bad.any()):
         first = targets[bad][0].item()
         raise ValueError(f"{name} must be in [0, {vocab}) or ignore_index={ignore_index}, found {first}")
+
+
+def seed_and_offset(generator: Optional[torch.Generator], seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+                    ref_name: str, ref: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``(seed, offset)`` one-element int64 tensors of a counter-based sampler, on ``ref``'s
+    device: the given ones (checked), or a seed drawn from ``generator`` (torch's default if None)
+    on the device with offset 0 -- no host synchronisation either way."""
+    if (seed is None) != (offset is None):
+        raise ValueError("seed and offset must be given together")
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("pass either generator or seed/offset, not both")
+        for name, t in (("seed", seed), ("offset", offset)):
+            check_tensor(name, t)
+            if t.dtype != torch.int64 or t.numel() != 1:
+                raise ValueError(f"{name} must be a one-element int64 tensor, got {t.dtype} with {t.numel()} elements")
+            check_same_device(name, t, ref_name, ref)
+        return seed.reshape(1), offset.reshape(1)
+    gen_device = generator.device if generator is not None else ref.device
+    seed = torch.randint(0, 2**31 - 1, (1,), device=gen_device, generator=generator).to(ref.device)
+    return seed, torch.zeros((1,), dtype=torch.int64, device=ref.device)

@@ -167,26 +167,6 @@ def check_band(lb, ub) -> Tuple[float, float]:
     return float(lb), float(ub)
 
 
-def random_state(generator, seed, offset, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(seed, offset) one-element int64 tensors on ``device``: given, or drawn from ``generator``
-    (or torch's default generator) on the device — no host sync."""
-    if (seed is None) != (offset is None):
-        raise ValueError("seed and offset must be given together")
-    if seed is not None:
-        if generator is not None:
-            raise ValueError("pass either generator or seed/offset, not both")
-        for name, t in (("seed", seed), ("offset", offset)):
-            _validation.check_tensor(name, t)
-            if t.dtype != torch.int64 or t.numel() != 1:
-                raise ValueError(f"{name} must be a one-element int64 tensor, got {t.dtype} with {t.numel()} elements")
-            if t.device != device:
-                raise ValueError(f"{name} is on {t.device} but log_prob is on {device}; they must be on the same device")
-        return seed.reshape(1), offset.reshape(1)
-    gen_device = generator.device if generator is not None else device
-    seed = torch.randint(0, 2**31 - 1, (1,), device=gen_device, generator=generator).to(device)
-    return seed, torch.zeros((1,), dtype=torch.int64, device=device)
-
-
 # --------------------------------------------------------------------------------------------
 # global selection over data-parallel ranks
 
@@ -307,7 +287,7 @@ def clip_cov_select(
     low, high = clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high)
     ratio = check_fraction("clip_cov_ratio", clip_cov_ratio)
     lb, ub = check_band(clip_cov_lb, clip_cov_ub)
-    seed, offset = random_state(generator, seed, offset, log_prob.device)
+    seed, offset = _validation.seed_and_offset(generator, seed, offset, "log_prob", log_prob)
     sel, _ = _select(log_prob.detach(), advantages, response_mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group)
     return sel
 

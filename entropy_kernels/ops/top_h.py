@@ -158,19 +158,6 @@ def top_h_sample(
     True
     """
     x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)
-    if (seed is None) != (offset is None):
-        raise ValueError("seed and offset must be given together")
-    if seed is not None:
-        if generator is not None:
-            raise ValueError("pass either generator or seed/offset, not both")
-        for name, t in (("seed", seed), ("offset", offset)):
-            _validation.check_tensor(name, t)
-            if t.dtype != torch.int64 or t.numel() != 1:
-                raise ValueError(f"{name} must be a one-element int64 tensor, got {t.dtype} with {t.numel()} elements")
-            _validation.check_same_device(name, t, "logits", logits)
-    else:
-        gen_device = generator.device if generator is not None else x.device
-        seed = torch.randint(0, 2**31 - 1, (1,), device=gen_device, generator=generator).to(x.device)
-        offset = torch.zeros((1,), dtype=torch.int64, device=x.device)
+    seed, offset = _validation.seed_and_offset(generator, seed, offset, "logits", logits)
     _, samples = top_h_op(x, alpha_t, temperature, mode == "exact", top_n, False, seed.reshape(1), offset.reshape(1))
     return samples

@@ -13,6 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .. import _validation
 from ..ops import cov_select as _ops
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
 from ..reference.policy_loss import LOSS_AGG_MODES
@@ -127,7 +128,7 @@ def clip_cov_policy_loss(
         selected = _check_selection(selection, log_prob)
         stats = _ops.cov_stats(log_prob.detach(), advantages, mask)
     else:
-        seed, offset = _ops.random_state(generator, seed, offset, log_prob.device)
+        seed, offset = _validation.seed_and_offset(generator, seed, offset, "log_prob", log_prob)
         selected, stats = _ops._select(
             log_prob.detach(), advantages, mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group
         )
