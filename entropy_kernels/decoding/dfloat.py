@@ -50,7 +50,7 @@ def _native():
 def _crc32(arrays: Sequence[torch.Tensor]) -> int:
     crc = 0
     for a in arrays:
-        crc = zlib.crc32(a.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(), crc)
+        crc = zlib.crc32(a.detach().cpu().contiguous().view(torch.uint8).numpy(), crc)  # no byte copy
     return crc & 0xFFFFFFFF
 
 
