@@ -48,6 +48,16 @@ def rel_err(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30)) if b.norm() > 0 else float(a.norm())
 
 
+def loss_err(loss, want, o, y, a, mask, mode):
+    """|loss − want| relative to the aggregated magnitude of the loss terms. The losses sum terms of
+    both signs, so a sum that happens to land near 0 would make ``rel_err`` of the scalar measure
+    fp32 cancellation, not the implementation (seen as rare seed-dependent failures)."""
+    d = y.detach() - o
+    scale = oracle_agg(a.abs() * torch.exp(d) + d.abs(), mask.cpu(), mode)
+    diff = (loss.detach().double().cpu() - want.detach()).abs()
+    return float(diff / max(float(want.detach().abs()), float(scale), 1e-30))
+
+
 def _double(*xs):
     return [x.detach().double().cpu() for x in xs]
 
@@ -71,7 +81,7 @@ def test_clip_cov_loss_and_gradient_vs_oracle(backend, small_blocks, mode, dtype
     want, wm = oracle_clip_cov(o, y, a, mask.cpu(), sel.cpu(), mode, 0.2, 0.28)
     want.backward()
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    assert rel_err(loss, want) <= tol and rel_err(x.grad, y.grad) <= tol
+    assert loss_err(loss, want, o, y, a, mask, mode) <= tol and rel_err(x.grad, y.grad) <= tol
     assert rel_err(metrics["pg_clipfrac"], wm["pg_clipfrac"]) <= 1e-6 and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= tol
     assert torch.all(x.grad[sel] == 0), "selected Clip-Cov tokens must get exactly zero gradient"
     assert loss.dtype == torch.float32 and metrics["ppo_kl"].dim() == 0
@@ -92,7 +102,7 @@ def test_kl_cov_loss_and_gradient_vs_oracle(backend, small_blocks, mode, dtype):
     want, wm = oracle_kl_cov(o, y, a, mask.cpu(), sel.cpu(), mode, 1.0)
     want.backward()
     tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float64: 1e-12}[dtype]
-    assert rel_err(loss, want) <= tol and rel_err(x.grad, y.grad) <= tol and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= max(tol, 1e-6)
+    assert loss_err(loss, want, o, y, a, mask, mode) <= tol and rel_err(x.grad, y.grad) <= tol and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= max(tol, 1e-6)
     assert float(metrics["pg_clipfrac"]) == 0.0
 
 
@@ -106,7 +116,7 @@ def test_kl_cov_equals_verl_style_baseline(backend, mode):
     y.requires_grad_()
     want, wm = verl_kl_cov_loss(o, y, a, mask.cpu().double(), mode, kl_cov_ratio=0.02, ppo_kl_coef=0.5)
     want.backward()
-    assert rel_err(loss, want) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5 and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= 1e-5
+    assert loss_err(loss, want, o, y, a, mask, mode) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5 and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= 1e-5
 
 
 def test_clip_cov_equals_verl_style_baseline_given_its_selection(backend):
@@ -128,7 +138,7 @@ def test_clip_cov_equals_verl_style_baseline_given_its_selection(backend):
     x = lp.clone().requires_grad_()
     loss, metrics = run(backend, clip_cov_policy_loss, old, x, adv, mask, selection=sel.to(backend.device))
     loss.backward()
-    assert rel_err(loss, want) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
+    assert loss_err(loss, want, o, y, a, mask, "token-mean") <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
     assert rel_err(metrics["pg_clipfrac"], wm["pg_clipfrac"]) <= 1e-6 and rel_err(metrics["ppo_kl"], wm["ppo_kl"]) <= 1e-5
 
 
@@ -303,4 +313,4 @@ def test_cuda_million_tokens_vs_oracle(mode):
     y.requires_grad_()
     want, _ = oracle_kl_cov(o, y, a, mask.cpu(), sel.cpu(), mode, 1.0)
     want.backward()
-    assert rel_err(loss, want) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
+    assert loss_err(loss, want, o, y, a, mask, mode) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
