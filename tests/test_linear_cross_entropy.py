@@ -218,6 +218,9 @@ def test_opcheck(backend):
         torch.library.opcheck(
             torch.ops.entropy_kernels.linear_cross_entropy_chunked.default,
             (h.detach().requires_grad_(), w.detach().requires_grad_(), b.detach().requires_grad_(), y, weights, -100, 0.1, 1e-3, 2.0, 4, False),
+            # BLAS GEMMs: the summation order may follow the buffers' alignment, which differs
+            # between eager and the AOT-traced run (seen as a few-ulp flake in the stored path)
+            rtol=2e-5, atol=1e-5,
         )
 
 
