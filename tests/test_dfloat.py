@@ -311,6 +311,23 @@ def test_torch_compile_fullgraph_matches_eager():
     assert torch.equal(torch.compile(f, fullgraph=True)(h), h @ w.T)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_eager_fast_path_equals_the_registered_ops(device, monkeypatch):
+    """Eagerly DFloatTensor.decompress launches the decoder without the dispatcher; with
+    EK_DFLOAT_VIA_OPS=1 it goes through the ops. Same values, same checks, both ways."""
+    x = INPUTS["normal 1e-3"]
+    c = DFloatTensor.compress(x).to(device)
+    got = []
+    for via_ops in ("0", "1"):
+        monkeypatch.setenv("EK_DFLOAT_VIA_OPS", via_ops)
+        buf = torch.full((c.numel,), 7.0, dtype=torch.bfloat16, device=device)
+        got += [c.decompress(), c.decompress(out=buf), buf]
+        with pytest.raises(ValueError, match="out must be contiguous"):
+            c.decompress(out=torch.empty(3, dtype=torch.bfloat16, device=device))
+    for y in got:
+        assert torch.equal(y.view(-1).view(torch.int16).cpu(), x.view(-1).view(torch.int16))
+
+
 def test_bad_op_arguments_raise_clear_errors():
     c = DFloatTensor.compress(INPUTS["normal 1e-3"])
     ops = torch.ops.entropy_kernels

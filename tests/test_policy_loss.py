@@ -216,6 +216,27 @@ def test_opcheck(backend):
                                   (old, lp.clone().requires_grad_(), adv, mask, sel, stats, rc, clip, agg, 0.2, 0.28, 0.7))
 
 
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_eager_fast_path_equals_the_registered_ops(backend, monkeypatch, mode):
+    """Eagerly the losses launch their kernels directly (custom-op dispatch costs more host time
+    than the GPU work); EK_COV_VIA_OPS=1 routes them through the torch.library ops instead.
+    Both must give bit-identical losses, metrics, selections and gradients."""
+    old, lp, adv, mask = make_batch(3, 41, backend.device, scale=2.0)
+    seed, off = torch.tensor([11], device=backend.device), torch.tensor([5], device=backend.device)
+    results = []
+    for via_ops in ("0", "1"):
+        monkeypatch.setenv("EK_COV_VIA_OPS", via_ops)
+        x = lp.clone().requires_grad_()
+        with backend.context():
+            a, ma = clip_cov_policy_loss(old, x, adv, mask, mode, clip_cov_ratio=0.1, clip_cov_lb=0.05, seed=seed, offset=off)
+            b, mb = kl_cov_policy_loss(old, x, adv, mask, mode, kl_cov_ratio=0.1, ppo_kl_coef=0.5)
+        (a + 2 * b).backward()
+        results.append([a, b, *ma.values(), *mb.values(), x.grad])
+    assert int(results[0][2 + 3]) > 0  # something was selected (n_selected of Clip-Cov)
+    for fast, via_op in zip(*results):
+        assert torch.equal(fast.detach(), via_op.detach())
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_torch_compile_fullgraph(device):
     torch._dynamo.reset()

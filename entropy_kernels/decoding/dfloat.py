@@ -181,12 +181,11 @@ class DFloatTensor:
         """
         src = self if device is None else self.to(device)
         if out is None:
-            flat = torch.ops.entropy_kernels.dfloat_decompress(*src.payload(), *src.sizes())
-            return flat.view(self.shape)
+            return _ops.decompress(*src.payload(), *src.sizes()).view(self.shape)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
         flat = out.view(-1) if out.is_contiguous() else out
-        torch.ops.entropy_kernels.dfloat_decompress_into(flat, *src.payload(), *src.sizes())
+        _ops.decompress(*src.payload(), *src.sizes(), out=flat)
         return out.view(self.shape)
 
     def verify(self, decoded: torch.Tensor) -> bool:

@@ -29,6 +29,7 @@ sums; ``_loss_combine_kernel`` adds them up into the loss and the metrics.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -37,7 +38,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._launch import sm_count
+from ._launch import cdiv, next_pow2, sm_count
 from .top_h import _pick_digit
 
 # control block (int32): [0] eligible count, then the three radix histograms
@@ -50,6 +51,7 @@ N_STATS = 4
 TWO31 = tl.constexpr(2147483648)
 
 
+@functools.lru_cache(maxsize=64)
 def split_ratio(ratio: float) -> Tuple[float, float, float]:
     """A float64 as three float32 words whose exact sum is the float64 (the kernels rebuild it
     in fp64, so ``int(n·ρ)`` on the device equals Python's)."""
@@ -368,23 +370,32 @@ def _launch(kernel, probe: torch.Tensor):
     return wrap_triton(kernel)
 
 
+def _grid_of(n: int, sms: int, block: int) -> Tuple[int, int]:
+    blocks = max(1, cdiv(n, block))
+    programs = min(blocks, 4 * sms)
+    chunk = cdiv(blocks, programs) * block
+    return cdiv(max(n, 1), chunk), chunk
+
+
+_grid_cached = functools.lru_cache(maxsize=256)(_grid_of)
+
+
 def _grid(n: int, device: torch.device, block: int) -> Tuple[int, int]:
-    """(programs, chunk): ≤ 4 programs per SM, each owning a contiguous multiple of ``block``."""
-    blocks = max(1, triton.cdiv(n, block))
-    programs = min(blocks, 4 * sm_count(device))
-    chunk = triton.cdiv(blocks, programs) * block
-    return triton.cdiv(max(n, 1), chunk), chunk
+    """(programs, chunk): ≤ 4 programs per SM, each owning a contiguous multiple of ``block``
+    (cached per size: this runs on every step's host path; SymInts while tracing are not)."""
+    sms = sm_count(device)
+    return _grid_cached(n, sms, block) if isinstance(n, int) else _grid_of(n, sms, block)
 
 
 MAX_BLOCK = 1024  # tokens per block iteration; tests lower it to exercise many programs and chunks
 
 
 def _block(n: int) -> int:
-    return max(16, min(MAX_BLOCK, triton.next_power_of_2(max(n, 1))))
+    return max(16, min(MAX_BLOCK, next_pow2(max(n, 1))))
 
 
 def _p_block(programs: int) -> int:
-    return max(16, min(1024, triton.next_power_of_2(programs)))
+    return max(16, min(1024, next_pow2(programs)))
 
 
 def stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._launch import sm_count
+from ._launch import cdiv, next_pow2, sm_count
 from ._online import online_softmax_update
 from ._rows import row_layout
 
@@ -155,19 +155,19 @@ def _entropy_bwd_kernel(
 def _block_and_warps(dtype: torch.dtype, n_cols: int) -> Tuple[int, int]:
     # 16-byte vector loads per thread, 256 threads: 4096 16-bit or 2048 32-bit values per step.
     block = 4096 if dtype.itemsize <= 2 else 2048
-    block = min(block, max(16, triton.next_power_of_2(n_cols)))
+    block = min(block, max(16, next_pow2(n_cols)))
     num_warps = 8 if block >= 2048 else 4
     return block, num_warps
 
 
 def _num_splits(n_rows: int, n_cols: int, block: int, device: torch.device) -> int:
     """Split rows over several programs when there are too few rows to fill the GPU."""
-    n_blocks = triton.cdiv(n_cols, block)
+    n_blocks = cdiv(n_cols, block)
     want_programs = 4 * sm_count(device)
     if n_rows >= want_programs or n_blocks < 4:
         return 1
     # keep at least 2 blocks per split so the partial/combine overhead stays small
-    return max(1, min(triton.cdiv(want_programs, n_rows), n_blocks // 2))
+    return max(1, min(cdiv(want_programs, n_rows), n_blocks // 2))
 
 
 def _grid(lay, logits: torch.Tensor, block: Optional[int], num_splits: Optional[int]):
@@ -176,9 +176,9 @@ def _grid(lay, logits: torch.Tensor, block: Optional[int], num_splits: Optional[
     default_block, num_warps = _block_and_warps(logits.dtype, lay.n_cols)
     block = block or default_block
     splits = num_splits or _num_splits(lay.n_rows, lay.n_cols, block, logits.device)
-    splits = max(1, min(splits, triton.cdiv(lay.n_cols, block)))
-    cols_per_split = triton.cdiv(triton.cdiv(lay.n_cols, block), splits) * block
-    return block, num_warps, triton.cdiv(lay.n_cols, cols_per_split), cols_per_split
+    splits = max(1, min(splits, cdiv(lay.n_cols, block)))
+    cols_per_split = cdiv(cdiv(lay.n_cols, block), splits) * block
+    return block, num_warps, cdiv(lay.n_cols, cols_per_split), cols_per_split
 
 
 def entropy_forward(
@@ -219,7 +219,7 @@ def entropy_forward(
     )
     if splits > 1:
         wrap_triton(_entropy_combine_kernel)[(lay.n_rows,)](
-            part, entropy, lse, stats, splits, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1,
+            part, entropy, lse, stats, splits, BLOCK_S=max(2, next_pow2(splits)), num_warps=1,
         )
     return entropy, lse, stats
 

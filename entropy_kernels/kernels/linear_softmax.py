@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._launch import sm_count
+from ._launch import cdiv, next_pow2, sm_count
 from ._online import online_softmax_update_rows
 
 POS_INF = tl.constexpr(float("inf"))
@@ -214,7 +214,7 @@ BWD_BLOCKS = (128, 128, 16)
 
 
 def _blocks(n: int, defaults, block_n, block_v, block_d) -> Tuple[int, int, int]:
-    bn = block_n or (defaults[0] if n >= defaults[0] else max(16, triton.next_power_of_2(n)))
+    bn = block_n or (defaults[0] if n >= defaults[0] else max(16, next_pow2(n)))
     return bn, block_v or defaults[1], block_d or defaults[2]
 
 
@@ -244,13 +244,13 @@ def linear_softmax_forward(
     if n == 0:
         return stats
     bn, bv, bd = _blocks(n, FWD_BLOCKS, block_n, block_v, block_d)
-    n_tiles = triton.cdiv(n, bn)
-    v_tiles = triton.cdiv(v, bv)
+    n_tiles = cdiv(n, bn)
+    v_tiles = cdiv(v, bv)
     # enough programs for ~2 waves; every split keeps >= 8 vocabulary tiles to amortise the h loads
-    splits = num_splits or max(1, min(triton.cdiv(2 * sm_count(h.device), n_tiles), v_tiles // 8))
+    splits = num_splits or max(1, min(cdiv(2 * sm_count(h.device), n_tiles), v_tiles // 8))
     splits = max(1, min(splits, v_tiles))
-    cols_per_split = triton.cdiv(v_tiles, splits) * bv
-    splits = triton.cdiv(v, cols_per_split)
+    cols_per_split = cdiv(v_tiles, splits) * bv
+    splits = cdiv(v, cols_per_split)
     part = torch.empty((n, splits, 5), dtype=torch.float32, device=h.device)
     wrap_triton(_lsm_fwd_kernel)[(n_tiles, splits)](
         h, weight, bias if bias is not None else weight, targets, part,
@@ -258,9 +258,9 @@ def linear_softmax_forward(
         HAS_BIAS=bias is not None, SOFTCAP=softcap > 0, PRECISION=_precision(h.dtype),
         BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, num_warps=8 if bn * bv >= 128 * 128 else 4,
     )
-    block_s = max(2, triton.next_power_of_2(splits))
+    block_s = max(2, next_pow2(splits))
     block_r = max(1, min(64, 2048 // block_s))
-    wrap_triton(_lsm_combine_kernel)[(triton.cdiv(n, block_r),)](
+    wrap_triton(_lsm_combine_kernel)[(cdiv(n, block_r),)](
         part, stats, n, splits, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=4,
     )
     return stats
@@ -326,8 +326,8 @@ def linear_softmax_backward(
                 dw_acc = dw[v0:v1].zero_()
             else:
                 dw_acc = torch.zeros((v1 - v0, d), dtype=torch.float32, device=h.device)
-            v_tiles = triton.cdiv(v1 - v0, bv)
-            wrap_triton(_lsm_bwd_kernel)[(triton.cdiv(n, bn) * v_tiles,)](
+            v_tiles = cdiv(v1 - v0, bv)
+            wrap_triton(_lsm_bwd_kernel)[(cdiv(n, bn) * v_tiles,)](
                 h, weight[v0:v1], bias[v0:v1] if bias is not None else weight, targets - v0 if v0 else targets,
                 stats, coeffs, thresh if thresh is not None else stats,
                 dh if need_dh else stats, dw_acc if need_dw else stats, db[v0:v1] if bias is not None else stats,

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._launch import next_pow2
 from ._online import online_softmax_update
 
 
@@ -95,7 +96,7 @@ def _rows_grad_kernel(
 
 def _block(logits: torch.Tensor, block: Optional[int]):
     v = logits.shape[1]
-    block = block or min(4096 if logits.dtype.itemsize <= 2 else 2048, max(16, triton.next_power_of_2(v)))
+    block = block or min(4096 if logits.dtype.itemsize <= 2 else 2048, max(16, next_pow2(v)))
     return block, 8 if block >= 2048 else 4
 
 

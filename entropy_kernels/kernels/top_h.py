@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._launch import next_pow2
 from ._online import online_softmax_update
 
 
@@ -240,9 +241,9 @@ def top_h(
     """
     b, v = logits.shape
     n_select = min(v, 1024) if exact else min(v, top_n)
-    cand = max(16, triton.next_power_of_2(n_select))
+    cand = max(16, next_pow2(n_select))
     block = block or (4096 if logits.element_size() <= 2 else 2048)
-    block = min(block, max(16, triton.next_power_of_2(v)))
+    block = min(block, max(16, next_pow2(v)))
     mask = torch.zeros((b, v) if write_mask else (0, 0), dtype=torch.uint8, device=logits.device)
     sample = seed is not None
     samples = torch.empty((b if sample else 0,), dtype=torch.int64, device=logits.device)

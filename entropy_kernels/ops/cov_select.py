@@ -14,6 +14,7 @@ and the public :func:`clip_cov_select` / :func:`kl_cov_select`. The losses thems
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -109,6 +110,61 @@ def _loss_backward(ctx, grad_loss, _grad_metrics, _grad_coef):
 
 
 cov_policy_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# eager fast path
+#
+# A torch.library custom op costs ~60 µs of host time per call in eager mode (dispatch, schema
+# default filling, the autograd wrapper), more than the GPU work of these ops at 65K tokens.
+# Outside tracing the public functions therefore call the same launchers directly (the loss
+# through a plain autograd.Function with the op's backward); under torch.compile, fake tensors
+# or EK_COV_VIA_OPS=1 they go through the registered ops, so the graph sees them.
+
+
+def _direct(t: torch.Tensor) -> bool:
+    return (
+        type(t) is torch.Tensor
+        and _backend.use_triton(t)
+        and not torch.compiler.is_compiling()
+        and os.environ.get("EK_COV_VIA_OPS") != "1"
+    )
+
+
+class _CovPolicyLossFunction(torch.autograd.Function):
+    # forward(ctx, ...) rather than a setup_context: with setup_context, Function.apply binds the
+    # arguments through inspect.signature on every call (~40 µs of host time here)
+    @staticmethod
+    def forward(ctx, old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg,
+                clip_low, clip_high, kl_coef):
+        inputs = (old_log_prob, log_prob)
+        output = _kernels.policy_loss(
+            old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef
+        )
+        _loss_setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_metrics, grad_coef):
+        return _loss_backward(ctx, grad_loss, grad_metrics, grad_coef)
+
+
+def policy_loss_parts(
+    old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode: bool, agg: int,
+    clip_low: float, clip_high: float, kl_coef: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`cov_policy_loss` (same arguments and results), launched directly in eager mode."""
+    args = (old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef)
+    if _direct(log_prob):
+        return _CovPolicyLossFunction.apply(*args)
+    return cov_policy_loss(*args)
+
+
+def masked_stats(log_prob, advantages, mask) -> torch.Tensor:
+    """:func:`cov_stats`, launched directly in eager mode."""
+    if _direct(log_prob):
+        return _kernels.stats(log_prob, advantages, mask)
+    return cov_stats(log_prob, advantages, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +277,8 @@ def _select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low
     old_log_prob = old_log_prob.detach() if old_log_prob is not None else None
     if group is not None:
         return _global_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group)
+    if _direct(log_prob):
+        return _kernels.select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
     return cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
 
 

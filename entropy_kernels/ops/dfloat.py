@@ -103,6 +103,10 @@ def _launch(out, words, gaps, block_starts, lut, raw, numel: int, total_bits: in
     if out.device.type == "cuda":
         if not hasattr(C, "dfloat_decode_cuda"):
             raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
+        if out.device.index == torch.cuda.current_device():  # the common case, without a device switch
+            C.dfloat_decode_cuda(*args, total_bits, max_block_values, out.data_ptr(),
+                                 torch.cuda.current_stream().cuda_stream, DECODER)
+            return
         with torch.cuda.device(out.device):
             C.dfloat_decode_cuda(*args, total_bits, max_block_values, out.data_ptr(),
                                  torch.cuda.current_stream(out.device).cuda_stream, DECODER)
@@ -161,3 +165,41 @@ def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, gaps: torch.T
 @dfloat_decompress_into.register_fake
 def _dfloat_decompress_into_fake(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values):
     return None
+
+
+# ------------------------------------------------------------------------------------------------
+# eager fast path
+
+
+def _direct(t: torch.Tensor) -> bool:
+    """Launch without the dispatcher: plain tensors, not tracing (EK_DFLOAT_VIA_OPS=1 forces the ops).
+    A mutating torch.library op costs ~50-80 µs of host time per call in eager mode, more than the
+    whole decode of a sub-million-value tensor on a GPU."""
+    return type(t) is torch.Tensor and not torch.compiler.is_compiling() and os.environ.get("EK_DFLOAT_VIA_OPS") != "1"
+
+
+def decompress(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int,
+               out=None) -> torch.Tensor:
+    """:func:`dfloat_decompress` (``out=None``) or :func:`dfloat_decompress_into` (returns ``out``):
+    the same checks and the same launch, called directly in eager mode, through the ops otherwise.
+
+    Example
+    -------
+    >>> import torch
+    >>> from entropy_kernels.decoding import DFloatTensor
+    >>> x = torch.randn(1000).to(torch.bfloat16)
+    >>> c = DFloatTensor.compress(x)
+    >>> y = decompress(*c.payload(), *c.sizes())
+    >>> torch.equal(y, x)
+    True
+    """
+    if not (_direct(words) and (out is None or type(out) is torch.Tensor)):
+        if out is None:
+            return dfloat_decompress(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
+        dfloat_decompress_into(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
+        return out
+    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
+    if out is None:
+        out = torch.empty((numel,), dtype=torch.bfloat16, device=words.device)
+    _launch(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
+    return out

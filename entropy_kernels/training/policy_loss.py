@@ -44,7 +44,7 @@ def _loss(old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode, 
     if agg == 2:
         valid = mask > 0
         row_count = torch.where(valid, mask.to(torch.float32), 0.0).sum(-1)
-    loss, metrics, _ = _ops.cov_policy_loss(
+    loss, metrics, _ = _ops.policy_loss_parts(
         old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, low, high, coef
     )
     out = {
@@ -126,7 +126,7 @@ def clip_cov_policy_loss(
         if generator is not None or seed is not None or process_group is not None:
             raise ValueError("selection replaces the sampling: do not pass generator, seed/offset or process_group with it")
         selected = _check_selection(selection, log_prob)
-        stats = _ops.cov_stats(log_prob.detach(), advantages, mask)
+        stats = _ops.masked_stats(log_prob.detach(), advantages, mask)
     else:
         seed, offset = _validation.seed_and_offset(generator, seed, offset, "log_prob", log_prob)
         selected, stats = _ops._select(
@@ -186,7 +186,7 @@ def kl_cov_policy_loss(
         if process_group is not None:
             raise ValueError("selection replaces the top-k: do not pass process_group with it")
         selected = _check_selection(selection, log_prob)
-        stats = _ops.cov_stats(log_prob.detach(), advantages, mask)
+        stats = _ops.masked_stats(log_prob.detach(), advantages, mask)
     else:
         selected, stats = _ops._select(
             log_prob.detach(), advantages, mask, None, False, ratio, 0.0, 0.0, 0.0, 0.0, None, None, process_group
