@@ -314,12 +314,12 @@ def test_torch_compile_fullgraph_matches_eager():
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_eager_fast_path_equals_the_registered_ops(device, monkeypatch):
     """Eagerly DFloatTensor.decompress launches the decoder without the dispatcher; with
-    EK_DFLOAT_VIA_OPS=1 it goes through the ops. Same values, same checks, both ways."""
+    EK_VIA_OPS=1 it goes through the ops. Same values, same checks, both ways."""
     x = INPUTS["normal 1e-3"]
     c = DFloatTensor.compress(x).to(device)
     got = []
     for via_ops in ("0", "1"):
-        monkeypatch.setenv("EK_DFLOAT_VIA_OPS", via_ops)
+        monkeypatch.setenv("EK_VIA_OPS", via_ops)
         buf = torch.full((c.numel,), 7.0, dtype=torch.bfloat16, device=device)
         got += [c.decompress(), c.decompress(out=buf), buf]
         with pytest.raises(ValueError, match="out must be contiguous"):

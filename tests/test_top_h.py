@@ -132,6 +132,65 @@ def test_sampling_is_reproducible(backend):
     assert torch.equal(run(backend, ek.top_h_sample, logits, 0.9, generator=g1), run(backend, ek.top_h_sample, logits, 0.9, generator=g2))
 
 
+def structured_rows(vocab):
+    """Rows that stress the prefilter bound (the n-th largest of the group maxima): LM-like,
+    sorted ascending (every large key sits in the last groups), all equal (every key ties with
+    the bound), bf16-rounded (many exact ties), and a row with a few finite logits."""
+    rows = torch.randn(5, vocab) * 3
+    rows[1] = torch.sort(rows[1]).values
+    rows[2] = 0.25
+    rows[3] = rows[3].to(torch.bfloat16).float()
+    rows[4] = float("-inf")
+    rows[4, torch.randperm(vocab)[:37]] = torch.randn(37)
+    return rows
+
+
+@pytest.mark.parametrize("capacity", [8192, 64], ids=["prefilter", "overflow-to-whole-row"])
+@pytest.mark.parametrize("mode", ["transformers", "exact"])
+def test_prefiltered_selection_equals_whole_row_selection_and_reference(backend, monkeypatch, capacity, mode):
+    """The kernel's prefilter (keys above the n-th largest group maximum, compacted, then the
+    radix select on them) and its overflow path (more such keys than the capacity: radix select
+    over the row) select exactly what the whole-row select does, and what the reference keeps."""
+    if backend.name == "cpu-reference":
+        pytest.skip("kernel paths only")
+    from entropy_kernels.kernels import top_h as K
+
+    monkeypatch.setattr(K, "CAND_CAPACITY", capacity)
+    vocab = 3000
+    logits = structured_rows(vocab).to(backend.device)
+    alpha = torch.tensor([0.3, 0.5, 0.9, 0.6, 0.4], device=backend.device)
+    seed, off = torch.tensor([5], device=backend.device), torch.tensor([0], device=backend.device)
+    out = {}
+    for prefilter in ("1", "0"):
+        monkeypatch.setenv("EK_TOP_H_PREFILTER", prefilter)
+        out[prefilter] = (run(backend, ek.top_h_mask, logits, alpha, mode=mode),
+                          run(backend, ek.top_h_sample, logits, alpha, mode=mode, seed=seed, offset=off))
+    assert torch.equal(out["1"][0], out["0"][0]) and torch.equal(out["1"][1], out["0"][1])
+    got = out["1"][0].cpu()
+    ref = top_h_mask_reference(logits.cpu(), alpha.cpu(), 1.0, mode, dtype=torch.float64)
+    if mode == "transformers":
+        assert_equal_up_to_ties(got, ref, logits.cpu())
+    else:
+        _check_exact_property(logits.cpu(), alpha.cpu(), got)
+    assert got[torch.arange(5), out["1"][1].cpu()].all()
+
+
+def test_prefilter_group_sizes():
+    from entropy_kernels.kernels.top_h import MAX_GROUPS, prefilter_groups
+
+    for v, n, block in ((151936, 100, 4096), (151936, 1024, 4096), (3000, 100, 4096), (50, 100, 64), (10**7, 1024, 4096)):
+        group, nsub = prefilter_groups(v, n, block)
+        groups = -(-v // group)
+        if nsub == 0:
+            assert -(-v // block) > MAX_GROUPS or groups > MAX_GROUPS
+            continue
+        assert 16 <= group <= block and group & (group - 1) == 0 and block % group == 0
+        assert nsub >= groups and nsub & (nsub - 1) == 0 and groups <= MAX_GROUPS
+        # as many groups as the selection needs, if the vocabulary has them, and not 2x more
+        assert groups >= n or group == 16
+        assert group == 16 or -(-v // (group * 2)) < n or group * 2 > block
+
+
 def test_opcheck(backend):
     logits = (torch.randn(3, 200) * 2).to(backend.device)
     alpha = torch.full((3,), 0.5, device=backend.device)

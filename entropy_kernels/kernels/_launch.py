@@ -1,8 +1,10 @@
 """Launch-configuration helpers shared by the kernel modules."""
 
 import functools
+import os
 
 import torch
+from torch.library import wrap_triton
 
 
 def sm_count(device: torch.device) -> int:
@@ -38,3 +40,19 @@ def next_pow2(n):
     n = n | (n >> 16)
     n = n | (n >> 32)
     return max(n + 1, 1)
+
+
+def launcher(kernel, probe: torch.Tensor):
+    """The Triton kernel to launch: the plain kernel in eager mode (``wrap_triton`` adds host
+    cost to every launch), ``wrap_triton(kernel)`` while torch.compile traces (fake/functional
+    tensors are subclasses of Tensor) so that the graph sees the kernel. ``EK_WRAP_TRITON=1``
+    forces ``wrap_triton`` everywhere (to compare).
+
+    Example
+    -------
+    >>> launcher("k", torch.ones(1))      # a plain tensor, not tracing: the kernel itself
+    'k'
+    """
+    if type(probe) is torch.Tensor and not torch.compiler.is_compiling() and os.environ.get("EK_WRAP_TRITON") != "1":
+        return kernel
+    return wrap_triton(kernel)

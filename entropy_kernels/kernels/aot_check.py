@@ -73,12 +73,17 @@ def _configs() -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object]]
             "x_ptr": f"*{dt}", "stride_row": "i32", "out_ptr": f"*{dt}", "out_stride_row": "i32", "y_ptr": "*i64",
             "stats_ptr": "*fp32", "coef_ptr": "*fp32", "V": "i32", "softcap": "fp32", "inv_temp": "fp32",
         }, {"SOFTCAP": True, "BLOCK": 4096 if dt == "bf16" else 2048})
-        for exact, cand in ((False, 128), (True, 1024)):
-            yield (f"top_h[{dt},exact={exact}]", T._top_h_kernel, {
-                "x_ptr": f"*{dt}", "stride_row": "i32", "n_cols": "i32", "alpha_ptr": "*fp32", "inv_temp": "fp32",
-                "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64", "scratch_ptr": "*i64",
-                "n_select": "i32",
-            }, {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "CAND": cand, "BLOCK": 4096 if dt == "bf16" else 2048})
+        block = 4096 if dt == "bf16" else 2048
+        for exact, cand, n_select in ((False, 128, 100), (True, 1024, 1024)):
+            for prefilter in (True, False):
+                group, nsub = T.prefilter_groups(151936, n_select, block) if prefilter else (16, 16)
+                cap = T.CAND_CAPACITY if prefilter else 16
+                yield (f"top_h[{dt},exact={exact},prefilter={prefilter}]", T._top_h_kernel, {
+                    "x_ptr": f"*{dt}", "stride_row": "i32", "n_cols": "i32", "alpha_ptr": "*fp32", "inv_temp": "fp32",
+                    "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64",
+                    "scratch_ptr": "*i64", "maxima_ptr": "*i64", "cand_ptr": "*i64", "n_select": "i32",
+                }, {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "CAND": cand, "BLOCK": block,
+                    "PREFILTER": prefilter, "GROUP": group, "NSUB": nsub, "CAP": cap, "BLOCK_C": min(1024, cap)})
     yield from _cov_configs(C)
     yield ("lsm_combine", L._lsm_combine_kernel, {"part_ptr": "*fp32", "stats_ptr": "*fp32", "N": "i32", "n_splits": "i32"},
            {"BLOCK_R": 64, "BLOCK_S": 32})

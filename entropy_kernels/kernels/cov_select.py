@@ -30,15 +30,13 @@ sums; ``_loss_combine_kernel`` adds them up into the loss and the metrics.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from ._launch import cdiv, next_pow2, sm_count
+from ._launch import cdiv, launcher, next_pow2, sm_count
 from .top_h import _pick_digit
 
 # control block (int32): [0] eligible count, then the three radix histograms
@@ -360,16 +358,6 @@ def _loss_combine_kernel(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B,
 # launchers
 
 
-def _launch(kernel, probe: torch.Tensor):
-    """The kernel to launch: the plain Triton kernel in eager mode (these ops are a few µs of
-    GPU work each, so per-launch host cost matters), ``wrap_triton`` while torch.compile traces
-    (fake/functional tensors are subclasses) so the graph sees the kernel.
-    ``EK_COV_WRAP_TRITON=1`` forces ``wrap_triton`` everywhere (to compare)."""
-    if type(probe) is torch.Tensor and not torch.compiler.is_compiling() and os.environ.get("EK_COV_WRAP_TRITON") != "1":
-        return kernel
-    return wrap_triton(kernel)
-
-
 def _grid_of(n: int, sms: int, block: int) -> Tuple[int, int]:
     blocks = max(1, cdiv(n, block))
     programs = min(blocks, 4 * sms)
@@ -404,7 +392,7 @@ def stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) 
     block = _block(n)
     programs, chunk = _grid(n, log_prob.device, block)
     part = torch.empty((programs, 4), dtype=torch.float64, device=log_prob.device)
-    _launch(_stats_kernel, log_prob)[(programs,)](
+    launcher(_stats_kernel, log_prob)[(programs,)](
         log_prob, advantages, mask, part, part, n, chunk, ZERO_CTRL=False, BLOCK=block, num_warps=4,
     )
     return part.sum(0)
@@ -420,7 +408,7 @@ def keys(
     programs, chunk = _grid(n, log_prob.device, block)
     out = torch.empty(log_prob.shape, dtype=torch.int64, device=log_prob.device)
     dummy = out
-    _launch(_keys_kernel, log_prob)[(programs,)](
+    launcher(_keys_kernel, log_prob)[(programs,)](
         log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, stats_, 1, dummy, out, dummy,
         seed if clip_mode else dummy, offset if clip_mode else dummy, n, chunk, clip_low, clip_high, lb, ub,
         CLIP=clip_mode, HIST=False, KEY64=True, ACC64=log_prob.dtype == torch.float64, P_BLOCK=16, BLOCK=block,
@@ -449,16 +437,16 @@ def select(
     sel = torch.empty(log_prob.shape, dtype=torch.bool, device=dev)
     r = split_ratio(ratio)
     grid = (programs,)
-    _launch(_stats_kernel, log_prob)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=4)
-    _launch(_keys_kernel, log_prob)[grid](
+    launcher(_stats_kernel, log_prob)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=4)
+    launcher(_keys_kernel, log_prob)[grid](
         log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, part, programs, st, key, ctrl,
         seed if clip_mode else part, offset if clip_mode else part, n, chunk, clip_low, clip_high, lb, ub,
         CLIP=clip_mode, HIST=True, KEY64=False, ACC64=log_prob.dtype == torch.float64, P_BLOCK=p_block, BLOCK=block,
         num_warps=4,
     )
-    _launch(_hist2_kernel, log_prob)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
-    _launch(_hist3_kernel, log_prob)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
-    _launch(_write_kernel, log_prob)[grid](
+    launcher(_hist2_kernel, log_prob)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
+    launcher(_hist3_kernel, log_prob)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
+    launcher(_write_kernel, log_prob)[grid](
         key, st, ctrl, rows, sel, n, chunk, *r, CLIP=clip_mode, P_BLOCK=p_block, BLOCK=block, num_warps=4,
     )
     return sel, st
@@ -483,12 +471,12 @@ def policy_loss(
     coef = torch.empty((b, t), dtype=out_dt, device=dev)
     loss = torch.empty((), dtype=out_dt, device=dev)
     metrics = torch.empty((2,), dtype=torch.float32, device=dev)
-    _launch(_loss_kernel, log_prob)[(programs,)](
+    launcher(_loss_kernel, log_prob)[(programs,)](
         old_log_prob, log_prob, advantages, mask, selected, stats_,
         row_count if row_count is not None else stats_, coef, part, n, t, b, chunk, clip_low, clip_high, kl_coef,
         CLIP=clip_mode, AGG=agg, ACC64=acc64, BLOCK=block, num_warps=4,
     )
-    _launch(_loss_combine_kernel, log_prob)[(1,)](
+    launcher(_loss_combine_kernel, log_prob)[(1,)](
         part, programs, stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg, P_BLOCK=_p_block(programs), num_warps=4,
     )
     return loss, metrics, coef

@@ -25,9 +25,8 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from ._launch import cdiv, next_pow2, sm_count
+from ._launch import cdiv, launcher, next_pow2, sm_count
 from ._online import online_softmax_update
 from ._rows import row_layout
 
@@ -211,14 +210,14 @@ def entropy_forward(
     row_temp = row_temperature if has_row_temp else entropy  # dummy pointer, never read
     part = torch.empty((lay.n_rows, splits, 3) if splits > 1 else (1,), dtype=out_dtype, device=logits.device)
     acc64 = logits.dtype == torch.float64
-    wrap_triton(_entropy_fwd_kernel)[(lay.n_rows, splits)](
+    launcher(_entropy_fwd_kernel, lay.tensor)[(lay.n_rows, splits)](
         lay.tensor, row_temp, 1.0 / temperature,
         entropy, lse, stats, part,
         lay.n_cols, lay.n_inner, lay.stride_outer, lay.stride_inner, cols_per_split, splits,
         HAS_ROW_TEMP=has_row_temp, SPLIT=splits > 1, ACC64=acc64, BLOCK=block, num_warps=num_warps,
     )
     if splits > 1:
-        wrap_triton(_entropy_combine_kernel)[(lay.n_rows,)](
+        launcher(_entropy_combine_kernel, part)[(lay.n_rows,)](
             part, entropy, lse, stats, splits, BLOCK_S=max(2, next_pow2(splits)), num_warps=1,
         )
     return entropy, lse, stats
@@ -248,7 +247,7 @@ def entropy_backward(
         return grad_x
     block, num_warps, splits, cols_per_split = _grid(lay, logits, block, num_splits)
     has_row_temp = row_temperature is not None
-    wrap_triton(_entropy_bwd_kernel)[(lay.n_rows, splits)](
+    launcher(_entropy_bwd_kernel, lay.tensor)[(lay.n_rows, splits)](
         lay.tensor, row_temperature if has_row_temp else entropy, 1.0 / temperature,
         entropy.contiguous(), stats.contiguous(), grad_entropy.contiguous(), grad_lse.contiguous(), grad_x,
         lay.n_cols, lay.n_inner, lay.stride_outer, lay.stride_inner, cols_per_split,

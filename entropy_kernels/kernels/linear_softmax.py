@@ -22,9 +22,8 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from ._launch import cdiv, next_pow2, sm_count
+from ._launch import cdiv, launcher, next_pow2, sm_count
 from ._online import online_softmax_update_rows
 
 POS_INF = tl.constexpr(float("inf"))
@@ -252,7 +251,7 @@ def linear_softmax_forward(
     cols_per_split = cdiv(v_tiles, splits) * bv
     splits = cdiv(v, cols_per_split)
     part = torch.empty((n, splits, 5), dtype=torch.float32, device=h.device)
-    wrap_triton(_lsm_fwd_kernel)[(n_tiles, splits)](
+    launcher(_lsm_fwd_kernel, h)[(n_tiles, splits)](
         h, weight, bias if bias is not None else weight, targets, part,
         n, v, d, h.stride(0), weight.stride(0), cols_per_split, splits, softcap, inv_temperature,
         HAS_BIAS=bias is not None, SOFTCAP=softcap > 0, PRECISION=_precision(h.dtype),
@@ -260,7 +259,7 @@ def linear_softmax_forward(
     )
     block_s = max(2, next_pow2(splits))
     block_r = max(1, min(64, 2048 // block_s))
-    wrap_triton(_lsm_combine_kernel)[(cdiv(n, block_r),)](
+    launcher(_lsm_combine_kernel, part)[(cdiv(n, block_r),)](
         part, stats, n, splits, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=4,
     )
     return stats
@@ -327,7 +326,7 @@ def linear_softmax_backward(
             else:
                 dw_acc = torch.zeros((v1 - v0, d), dtype=torch.float32, device=h.device)
             v_tiles = cdiv(v1 - v0, bv)
-            wrap_triton(_lsm_bwd_kernel)[(cdiv(n, bn) * v_tiles,)](
+            launcher(_lsm_bwd_kernel, h)[(cdiv(n, bn) * v_tiles,)](
                 h, weight[v0:v1], bias[v0:v1] if bias is not None else weight, targets - v0 if v0 else targets,
                 stats, coeffs, thresh if thresh is not None else stats,
                 dh if need_dh else stats, dw_acc if need_dw else stats, db[v0:v1] if bias is not None else stats,

@@ -15,9 +15,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from ._launch import next_pow2
+from ._launch import launcher, next_pow2
 from ._online import online_softmax_update
 
 
@@ -113,7 +112,7 @@ def rows_stats(
     stats = torch.empty((c, 4), dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32, device=logits.device)
     if c:
         block, warps = _block(logits, block)
-        wrap_triton(_rows_stats_kernel)[(c,)](
+        launcher(_rows_stats_kernel, logits)[(c,)](
             logits, logits.stride(0), targets, stats, v, softcap, inv_temperature,
             SOFTCAP=softcap > 0, BLOCK=block, num_warps=warps,
         )
@@ -135,7 +134,7 @@ def rows_grad_(
     out = logits if out is None else out
     if c:
         block, warps = _block(logits, block)
-        wrap_triton(_rows_grad_kernel)[(c,)](
+        launcher(_rows_grad_kernel, logits)[(c,)](
             logits, logits.stride(0), out, out.stride(0), targets, stats, coeffs, v, softcap, inv_temperature,
             SOFTCAP=softcap > 0, BLOCK=block, num_warps=warps,
         )

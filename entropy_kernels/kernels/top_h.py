@@ -3,18 +3,24 @@ Semantics: :mod:`entropy_kernels.reference.top_h`.
 
 One program per row:
 
-1. **Stats + radix select.** Logits ``z = x / T`` map to order-preserving 32-bit keys. Pass 1
-   computes the online softmax stats (max, Σe^{z−m}, Σ(z−m)e^{z−m} → lse and H(p)) *and* a
-   2048-bin histogram of the keys' top 11 bits; two more histogram passes (11 and 10 bits,
-   restricted to the chosen prefix) pin down the exact key of the n-th largest logit
-   (``n = top_n`` for the transformers rule, ``CAND`` candidates for the exact rule).
-2. **Compaction.** Pass 4 writes the n candidates (ties at the threshold by lower index) as
-   packed (key, index) words to a small scratch row; they are sorted in registers (bitonic
-   ``tl.sort`` of ``CAND`` ≤ 1024 elements, not of the vocabulary).
+1. **Stats + prefilter.** Logits ``z = x / T`` map to order-preserving 32-bit keys. Pass 1
+   computes the online softmax stats (max, Σe^{z−m}, Σ(z−m)e^{z−m} → lse and H(p)) and the
+   largest key of every ``GROUP`` consecutive tokens. The n-th largest of those group maxima
+   (one in-register sort of ≤ 2048 keys) bounds the n-th largest key from below (``n = top_n``
+   for the transformers rule, ``CAND`` candidates for the exact rule), so pass 2 compacts the
+   keys ≥ the bound — typically a few times n, in column order — to a per-row buffer.
+2. **Radix select** of the exact n-th largest key over those candidates (11 + 11 + 10-bit
+   histograms), then their compaction as packed (key, index) words (ties at the threshold by
+   lower index) and an in-register bitonic sort of ≤ ``CAND`` = 1024 of them. ``tl.histogram``
+   costs one shared-memory atomic per item, and the keys of a real row crowd into a few bins, so
+   running it over the candidates instead of the whole row is what makes the kernel fast. If more
+   keys than ``CAND_CAPACITY`` pass the bound (a flat or heavily tied row), the radix select
+   runs over the whole row instead (same result; ``EK_TOP_H_PREFILTER=0`` forces that path).
 3. **Rule.** transformers: softmax over the candidates, cumulative ``−q log q`` against
    ``α·H(q)``. exact: global ``p`` from the pass-1 lse, prefix entropies ``H_k`` against
    ``α·H(p)``. If every candidate is kept and the vocabulary is larger (a very flat row or α≈1),
-   a bisection over the key space finds the exact threshold with masked reductions (rare path).
+   a bisection over the key space finds the threshold key, and a closed-form bisection over the
+   tokens tied at the next key decides how many of them (lowest indices first) still fit.
 4. **Output.** Kept tokens are flagged in a zero-initialised mask; sampling is Gumbel-max over
    the kept set (Philox noise keyed by (seed + row, offset + token)), so it needs no
    normalisation pass and no host synchronisation.
@@ -22,12 +28,14 @@ One program per row:
 
 from __future__ import annotations
 
+import os
+from typing import Tuple
+
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from ._launch import next_pow2
+from ._launch import cdiv, launcher, next_pow2
 from ._online import online_softmax_update
 
 
@@ -71,80 +79,80 @@ def _gumbel_scores(z, kept, token, row, seed_ptr, offset_ptr):
 
 
 @triton.jit
-def _prefix_entropy(x_row, n_cols, inv_temp, t, lse, BLOCK: tl.constexpr):
-    """Entropy of p renormalised over the tokens whose key >= t."""
+def _prefix_sums(x_row, n_cols, inv_temp, t, lse, BLOCK: tl.constexpr):
+    """(Σp, Σp·log p) over the tokens whose key >= t; and the largest key below t of a finite
+    logit (-1 if none)."""
     s = tl.zeros((BLOCK,), tl.float32)
     pl = tl.zeros((BLOCK,), tl.float32)
+    below = tl.full((BLOCK,), -1, tl.int64)
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        z, u = _keys(x_row, cols, cols < n_cols, inv_temp)
+        ok = cols < n_cols
+        z, u = _keys(x_row, cols, ok, inv_temp)
         logp = z - lse
-        p = tl.where(u >= t, tl.exp(logp), 0.0)
+        p = tl.where(ok & (u >= t), tl.exp(logp), 0.0)
         s += p
         pl += tl.where(p > 0, p * logp, 0.0)
-    s_tot = tl.sum(s, 0)
-    return tl.log(s_tot) - tl.sum(pl, 0) / s_tot
+        below = tl.maximum(below, tl.where(ok & (u < t) & (z > float("-inf")), u, -1))
+    return tl.sum(s, 0), tl.sum(pl, 0), tl.max(below, 0)
 
 
 @triton.jit
-def _top_h_kernel(
-    x_ptr, stride_row, n_cols, alpha_ptr, inv_temp, seed_ptr, offset_ptr,
-    mask_ptr, sample_ptr, scratch_ptr, n_select,
-    EXACT: tl.constexpr, WRITE_MASK: tl.constexpr, SAMPLE: tl.constexpr,
-    CAND: tl.constexpr, BLOCK: tl.constexpr,
-):
-    inv_temp = tl.cast(inv_temp, tl.float32)  # a Python float arrives as fp64 from inductor
-    row = tl.program_id(0)
-    x_row = x_ptr + row.to(tl.int64) * stride_row
-    alpha = tl.load(alpha_ptr + row).to(tl.float32)
+def _item_keys(x_row, cand_ptr, pos, ok, inv_temp, FROM_CAND: tl.constexpr):
+    """(key, column) of items ``pos``: row elements, or packed candidates compacted by pass 2."""
+    if FROM_CAND:
+        packed = tl.load(cand_ptr + pos, mask=ok, other=0)
+        return packed >> 31, (2147483647 - (packed & 2147483647)).to(tl.int32)
+    else:
+        _, u = _keys(x_row, pos, ok, inv_temp)
+        return u, pos
+
+
+@triton.jit
+def _radix_select(x_row, cand_ptr, n_items, n_select, inv_temp, FROM_CAND: tl.constexpr, BLOCK: tl.constexpr):
+    """(t, need): the key of the ``n_select``-th largest of ``n_items`` items (11 + 11 + 10-bit
+    radix select) and how many items equal to ``t`` are selected (lowest positions first)."""
     offs = tl.arange(0, BLOCK)
-
-    # ---- pass 1: softmax stats and the histogram of the keys' top 11 bits
-    m = tl.full((), float("-inf"), tl.float32)
-    s_vec = tl.zeros((BLOCK,), tl.float32)
-    u_vec = tl.zeros((BLOCK,), tl.float32)
-    hist = tl.zeros((2048,), tl.int32)
-    for start in range(0, n_cols, BLOCK):
-        cols = start + offs
-        ok = cols < n_cols
-        z, u = _keys(x_row, cols, ok, inv_temp)
-        hist += tl.histogram((u >> 21).to(tl.int32), 2048, mask=ok)
-        m, s_vec, u_vec = online_softmax_update(m, s_vec, u_vec, z)
-    s_tot = tl.sum(s_vec, 0)
-    lse = m + tl.log(s_tot)
-    entropy = tl.log(s_tot) - tl.sum(u_vec, 0) / s_tot
-
-    # ---- passes 2-3: radix select of the n-th largest key (11 + 11 + 10 bits)
     need = n_select
+    hist = tl.zeros((2048,), tl.int32)
+    for start in range(0, n_items, BLOCK):
+        pos = start + offs
+        ok = pos < n_items
+        u, _ = _item_keys(x_row, cand_ptr, pos, ok, inv_temp, FROM_CAND)
+        hist += tl.histogram((u >> 21).to(tl.int32), 2048, mask=ok)
     d1, above = _pick_digit(hist, need, 2048)
     need -= above
     hist = tl.zeros((2048,), tl.int32)
-    for start in range(0, n_cols, BLOCK):
-        cols = start + offs
-        ok = cols < n_cols
-        _, u = _keys(x_row, cols, ok, inv_temp)
+    for start in range(0, n_items, BLOCK):
+        pos = start + offs
+        ok = pos < n_items
+        u, _ = _item_keys(x_row, cand_ptr, pos, ok, inv_temp, FROM_CAND)
         hist += tl.histogram(((u >> 10) & 2047).to(tl.int32), 2048, mask=ok & ((u >> 21) == d1))
     d2, above = _pick_digit(hist, need, 2048)
     need -= above
     prefix = d1.to(tl.int64) * 2048 + d2  # int64: the key needs 32 bits
     hist3 = tl.zeros((1024,), tl.int32)
-    for start in range(0, n_cols, BLOCK):
-        cols = start + offs
-        ok = cols < n_cols
-        _, u = _keys(x_row, cols, ok, inv_temp)
+    for start in range(0, n_items, BLOCK):
+        pos = start + offs
+        ok = pos < n_items
+        u, _ = _item_keys(x_row, cand_ptr, pos, ok, inv_temp, FROM_CAND)
         hist3 += tl.histogram((u & 1023).to(tl.int32), 1024, mask=ok & ((u >> 10) == prefix))
     d3, above = _pick_digit(hist3, need, 1024)
-    need -= above  # how many keys equal to the threshold are selected (lowest indices first)
-    thresh = prefix * 1024 + d3.to(tl.int64)
+    need -= above
+    return prefix * 1024 + d3.to(tl.int64), need
 
-    # ---- pass 4: compact the n_select candidates as packed (key, index) words
-    scratch = scratch_ptr + row.to(tl.int64) * CAND
+
+@triton.jit
+def _compact(x_row, cand_ptr, n_items, thresh, need, scratch, inv_temp, FROM_CAND: tl.constexpr, BLOCK: tl.constexpr):
+    """Write the selected items (key > t, or key == t among the first ``need`` such items) to
+    ``scratch`` as packed ``key << 31 | (2^31 − 1 − column)`` words."""
+    offs = tl.arange(0, BLOCK)
     n_taken = 0
     n_ties = 0
-    for start in range(0, n_cols, BLOCK):
-        cols = start + offs
-        ok = cols < n_cols
-        _, u = _keys(x_row, cols, ok, inv_temp)
+    for start in range(0, n_items, BLOCK):
+        pos = start + offs
+        ok = pos < n_items
+        u, cols = _item_keys(x_row, cand_ptr, pos, ok, inv_temp, FROM_CAND)
         tie = ok & (u == thresh)
         tie_rank = n_ties + tl.cumsum(tie.to(tl.int32), 0) - 1
         sel = ok & ((u > thresh) | (tie & (tie_rank < need)))
@@ -152,6 +160,70 @@ def _top_h_kernel(
         tl.store(scratch + slot, (u << 31) | (2147483647 - cols).to(tl.int64), mask=sel)
         n_taken += tl.sum(sel.to(tl.int32), 0)
         n_ties += tl.sum(tie.to(tl.int32), 0)
+
+
+@triton.jit
+def _top_h_kernel(
+    x_ptr, stride_row, n_cols, alpha_ptr, inv_temp, seed_ptr, offset_ptr,
+    mask_ptr, sample_ptr, scratch_ptr, maxima_ptr, cand_ptr, n_select,
+    EXACT: tl.constexpr, WRITE_MASK: tl.constexpr, SAMPLE: tl.constexpr,
+    CAND: tl.constexpr, BLOCK: tl.constexpr,
+    PREFILTER: tl.constexpr, GROUP: tl.constexpr, NSUB: tl.constexpr, CAP: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    inv_temp = tl.cast(inv_temp, tl.float32)  # a Python float arrives as fp64 from inductor
+    row = tl.program_id(0)
+    x_row = x_ptr + row.to(tl.int64) * stride_row
+    alpha = tl.load(alpha_ptr + row).to(tl.float32)
+    offs = tl.arange(0, BLOCK)
+    n_sub = (n_cols + GROUP - 1) // GROUP
+    maxima = maxima_ptr + row.to(tl.int64) * NSUB
+    cand = cand_ptr + row.to(tl.int64) * CAP
+
+    # ---- pass 1: softmax stats (and, to prefilter, the largest key of every GROUP elements)
+    m = tl.full((), float("-inf"), tl.float32)
+    s_vec = tl.zeros((BLOCK,), tl.float32)
+    u_vec = tl.zeros((BLOCK,), tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + offs
+        ok = cols < n_cols
+        z, u = _keys(x_row, cols, ok, inv_temp)
+        m, s_vec, u_vec = online_softmax_update(m, s_vec, u_vec, z)
+        if PREFILTER:
+            sub = start // GROUP + tl.arange(0, BLOCK // GROUP)
+            tl.store(maxima + sub, tl.max(tl.reshape(u, (BLOCK // GROUP, GROUP)), 1), mask=sub < n_sub)
+    s_tot = tl.sum(s_vec, 0)
+    lse = m + tl.log(s_tot)
+    entropy = tl.log(s_tot) - tl.sum(u_vec, 0) / s_tot
+
+    # ---- select the n_select largest keys (ties by lower index) into scratch
+    scratch = scratch_ptr + row.to(tl.int64) * CAND
+    if PREFILTER:
+        # The n-th largest of the group maxima is a lower bound of the n-th largest key (n groups
+        # hold an element >= it), so the selection lies among the keys >= it: typically a few
+        # times n of the vocabulary. Pass 2 compacts those (in column order, so position ties
+        # are column ties) and the radix select runs over them instead of over the row -- its
+        # histograms cost one shared-memory atomic per item, which dominated on whole rows.
+        sub = tl.arange(0, NSUB)
+        ranked = tl.sort(tl.load(maxima + sub, mask=sub < n_sub, other=0), 0, descending=True)
+        low = tl.sum(tl.where(sub == n_select - 1, ranked, 0), 0)  # 0 (every key) if n_sub < n
+        n_c = 0
+        for start in range(0, n_cols, BLOCK):
+            cols = start + offs
+            ok = cols < n_cols
+            _, u = _keys(x_row, cols, ok, inv_temp)
+            sel = ok & (u >= low)
+            slot = n_c + tl.cumsum(sel.to(tl.int32), 0) - 1
+            tl.store(cand + slot, (u << 31) | (2147483647 - cols).to(tl.int64), mask=sel & (slot < CAP))
+            n_c += tl.sum(sel.to(tl.int32), 0)
+        if n_c <= CAP:
+            thresh, need = _radix_select(x_row, cand, n_c, n_select, inv_temp, True, BLOCK_C)
+            _compact(x_row, cand, n_c, thresh, need, scratch, inv_temp, True, BLOCK_C)
+        else:  # too many keys >= the bound (e.g. a flat or heavily tied row): the whole row
+            thresh, need = _radix_select(x_row, cand, n_cols, n_select, inv_temp, False, BLOCK)
+            _compact(x_row, cand, n_cols, thresh, need, scratch, inv_temp, False, BLOCK)
+    else:
+        thresh, need = _radix_select(x_row, cand, n_cols, n_select, inv_temp, False, BLOCK)
+        _compact(x_row, cand, n_cols, thresh, need, scratch, inv_temp, False, BLOCK)
 
     # ---- the rule, on the sorted candidates (in registers)
     pos = tl.arange(0, CAND)
@@ -189,23 +261,50 @@ def _top_h_kernel(
             best = tl.argmax(score, 0)
             tl.store(sample_ptr + row, tl.sum(tl.where(pos == best, idx, 0), 0).to(tl.int64))
     else:
-        # Exact rule, every candidate kept: bisect the key space below the last candidate for
-        # the smallest key t whose set {key >= t} still has renormalised entropy <= α·H(p).
+        # Exact rule, every candidate kept. The kept set is {key > t*} plus the first j* (by
+        # index) of the tokens whose key is t*. Bisect the key space for the smallest key t_hi
+        # whose set {key >= t_hi} has renormalised entropy <= α·H(p) (an empty set fits; the set
+        # above the last candidate fits, as a prefix of the kept candidates); then t* is the
+        # largest finite key below t_hi and j* the most of its equal-probability tokens that
+        # still fit (closed form per j, bisected), at least one if {key >= t_hi} is empty.
         lo = tl.zeros((), tl.int64)
-        hi = thresh
+        hi = thresh + 1
         while lo < hi:
             mid = lo + (hi - lo) // 2
-            if _prefix_entropy(x_row, n_cols, inv_temp, mid, lse, BLOCK) <= tau:
+            s_mid, pl_mid, _ = _prefix_sums(x_row, n_cols, inv_temp, mid, lse, BLOCK)
+            if (s_mid <= 0) | (tl.log(s_mid) - pl_mid / s_mid <= tau):
                 hi = mid
             else:
                 lo = mid + 1
+        s_in, pl_in, t_star = _prefix_sums(x_row, n_cols, inv_temp, hi, lse, BLOCK)
+        n_star = tl.zeros((), tl.int32)
+        for start in range(0, n_cols, BLOCK):
+            cols = start + offs
+            _, u = _keys(x_row, cols, cols < n_cols, inv_temp)
+            n_star += tl.sum(((cols < n_cols) & (u == t_star)).to(tl.int32), 0)
+        logq_star = _key_to_float(t_star) - lse  # (names distinct from the rules': Triton scopes per function)
+        q_star = tl.exp(logq_star)
+        j_lo = tl.zeros((), tl.int32)
+        j_hi = n_star
+        while j_lo < j_hi:
+            j = j_lo + (j_hi - j_lo + 1) // 2
+            s_j = s_in + j.to(tl.float32) * q_star
+            if tl.log(s_j) - (pl_in + j.to(tl.float32) * q_star * logq_star) / s_j <= tau:
+                j_lo = j
+            else:
+                j_hi = j - 1
+        j_star = tl.where(s_in <= 0, tl.maximum(j_lo, 1), j_lo)
+        n_seen = tl.zeros((), tl.int32)
         best_score = tl.full((), float("-inf"), tl.float32)
         best_idx = tl.zeros((), tl.int32)
         for start in range(0, n_cols, BLOCK):
             cols = start + offs
             ok = cols < n_cols
             zb, u = _keys(x_row, cols, ok, inv_temp)
-            kept = ok & (u >= hi) & (zb > float("-inf"))
+            tie = ok & (u == t_star)
+            tie_rank = n_seen + tl.cumsum(tie.to(tl.int32), 0) - 1
+            n_seen += tl.sum(tie.to(tl.int32), 0)
+            kept = ok & ((u >= hi) | (tie & (tie_rank < j_star))) & (zb > float("-inf"))
             if WRITE_MASK:
                 tl.store(mask_ptr + row.to(tl.int64) * n_cols + cols, 1, mask=kept)
             if SAMPLE:
@@ -251,11 +350,48 @@ def top_h(
         return mask.bool(), samples
     scratch = torch.empty((b, cand), dtype=torch.int64, device=logits.device)
     dummy = scratch
-    wrap_triton(_top_h_kernel)[(b,)](
+    group, nsub = prefilter_groups(v, n_select, block)
+    prefilter = nsub > 0
+    cap = CAND_CAPACITY if prefilter else 16
+    maxima = torch.empty((b, nsub), dtype=torch.int64, device=logits.device) if prefilter else dummy
+    cands = torch.empty((b, cap), dtype=torch.int64, device=logits.device) if prefilter else dummy
+    launcher(_top_h_kernel, logits)[(b,)](
         logits, logits.stride(0), v, alpha, 1.0 / temperature,
         seed if sample else dummy, offset if sample else dummy,
-        mask if write_mask else dummy, samples if sample else dummy, scratch, n_select,
+        mask if write_mask else dummy, samples if sample else dummy, scratch, maxima, cands, n_select,
         EXACT=exact, WRITE_MASK=write_mask, SAMPLE=sample, CAND=cand, BLOCK=block,
+        PREFILTER=prefilter, GROUP=group, NSUB=max(nsub, 16), CAP=cap, BLOCK_C=min(1024, cap),
         num_warps=8,
     )
     return mask.bool(), samples
+
+
+# Prefilter (pass 2 of the kernel): candidates kept per row before the radix select; more keys
+# above the group-maxima bound than this send the row to the whole-row radix select.
+CAND_CAPACITY = 8192
+MAX_GROUPS = 2048  # group maxima ranked in registers (one tl.sort)
+
+
+def prefilter_groups(v: int, n_select: int, block: int) -> Tuple[int, int]:
+    """``(GROUP, NSUB)`` of the prefilter: the largest power-of-two group size (16 ≤ GROUP ≤
+    ``block``) that still leaves ≥ ``n_select`` groups when the vocabulary allows it (the bound is
+    then the n-th largest group maximum; with fewer groups it is 0 and every key is a candidate),
+    and the padded number of groups; ``(16, 0)`` disables the prefilter (too many groups, or
+    ``EK_TOP_H_PREFILTER=0``).
+
+    Example
+    -------
+    >>> prefilter_groups(151936, 100, 4096)      # 149 groups of 1024
+    (1024, 256)
+    >>> prefilter_groups(151936, 1024, 4096)     # 1187 groups of 128
+    (128, 2048)
+    """
+    if os.environ.get("EK_TOP_H_PREFILTER", "1") == "0":
+        return 16, 0
+    group = 16
+    while group * 2 <= block and cdiv(v, group * 2) >= n_select:
+        group *= 2
+    n_groups = cdiv(v, group)
+    if n_groups > MAX_GROUPS:
+        return 16, 0
+    return group, max(16, next_pow2(n_groups))

@@ -14,13 +14,13 @@ and the public :func:`clip_cov_select` / :func:`kl_cov_select`. The losses thems
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
 from torch.library import triton_op
 
 from .. import _backend, _validation
+from . import _eager
 from ..reference import policy_loss as R
 from .top_h import _uniform_reference
 
@@ -113,40 +113,21 @@ cov_policy_loss.register_autograd(_loss_backward, setup_context=_loss_setup_cont
 
 
 # --------------------------------------------------------------------------------------------
-# eager fast path
-#
-# A torch.library custom op costs ~60 µs of host time per call in eager mode (dispatch, schema
-# default filling, the autograd wrapper), more than the GPU work of these ops at 65K tokens.
-# Outside tracing the public functions therefore call the same launchers directly (the loss
-# through a plain autograd.Function with the op's backward); under torch.compile, fake tensors
-# or EK_COV_VIA_OPS=1 they go through the registered ops, so the graph sees them.
+# eager fast path (_backend.eager_direct): the public functions call the launchers directly,
+# the loss through an autograd.Function twin of cov_policy_loss (ops/_eager.py)
 
 
 def _direct(t: torch.Tensor) -> bool:
-    return (
-        type(t) is torch.Tensor
-        and _backend.use_triton(t)
-        and not torch.compiler.is_compiling()
-        and os.environ.get("EK_COV_VIA_OPS") != "1"
-    )
+    return _backend.eager_direct(t) and _backend.use_triton(t)
 
 
-class _CovPolicyLossFunction(torch.autograd.Function):
-    # forward(ctx, ...) rather than a setup_context: with setup_context, Function.apply binds the
-    # arguments through inspect.signature on every call (~40 µs of host time here)
-    @staticmethod
-    def forward(ctx, old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg,
-                clip_low, clip_high, kl_coef):
-        inputs = (old_log_prob, log_prob)
-        output = _kernels.policy_loss(
-            old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef
-        )
-        _loss_setup_context(ctx, inputs, output)
-        return output
+def _loss_implementation(*args):
+    return _kernels.policy_loss(*args)
 
-    @staticmethod
-    def backward(ctx, grad_loss, grad_metrics, grad_coef):
-        return _loss_backward(ctx, grad_loss, grad_metrics, grad_coef)
+
+_CovPolicyLossFunction = _eager.autograd_function(
+    "_CovPolicyLossFunction", _loss_implementation, _loss_setup_context, _loss_backward
+)
 
 
 def policy_loss_parts(

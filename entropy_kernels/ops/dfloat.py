@@ -168,14 +168,7 @@ def _dfloat_decompress_into_fake(out, words, gaps, block_starts, lut, raw, numel
 
 
 # ------------------------------------------------------------------------------------------------
-# eager fast path
-
-
-def _direct(t: torch.Tensor) -> bool:
-    """Launch without the dispatcher: plain tensors, not tracing (EK_DFLOAT_VIA_OPS=1 forces the ops).
-    A mutating torch.library op costs ~50-80 µs of host time per call in eager mode, more than the
-    whole decode of a sub-million-value tensor on a GPU."""
-    return type(t) is torch.Tensor and not torch.compiler.is_compiling() and os.environ.get("EK_DFLOAT_VIA_OPS") != "1"
+# eager fast path (see _backend.eager_direct: the dispatcher costs more than a small decode)
 
 
 def decompress(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int,
@@ -193,7 +186,7 @@ def decompress(words, gaps, block_starts, lut, raw, numel: int, total_bits: int,
     >>> torch.equal(y, x)
     True
     """
-    if not (_direct(words) and (out is None or type(out) is torch.Tensor)):
+    if not (_backend.eager_direct(words) and (out is None or type(out) is torch.Tensor)):
         if out is None:
             return dfloat_decompress(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
         dfloat_decompress_into(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)

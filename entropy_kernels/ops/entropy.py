@@ -11,6 +11,7 @@ import torch
 from torch.library import triton_op
 
 from .. import _backend, _validation
+from . import _eager
 from ..reference.entropy import entropy_backward_reference, entropy_forward_reference
 
 if _backend.triton_available():
@@ -61,12 +62,28 @@ def _backward(ctx, grad_entropy, grad_lse, _grad_stats):
         grad_entropy = torch.zeros_like(entropy)
     if grad_lse is None:
         grad_lse = torch.zeros_like(entropy)
-    grad_logits = entropy_bwd(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, ctx.temperature)
+    bwd = _kernels.entropy_backward if _direct(logits) else entropy_bwd
+    grad_logits = bwd(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, ctx.temperature)
     # The temperature is not differentiated (a per-row temperature is a sampling setting).
     return grad_logits, None, None
 
 
 entropy_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# Eager fast path (_backend.eager_direct): outside tracing, entropy() runs the same kernels
+# through an autograd.Function twin of the op, skipping the dispatcher's host cost.
+
+
+def _direct(t: torch.Tensor) -> bool:
+    return _backend.eager_direct(t) and _backend.use_triton(t)
+
+
+def _forward_implementation(logits, row_temperature, temperature):
+    return _kernels.entropy_forward(logits, row_temperature, temperature)
+
+
+_EntropyFunction = _eager.autograd_function("_EntropyFunction", _forward_implementation, _setup_context, _backward)
 
 
 def entropy(
@@ -121,5 +138,6 @@ def entropy(
         scalar_temperature = 1.0
     else:
         scalar_temperature = _validation.check_positive_scalar("temperature", temperature)
-    h, lse, _ = entropy_fwd(logits, row_temperature, scalar_temperature)
+    fwd = _EntropyFunction.apply if _direct(logits) else entropy_fwd
+    h, lse, _ = fwd(logits, row_temperature, scalar_temperature)
     return (h, lse) if return_lse else h

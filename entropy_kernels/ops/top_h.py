@@ -63,6 +63,14 @@ def top_h_op(
     return mask, samples
 
 
+def _run(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset):
+    """:func:`top_h_op`, or its kernel launched directly in eager mode (``_backend.eager_direct``:
+    on a decoding step the dispatcher would cost more host time than the kernel)."""
+    if _backend.eager_direct(x) and _backend.use_triton(x):
+        return _kernels.top_h(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset)
+    return top_h_op(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset)
+
+
 def _prepare(logits, alpha, temperature, mode, top_n):
     _validation.check_tensor("logits", logits)
     _validation.check_float_dtype("logits", logits, (torch.float16, torch.bfloat16, torch.float32))
@@ -125,7 +133,7 @@ def top_h_mask(
     tensor([[True, True, True, True, True]])
     """
     x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)
-    mask, _ = top_h_op(x, alpha_t, temperature, mode == "exact", top_n, True, None, None)
+    mask, _ = _run(x, alpha_t, temperature, mode == "exact", top_n, True, None, None)
     return mask
 
 
@@ -159,5 +167,5 @@ def top_h_sample(
     """
     x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)
     seed, offset = _validation.seed_and_offset(generator, seed, offset, "logits", logits)
-    _, samples = top_h_op(x, alpha_t, temperature, mode == "exact", top_n, False, seed.reshape(1), offset.reshape(1))
+    _, samples = _run(x, alpha_t, temperature, mode == "exact", top_n, False, seed.reshape(1), offset.reshape(1))
     return samples
