@@ -37,16 +37,30 @@ def test_transformers_mode_equals_top_h_logits_warper(backend, vocab, temperatur
         logits[0, torch.randint(0, vocab, (20,))] = float("-inf")
         alpha = torch.rand(4) * 0.9 + 0.05
         got = run(backend, ek.top_h_mask, logits.to(backend.device), alpha.to(backend.device), temperature=temperature)
-        assert_equal_up_to_ties(got.cpu(), warper_mask(logits, alpha, temperature), logits)
+        assert_equal_up_to_ties(got.cpu(), warper_mask(logits, alpha, temperature), logits, alpha, temperature)
 
 
-def assert_equal_up_to_ties(got, ref, logits):
-    """Same kept sets, except that among exactly tied logits (common in bf16) either may be kept."""
+def assert_equal_up_to_ties(got, ref, logits, alpha=None, temperature=1.0, top_n=100):
+    """Same kept sets, except that among exactly tied logits (common in bf16) either may be kept,
+    and (given ``alpha``) a one-token difference where the boundary token's cumulative entropy
+    equals τ = α·H(q) to fp32 rounding (float64, relative 1e-5): transformers and we compute
+    q, log q and H(q) in different fp32 orders, so a row sitting on the boundary may go either way."""
     for i in range(got.shape[0]):
         diff = got[i] ^ ref[i]
-        if diff.any():
-            tied = logits[i][diff].float()
-            assert int(got[i].sum()) == int(ref[i].sum()) and (tied == tied[0]).all(), f"row {i} differs beyond ties"
+        if not diff.any():
+            continue
+        tied = logits[i][diff].float()
+        if int(got[i].sum()) == int(ref[i].sum()) and (tied == tied[0]).all():
+            continue
+        assert alpha is not None and abs(int(got[i].sum()) - int(ref[i].sum())) == 1, f"row {i} differs beyond ties"
+        z = torch.sort(logits[i].double() / temperature, descending=True).values[:top_n]
+        log_q = torch.log_softmax(z, -1)
+        q = log_q.exp()
+        terms = torch.where(q > 0, -q * log_q, torch.zeros_like(q))
+        tau = float(alpha[i]) * float(terms.sum())
+        k = min(int(got[i].sum()), int(ref[i].sum()))  # the boundary token is the (k+1)-th
+        boundary = float(torch.cumsum(terms, 0)[k])
+        assert abs(boundary - tau) <= 1e-5 * max(1.0, tau), f"row {i} differs beyond ties and rounding ({boundary} vs τ {tau})"
 
 
 def _check_exact_property(logits, alpha, kept, temperature=1.0):
@@ -145,20 +159,7 @@ def structured_rows(vocab):
     return rows
 
 
-@pytest.mark.parametrize("capacity", [8192, 64], ids=["prefilter", "overflow-to-whole-row"])
-@pytest.mark.parametrize("mode", ["transformers", "exact"])
-def test_prefiltered_selection_equals_whole_row_selection_and_reference(backend, monkeypatch, capacity, mode):
-    """The kernel's prefilter (keys above the n-th largest group maximum, compacted, then the
-    radix select on them) and its overflow path (more such keys than the capacity: radix select
-    over the row) select exactly what the whole-row select does, and what the reference keeps."""
-    if backend.name == "cpu-reference":
-        pytest.skip("kernel paths only")
-    from entropy_kernels.kernels import top_h as K
-
-    monkeypatch.setattr(K, "CAND_CAPACITY", capacity)
-    vocab = 3000
-    logits = structured_rows(vocab).to(backend.device)
-    alpha = torch.tensor([0.3, 0.5, 0.9, 0.6, 0.4], device=backend.device)
+def _both_paths_and_reference(backend, monkeypatch, logits, alpha, mode):
     seed, off = torch.tensor([5], device=backend.device), torch.tensor([0], device=backend.device)
     out = {}
     for prefilter in ("1", "0"):
@@ -172,17 +173,48 @@ def test_prefiltered_selection_equals_whole_row_selection_and_reference(backend,
         assert_equal_up_to_ties(got, ref, logits.cpu())
     else:
         _check_exact_property(logits.cpu(), alpha.cpu(), got)
-    assert got[torch.arange(5), out["1"][1].cpu()].all()
+    assert got[torch.arange(len(got)), out["1"][1].cpu()].all()
+
+
+@pytest.mark.parametrize("capacity", [8192, 64], ids=["prefilter", "overflow-to-whole-row"])
+def test_prefiltered_selection_equals_whole_row_selection_and_reference(backend, monkeypatch, capacity):
+    """The kernel's prefilter (keys above the n-th largest group maximum, compacted, then the
+    radix select on them) and its overflow path (more such keys than the capacity: radix select
+    over the row) select exactly what the whole-row select does, and what the reference keeps;
+    transformers rule on the structured rows, exact rule on a vocabulary with >= 1024 groups."""
+    if backend.name == "cpu-reference":
+        pytest.skip("kernel paths only")
+    from entropy_kernels.kernels import top_h as K
+
+    monkeypatch.setattr(K, "CAND_CAPACITY", capacity)
+    assert K.prefilter_groups(3000, 100, 4096)[1] > 0 and K.prefilter_groups(16400, 1024, 4096)[1] > 0
+    logits = structured_rows(3000).to(backend.device)
+    alpha = torch.tensor([0.3, 0.5, 0.9, 0.6, 0.4], device=backend.device)
+    _both_paths_and_reference(backend, monkeypatch, logits, alpha, "transformers")
+    wide = torch.randn(2, 16400) * 3
+    wide[1] = torch.sort(wide[1]).values.to(torch.bfloat16).float()  # sorted, with bf16 ties
+    _both_paths_and_reference(backend, monkeypatch, wide.to(backend.device), alpha[:2], "exact")
+
+
+def test_exact_rule_splits_tie_groups_by_index(backend):
+    """More than 1024 kept tokens with the cut inside a group of equal logits (the bisection
+    path): the kept set is still the prefix of the index-ordered ties, of the right length."""
+    logits = structured_rows(3000)
+    alpha = torch.tensor([0.3, 0.5, 0.9, 0.6, 0.4])
+    got = run(backend, ek.top_h_mask, logits.to(backend.device), alpha.to(backend.device), mode="exact").cpu()
+    _check_exact_property(logits, alpha, got)
+    assert 1024 < int(got[2].sum()) < 3000  # the all-equal row at α = 0.9: e^{0.9·log 3000} ≈ 1347
 
 
 def test_prefilter_group_sizes():
     from entropy_kernels.kernels.top_h import MAX_GROUPS, prefilter_groups
 
-    for v, n, block in ((151936, 100, 4096), (151936, 1024, 4096), (3000, 100, 4096), (50, 100, 64), (10**7, 1024, 4096)):
+    for v, n, block in ((151936, 100, 4096), (151936, 1024, 4096), (3000, 100, 4096), (50, 100, 64), (10**7, 1024, 4096),
+                        (10000, 1024, 4096)):
         group, nsub = prefilter_groups(v, n, block)
         groups = -(-v // group)
-        if nsub == 0:
-            assert -(-v // block) > MAX_GROUPS or groups > MAX_GROUPS
+        if nsub == 0:  # disabled: too many groups to rank, or too few for a bound
+            assert groups > MAX_GROUPS or groups < n
             continue
         assert 16 <= group <= block and group & (group - 1) == 0 and block % group == 0
         assert nsub >= groups and nsub & (nsub - 1) == 0 and groups <= MAX_GROUPS

@@ -204,6 +204,8 @@ def _top_h_kernel(
         # are column ties) and the radix select runs over them instead of over the row -- its
         # histograms cost one shared-memory atomic per item, which dominated on whole rows.
         sub = tl.arange(0, NSUB)
+        # stores of one thread, loads of another: barrier (the reductions above also imply one)
+        tl.debug_barrier()
         ranked = tl.sort(tl.load(maxima + sub, mask=sub < n_sub, other=0), 0, descending=True)
         low = tl.sum(tl.where(sub == n_select - 1, ranked, 0), 0)  # 0 (every key) if n_sub < n
         n_c = 0
@@ -215,6 +217,7 @@ def _top_h_kernel(
             slot = n_c + tl.cumsum(sel.to(tl.int32), 0) - 1
             tl.store(cand + slot, (u << 31) | (2147483647 - cols).to(tl.int64), mask=sel & (slot < CAP))
             n_c += tl.sum(sel.to(tl.int32), 0)
+        tl.debug_barrier()
         if n_c <= CAP:
             thresh, need = _radix_select(x_row, cand, n_c, n_select, inv_temp, True, BLOCK_C)
             _compact(x_row, cand, n_c, thresh, need, scratch, inv_temp, True, BLOCK_C)
@@ -228,6 +231,7 @@ def _top_h_kernel(
     # ---- the rule, on the sorted candidates (in registers)
     pos = tl.arange(0, CAND)
     valid = pos < n_select
+    tl.debug_barrier()
     packed = tl.sort(tl.load(scratch + pos, mask=valid, other=-1), 0, descending=True)
     idx = (2147483647 - (packed & 2147483647)).to(tl.int32)
     z = tl.where(valid, _key_to_float(packed >> 31), float("-inf"))
@@ -342,7 +346,7 @@ def top_h(
     n_select = min(v, 1024) if exact else min(v, top_n)
     cand = max(16, next_pow2(n_select))
     block = block or (4096 if logits.element_size() <= 2 else 2048)
-    block = min(block, max(16, next_pow2(v)))
+    block = max(16, min(block, next_pow2(v)))
     mask = torch.zeros((b, v) if write_mask else (0, 0), dtype=torch.uint8, device=logits.device)
     sample = seed is not None
     samples = torch.empty((b if sample else 0,), dtype=torch.int64, device=logits.device)
@@ -360,7 +364,7 @@ def top_h(
         seed if sample else dummy, offset if sample else dummy,
         mask if write_mask else dummy, samples if sample else dummy, scratch, maxima, cands, n_select,
         EXACT=exact, WRITE_MASK=write_mask, SAMPLE=sample, CAND=cand, BLOCK=block,
-        PREFILTER=prefilter, GROUP=group, NSUB=max(nsub, 16), CAP=cap, BLOCK_C=min(1024, cap),
+        PREFILTER=prefilter, GROUP=group, NSUB=max(nsub, 16), CAP=cap, BLOCK_C=min(1024, next_pow2(cap)),
         num_warps=8,
     )
     return mask.bool(), samples
@@ -374,10 +378,10 @@ MAX_GROUPS = 2048  # group maxima ranked in registers (one tl.sort)
 
 def prefilter_groups(v: int, n_select: int, block: int) -> Tuple[int, int]:
     """``(GROUP, NSUB)`` of the prefilter: the largest power-of-two group size (16 ≤ GROUP ≤
-    ``block``) that still leaves ≥ ``n_select`` groups when the vocabulary allows it (the bound is
-    then the n-th largest group maximum; with fewer groups it is 0 and every key is a candidate),
-    and the padded number of groups; ``(16, 0)`` disables the prefilter (too many groups, or
-    ``EK_TOP_H_PREFILTER=0``).
+    ``block``) that still leaves ≥ ``n_select`` groups (the bound is the n-th largest group maximum),
+    and the padded number of groups; ``(16, 0)`` disables the prefilter: more than ``MAX_GROUPS``
+    groups, fewer groups than ``n_select`` (a vocabulary too small for a bound: the whole row is
+    the candidate set anyway), or ``EK_TOP_H_PREFILTER=0``.
 
     Example
     -------
@@ -392,6 +396,6 @@ def prefilter_groups(v: int, n_select: int, block: int) -> Tuple[int, int]:
     while group * 2 <= block and cdiv(v, group * 2) >= n_select:
         group *= 2
     n_groups = cdiv(v, group)
-    if n_groups > MAX_GROUPS:
+    if n_groups > MAX_GROUPS or n_groups < n_select:  # too many to rank, or no bound (small vocabulary)
         return 16, 0
     return group, max(16, next_pow2(n_groups))

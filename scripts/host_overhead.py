@@ -1,0 +1,120 @@
+"""Host (Python) time per call of the cheap ops, with every kernel launch stubbed out: what a
+call costs before the GPU does anything. Runs on any machine (CPU tensors; no GPU, no Triton
+interpreter): the Triton launchers and the EKDF decoder are replaced by no-ops and the ops are
+told to take their kernel path.
+
+    python scripts/host_overhead.py            # median µs per call, eager fast path vs the ops
+
+Each case is timed twice in the same run: through the eager fast path (the default: kernels
+launched directly, see ``_backend.eager_direct``) and with ``EK_VIA_OPS=1`` (through the
+registered ``torch.library`` ops), so the ratio needs no other baseline. The numbers include
+the small torch ops each call makes (allocations, a reduction or two), which on CPU tensors
+also do their (tiny) CPU work, and exclude Triton's own launch cost (stubbed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+import entropy_kernels as ek
+from entropy_kernels import _backend
+
+
+class _NoLaunch:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def stub_launches() -> None:
+    """Make every op take its kernel path on CPU tensors, with launches that do nothing."""
+    from entropy_kernels.kernels import cov_select, entropy, linear_softmax, logits_rows, top_h
+
+    _backend.use_triton = lambda t: True
+    for mod in (cov_select, entropy, linear_softmax, logits_rows, top_h):
+        mod.launcher = lambda kernel, probe: _NoLaunch()
+        if hasattr(mod, "sm_count"):
+            mod.sm_count = lambda device: 132
+
+    class _NativeStub:
+        def __getattr__(self, name):
+            return lambda *args: None
+
+    _backend.native = lambda: _NativeStub()
+
+
+def cases(tokens: int, vocab: int):
+    from entropy_kernels.decoding import DFloatTensor
+    from entropy_kernels.training import clip_cov_policy_loss, kl_cov_policy_loss
+
+    b = 64
+    t = tokens // b
+    old = -torch.rand(b, t) * 3
+    lp = (old + 0.1 * torch.randn(b, t)).requires_grad_()
+    adv, mask = torch.randn(b, t), torch.ones(b, t, dtype=torch.bool)
+    seed, off = torch.tensor([1]), torch.tensor([0])
+
+    def clip():
+        lp.grad = None
+        clip_cov_policy_loss(old, lp, adv, mask, seed=seed, offset=off)[0].backward()
+
+    def kl():
+        lp.grad = None
+        kl_cov_policy_loss(old, lp, adv, mask)[0].backward()
+
+    logits = torch.randn(4, vocab)
+    x = logits.clone().requires_grad_()
+
+    def entropy():
+        x.grad = None
+        ek.entropy(x).sum().backward()
+
+    c = DFloatTensor.compress((torch.randn(65536) * 0.02).to(torch.bfloat16))
+    buf = torch.empty(c.numel, dtype=torch.bfloat16)
+    return {
+        f"clip_cov_policy_loss fwd+bwd, {tokens} tokens": clip,
+        f"kl_cov_policy_loss fwd+bwd, {tokens} tokens": kl,
+        f"top_h_sample, 4 x {vocab}": lambda: ek.top_h_sample(logits, 0.4, seed=seed, offset=off),
+        f"entropy fwd+bwd, 4 x {vocab}": entropy,
+        "DFloatTensor.decompress(out=), 65536 values": lambda: c.decompress(out=buf),
+    }
+
+
+def median_us(fn, reps: int, rounds: int = 7) -> float:
+    for _ in range(20):
+        fn()
+    per_round = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        per_round.append((time.perf_counter() - t0) / reps * 1e6)
+    return statistics.median(per_round)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=65536)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--reps", type=int, default=200)
+    args = parser.parse_args(argv)
+    calls = cases(args.tokens, args.vocab)  # before the stubs: building the EKDF payload needs _C
+    stub_launches()
+    print(f"host µs per call (median of 7 x {args.reps}), torch {torch.__version__}, {os.cpu_count()} CPUs")
+    print(f"{'case':50s} {'fast path':>10s} {'via ops':>10s} {'ratio':>7s}")
+    for name, fn in calls.items():
+        os.environ["EK_VIA_OPS"] = "0"
+        fast = median_us(fn, args.reps)
+        os.environ["EK_VIA_OPS"] = "1"
+        via_ops = median_us(fn, args.reps)
+        os.environ.pop("EK_VIA_OPS")
+        print(f"{name:50s} {fast:10.1f} {via_ops:10.1f} {via_ops / fast:6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
