@@ -99,7 +99,12 @@ def eager_direct(t: torch.Tensor) -> bool:
     >>> eager_direct(torch.ones(2)) in (True, False)
     True
     """
-    return type(t) is torch.Tensor and not torch.compiler.is_compiling() and os.environ.get("EK_VIA_OPS") != "1"
+    return (
+        type(t) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()  # vmap/grad wrap tensors as plain Tensors
+        and os.environ.get("EK_VIA_OPS") != "1"
+    )
 
 
 _native_error: Optional[str] = None

@@ -22,11 +22,11 @@ def run(backend, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-@pytest.fixture(params=[False, True], ids=["block1024", "block16"])
+@pytest.fixture(params=[False, True], ids=["block1024", "block32"])
 def small_blocks(request, monkeypatch):
-    """block16: 16-token blocks, so the kernels run many programs with multi-block chunks."""
+    """block32: 32-token blocks (the smallest), so the kernels run many programs with multi-block chunks."""
     if request.param and K is not None:
-        monkeypatch.setattr(K, "MAX_BLOCK", 16)
+        monkeypatch.setattr(K, "MAX_BLOCK", 32)
     return request.param
 
 

@@ -26,6 +26,9 @@ def test_eager_direct_rule(monkeypatch):
     monkeypatch.setenv("EK_VIA_OPS", "0")
     assert _backend.eager_direct(x)
     assert not _backend.eager_direct(torch.nn.Parameter(x))  # a Tensor subclass: take the op
+    seen = []
+    torch.func.vmap(lambda row: seen.append(_backend.eager_direct(row)) or row)(torch.ones(2, 3))
+    assert seen == [False]  # under a functorch transform (batched tensors look like plain ones)
     monkeypatch.setenv("EK_VIA_OPS", "1")
     assert not _backend.eager_direct(x)
 

@@ -379,7 +379,14 @@ MAX_BLOCK = 1024  # tokens per block iteration; tests lower it to exercise many 
 
 
 def _block(n: int) -> int:
-    return max(16, min(MAX_BLOCK, next_pow2(max(n, 1))))
+    return max(32, min(MAX_BLOCK, next_pow2(max(n, 1))))
+
+
+def _warps(block: int) -> int:
+    """Warps for ``[block]`` tensors: never more threads than elements. A smaller tensor is
+    replicated across threads, and ``tl.histogram`` over a replicated layout has over-counted
+    in some Triton versions (the interpreter, which has no layouts, cannot show it)."""
+    return max(1, min(4, block // 32))
 
 
 def _p_block(programs: int) -> int:
@@ -393,7 +400,7 @@ def stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) 
     programs, chunk = _grid(n, log_prob.device, block)
     part = torch.empty((programs, 4), dtype=torch.float64, device=log_prob.device)
     launcher(_stats_kernel, log_prob)[(programs,)](
-        log_prob, advantages, mask, part, part, n, chunk, ZERO_CTRL=False, BLOCK=block, num_warps=4,
+        log_prob, advantages, mask, part, part, n, chunk, ZERO_CTRL=False, BLOCK=block, num_warps=_warps(block),
     )
     return part.sum(0)
 
@@ -412,7 +419,7 @@ def keys(
         log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, stats_, 1, dummy, out, dummy,
         seed if clip_mode else dummy, offset if clip_mode else dummy, n, chunk, clip_low, clip_high, lb, ub,
         CLIP=clip_mode, HIST=False, KEY64=True, ACC64=log_prob.dtype == torch.float64, P_BLOCK=16, BLOCK=block,
-        num_warps=4,
+        num_warps=_warps(block),
     )
     return out
 
@@ -437,17 +444,17 @@ def select(
     sel = torch.empty(log_prob.shape, dtype=torch.bool, device=dev)
     r = split_ratio(ratio)
     grid = (programs,)
-    launcher(_stats_kernel, log_prob)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=4)
+    launcher(_stats_kernel, log_prob)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=_warps(block))
     launcher(_keys_kernel, log_prob)[grid](
         log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, part, programs, st, key, ctrl,
         seed if clip_mode else part, offset if clip_mode else part, n, chunk, clip_low, clip_high, lb, ub,
         CLIP=clip_mode, HIST=True, KEY64=False, ACC64=log_prob.dtype == torch.float64, P_BLOCK=p_block, BLOCK=block,
-        num_warps=4,
+        num_warps=_warps(block),
     )
-    launcher(_hist2_kernel, log_prob)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
-    launcher(_hist3_kernel, log_prob)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=4)
+    launcher(_hist2_kernel, log_prob)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=_warps(block))
+    launcher(_hist3_kernel, log_prob)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=_warps(block))
     launcher(_write_kernel, log_prob)[grid](
-        key, st, ctrl, rows, sel, n, chunk, *r, CLIP=clip_mode, P_BLOCK=p_block, BLOCK=block, num_warps=4,
+        key, st, ctrl, rows, sel, n, chunk, *r, CLIP=clip_mode, P_BLOCK=p_block, BLOCK=block, num_warps=_warps(block),
     )
     return sel, st
 
@@ -474,7 +481,7 @@ def policy_loss(
     launcher(_loss_kernel, log_prob)[(programs,)](
         old_log_prob, log_prob, advantages, mask, selected, stats_,
         row_count if row_count is not None else stats_, coef, part, n, t, b, chunk, clip_low, clip_high, kl_coef,
-        CLIP=clip_mode, AGG=agg, ACC64=acc64, BLOCK=block, num_warps=4,
+        CLIP=clip_mode, AGG=agg, ACC64=acc64, BLOCK=block, num_warps=_warps(block),
     )
     launcher(_loss_combine_kernel, log_prob)[(1,)](
         part, programs, stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg, P_BLOCK=_p_block(programs), num_warps=4,

@@ -346,7 +346,10 @@ def top_h(
     n_select = min(v, 1024) if exact else min(v, top_n)
     cand = max(16, next_pow2(n_select))
     block = block or (4096 if logits.element_size() <= 2 else 2048)
-    block = max(16, min(block, next_pow2(v)))
+    block = max(32, min(block, next_pow2(v)))
+    # never more threads than elements of a [BLOCK] tensor (see cov_select._warps: tl.histogram
+    # over a layout replicated across threads has over-counted in some Triton versions)
+    num_warps = max(1, min(8, block // 32))
     mask = torch.zeros((b, v) if write_mask else (0, 0), dtype=torch.uint8, device=logits.device)
     sample = seed is not None
     samples = torch.empty((b if sample else 0,), dtype=torch.int64, device=logits.device)
@@ -364,8 +367,9 @@ def top_h(
         seed if sample else dummy, offset if sample else dummy,
         mask if write_mask else dummy, samples if sample else dummy, scratch, maxima, cands, n_select,
         EXACT=exact, WRITE_MASK=write_mask, SAMPLE=sample, CAND=cand, BLOCK=block,
-        PREFILTER=prefilter, GROUP=group, NSUB=max(nsub, 16), CAP=cap, BLOCK_C=min(1024, next_pow2(cap)),
-        num_warps=8,
+        PREFILTER=prefilter, GROUP=group, NSUB=max(nsub, 16), CAP=cap,
+        BLOCK_C=max(32 * num_warps, min(1024, next_pow2(cap))),
+        num_warps=num_warps,
     )
     return mask.bool(), samples
 
