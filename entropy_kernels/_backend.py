@@ -28,6 +28,7 @@ __all__ = [
     "triton_on_cpu",
     "use_triton",
     "eager_direct",
+    "launch_triton_directly",
     "native",
     "native_error",
     "describe_backend",
@@ -105,6 +106,18 @@ def eager_direct(t: torch.Tensor) -> bool:
         and not torch._C._are_functorch_transforms_active()  # vmap/grad wrap tensors as plain Tensors
         and os.environ.get("EK_VIA_OPS") != "1"
     )
+
+
+def launch_triton_directly(t: torch.Tensor) -> bool:
+    """:func:`eager_direct` for an op whose kernel is Triton: also the Triton path is taken
+    (:func:`use_triton`). The routing rule of the public functions' eager fast paths.
+
+    Example
+    -------
+    >>> launch_triton_directly(torch.ones(2)) in (True, False)
+    True
+    """
+    return eager_direct(t) and use_triton(t)
 
 
 _native_error: Optional[str] = None

@@ -117,10 +117,6 @@ cov_policy_loss.register_autograd(_loss_backward, setup_context=_loss_setup_cont
 # the loss through an autograd.Function twin of cov_policy_loss (ops/_eager.py)
 
 
-def _direct(t: torch.Tensor) -> bool:
-    return _backend.eager_direct(t) and _backend.use_triton(t)
-
-
 def _loss_implementation(*args):
     return _kernels.policy_loss(*args)
 
@@ -136,14 +132,14 @@ def policy_loss_parts(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`cov_policy_loss` (same arguments and results), launched directly in eager mode."""
     args = (old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef)
-    if _direct(log_prob):
+    if _backend.launch_triton_directly(log_prob):
         return _CovPolicyLossFunction.apply(*args)
     return cov_policy_loss(*args)
 
 
 def masked_stats(log_prob, advantages, mask) -> torch.Tensor:
     """:func:`cov_stats`, launched directly in eager mode."""
-    if _direct(log_prob):
+    if _backend.launch_triton_directly(log_prob):
         return _kernels.stats(log_prob, advantages, mask)
     return cov_stats(log_prob, advantages, mask)
 
@@ -258,7 +254,7 @@ def _select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low
     old_log_prob = old_log_prob.detach() if old_log_prob is not None else None
     if group is not None:
         return _global_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group)
-    if _direct(log_prob):
+    if _backend.launch_triton_directly(log_prob):
         return _kernels.select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
     return cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
 

@@ -15,6 +15,7 @@ ranges) belong to ``DFloatTensor.validate``, run once when a payload is built or
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -103,15 +104,24 @@ def _launch(out, words, gaps, block_starts, lut, raw, numel: int, total_bits: in
     if out.device.type == "cuda":
         if not hasattr(C, "dfloat_decode_cuda"):
             raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
-        if out.device.index == torch.cuda.current_device():  # the common case, without a device switch
+        # switch devices only when needed: the context manager costs µs on every call
+        same = out.device.index == torch.cuda.current_device()
+        with contextlib.nullcontext() if same else torch.cuda.device(out.device):
             C.dfloat_decode_cuda(*args, total_bits, max_block_values, out.data_ptr(),
                                  torch.cuda.current_stream().cuda_stream, DECODER)
-            return
-        with torch.cuda.device(out.device):
-            C.dfloat_decode_cuda(*args, total_bits, max_block_values, out.data_ptr(),
-                                 torch.cuda.current_stream(out.device).cuda_stream, DECODER)
     else:
         C.dfloat_decode_cpu(*args, out.data_ptr())
+
+
+def _decode(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int,
+            out=None) -> torch.Tensor:
+    """Check the payload (and ``out``), allocate ``out`` if not given, launch; returns ``out``.
+    The body of both ops and of the eager fast path."""
+    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
+    if out is None:
+        out = torch.empty((numel,), dtype=torch.bfloat16, device=words.device)
+    _launch(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
+    return out
 
 
 @torch.library.custom_op("entropy_kernels::dfloat_decompress", mutates_args=(), device_types=("cpu", "cuda"))
@@ -129,10 +139,7 @@ def dfloat_decompress(words: torch.Tensor, gaps: torch.Tensor, block_starts: tor
     >>> torch.equal(y.view(torch.int16), x.view(torch.int16))
     True
     """
-    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
-    out = torch.empty((numel,), dtype=torch.bfloat16, device=words.device)
-    _launch(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
-    return out
+    return _decode(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
 
 
 @dfloat_decompress.register_fake
@@ -158,8 +165,7 @@ def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, gaps: torch.T
     >>> torch.equal(buf, x)
     True
     """
-    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
-    _launch(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
+    _decode(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
 
 
 @dfloat_decompress_into.register_fake
@@ -191,8 +197,4 @@ def decompress(words, gaps, block_starts, lut, raw, numel: int, total_bits: int,
             return dfloat_decompress(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
         dfloat_decompress_into(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
         return out
-    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
-    if out is None:
-        out = torch.empty((numel,), dtype=torch.bfloat16, device=words.device)
-    _launch(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
-    return out
+    return _decode(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)

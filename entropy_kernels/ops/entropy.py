@@ -62,7 +62,7 @@ def _backward(ctx, grad_entropy, grad_lse, _grad_stats):
         grad_entropy = torch.zeros_like(entropy)
     if grad_lse is None:
         grad_lse = torch.zeros_like(entropy)
-    bwd = _kernels.entropy_backward if _direct(logits) else entropy_bwd
+    bwd = _kernels.entropy_backward if _backend.launch_triton_directly(logits) else entropy_bwd
     grad_logits = bwd(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, ctx.temperature)
     # The temperature is not differentiated (a per-row temperature is a sampling setting).
     return grad_logits, None, None
@@ -73,10 +73,6 @@ entropy_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 # Eager fast path (_backend.eager_direct): outside tracing, entropy() runs the same kernels
 # through an autograd.Function twin of the op, skipping the dispatcher's host cost.
-
-
-def _direct(t: torch.Tensor) -> bool:
-    return _backend.eager_direct(t) and _backend.use_triton(t)
 
 
 def _forward_implementation(logits, row_temperature, temperature):
@@ -138,6 +134,6 @@ def entropy(
         scalar_temperature = 1.0
     else:
         scalar_temperature = _validation.check_positive_scalar("temperature", temperature)
-    fwd = _EntropyFunction.apply if _direct(logits) else entropy_fwd
+    fwd = _EntropyFunction.apply if _backend.launch_triton_directly(logits) else entropy_fwd
     h, lse, _ = fwd(logits, row_temperature, scalar_temperature)
     return (h, lse) if return_lse else h

@@ -66,7 +66,7 @@ def top_h_op(
 def _run(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset):
     """:func:`top_h_op`, or its kernel launched directly in eager mode (``_backend.eager_direct``:
     on a decoding step the dispatcher would cost more host time than the kernel)."""
-    if _backend.eager_direct(x) and _backend.use_triton(x):
+    if _backend.launch_triton_directly(x):
         return _kernels.top_h(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset)
     return top_h_op(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset)
 
