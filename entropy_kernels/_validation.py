@@ -103,10 +103,11 @@ def check_class_indices(name: str, targets: torch.Tensor, vocab: int, ignore_ind
 
 
 def seed_and_offset(generator: Optional[torch.Generator], seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
-                    ref_name: str, ref: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                    ref_name: str, ref: torch.Tensor, zero_offset: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The ``(seed, offset)`` one-element int64 tensors of a counter-based sampler, on ``ref``'s
     device: the given ones (checked), or a seed drawn from ``generator`` (torch's default if None)
-    on the device with offset 0 -- no host synchronisation either way."""
+    on the device with offset 0 -- no host synchronisation either way. With ``zero_offset=False``
+    that offset 0 is returned as None (a kernel that takes "no offset" saves the allocation)."""
     if (seed is None) != (offset is None):
         raise ValueError("seed and offset must be given together")
     if seed is not None:
@@ -120,4 +121,4 @@ def seed_and_offset(generator: Optional[torch.Generator], seed: Optional[torch.T
         return seed.reshape(1), offset.reshape(1)
     gen_device = generator.device if generator is not None else ref.device
     seed = torch.randint(0, 2**31 - 1, (1,), device=gen_device, generator=generator).to(ref.device)
-    return seed, torch.zeros((1,), dtype=torch.int64, device=ref.device)
+    return seed, torch.zeros((1,), dtype=torch.int64, device=ref.device) if zero_offset else None

@@ -5,9 +5,10 @@ told to take their kernel path.
 
     python scripts/host_overhead.py            # median µs per call, eager fast path vs the ops
 
-Each case is timed twice in the same run: through the eager fast path (the default: kernels
-launched directly, see ``_backend.eager_direct``) and with ``EK_VIA_OPS=1`` (through the
-registered ``torch.library`` ops), so the ratio needs no other baseline. The numbers include
+Each case is timed in the same run through the eager fast path (the default: kernels launched
+directly, see ``_backend.eager_direct``) and with ``EK_VIA_OPS=1`` (through the registered
+``torch.library`` ops), so the ratio needs no other baseline; the policy losses also with
+``EK_COV_FUSED=0`` (fast path, one launch per phase instead of the one-launch kernel). The numbers include
 the small torch ops each call makes (allocations, a reduction or two), which on CPU tensors
 also do their (tiny) CPU work, and exclude Triton's own launch cost (stubbed).
 """
@@ -39,6 +40,7 @@ def stub_launches() -> None:
         mod.launcher = lambda kernel, probe: _NoLaunch()
         if hasattr(mod, "sm_count"):
             mod.sm_count = lambda device: 132
+    cov_select._fused_kernel = _NoLaunch()  # launched without ``launcher`` (eager only)
 
     class _NativeStub:
         def __getattr__(self, name):
@@ -105,14 +107,19 @@ def main(argv=None) -> int:
     calls = cases(args.tokens, args.vocab)  # before the stubs: building the EKDF payload needs _C
     stub_launches()
     print(f"host µs per call (median of 7 x {args.reps}), torch {torch.__version__}, {os.cpu_count()} CPUs")
-    print(f"{'case':50s} {'fast path':>10s} {'via ops':>10s} {'ratio':>7s}")
+    print(f"{'case':50s} {'fast path':>10s} {'phases':>10s} {'via ops':>10s} {'ratio':>7s}")
     for name, fn in calls.items():
         os.environ["EK_VIA_OPS"] = "0"
         fast = median_us(fn, args.reps)
+        phases = "-"
+        if "policy_loss" in name:
+            os.environ["EK_COV_FUSED"] = "0"
+            phases = f"{median_us(fn, args.reps):.1f}"
+            os.environ.pop("EK_COV_FUSED")
         os.environ["EK_VIA_OPS"] = "1"
         via_ops = median_us(fn, args.reps)
         os.environ.pop("EK_VIA_OPS")
-        print(f"{name:50s} {fast:10.1f} {via_ops:10.1f} {via_ops / fast:6.2f}x")
+        print(f"{name:50s} {fast:10.1f} {phases:>10s} {via_ops:10.1f} {via_ops / fast:6.2f}x")
     return 0
 
 

@@ -1,16 +1,18 @@
 """Benchmark cases for the Clip-Cov / KL-Cov policy losses (ANCHORS.md: fwd+bwd on 65,536 and
 1,048,576 tokens, fp32 log-probs).
 
-Ours is timed twice: called eagerly (each call pays the Python and launch cost of ~8 kernels,
-which dominates at these sizes) and replayed from a CUDA graph (the GPU time; what a step
-captured in a graph or compiled with ``mode="reduce-overhead"`` pays -- possible because the
-selection never synchronises with the host). Baselines: the verl-style implementation of :mod:`entropy_kernels.reference.policy_loss`
+Ours is timed called eagerly (each call pays the Python and launch cost of its kernels, which
+dominates at these sizes) and replayed from a CUDA graph (the GPU time; what a step captured in a
+graph or compiled with ``mode="reduce-overhead"`` pays -- possible because the selection never
+synchronises with the host); on CUDA both with the one-launch kernel (the default) and with one
+launch per phase (``EK_COV_FUSED=0``). Baselines: the verl-style implementation of :mod:`entropy_kernels.reference.policy_loss`
 (``nonzero``, ``randperm``, ``.item()``, a copy to the CPU), measured in the same run. Floor: a
 device copy of the four ``[B, T]`` inputs (read once, written once).
 """
 
 from __future__ import annotations
 
+import os
 from typing import List
 
 import torch
@@ -35,7 +37,24 @@ def _inputs(case: Case):
     return old, lp, adv, mask
 
 
-def _ours(loss: str, graph: bool = False) -> Provider:
+def _phase_launches(fn):
+    """``fn`` with ``EK_COV_FUSED=0``: the losses launch one kernel per phase."""
+
+    def run():
+        previous = os.environ.get("EK_COV_FUSED")
+        os.environ["EK_COV_FUSED"] = "0"
+        try:
+            fn()
+        finally:
+            if previous is None:
+                del os.environ["EK_COV_FUSED"]
+            else:
+                os.environ["EK_COV_FUSED"] = previous
+
+    return run
+
+
+def _ours(loss: str, graph: bool = False, one_launch: bool = True) -> Provider:
     def setup(case: Case):
         old, lp, adv, mask = _inputs(case)
         if loss == "clip_cov":
@@ -44,13 +63,16 @@ def _ours(loss: str, graph: bool = False) -> Provider:
             fn = lambda: clip_cov_policy_loss(old, lp, adv, mask, seed=seed, offset=off)[0].backward()  # noqa: E731
         else:
             fn = lambda: kl_cov_policy_loss(old, lp, adv, mask)[0].backward()  # noqa: E731
+        if not one_launch:
+            fn = _phase_launches(fn)
         if graph:
             return cuda_graph_replay(fn, [lp]), []
         return fn, [lp]
 
-    if graph:
-        return Provider(f"entropy_kernels {loss} (CUDA graph)", "ours", setup, available=lambda case: case.device.type == "cuda")
-    return Provider(f"entropy_kernels {loss}", "ours", setup)
+    tags = ([] if one_launch else ["phase launches"]) + (["CUDA graph"] if graph else [])
+    name = f"entropy_kernels {loss}" + (f" ({', '.join(tags)})" if tags else "")
+    on_cuda = lambda case: case.device.type == "cuda"  # noqa: E731
+    return Provider(name, "ours", setup, available=on_cuda if graph or not one_launch else (lambda case: True))
 
 
 def _verl(loss: str) -> Provider:
@@ -75,8 +97,10 @@ def policy_loss_cases(size: str, device: torch.device) -> List[Case]:
     for b, t in shapes:
         case = Case("policy_loss", "fwd+bwd", {"B": b, "T": t}, torch.float32, device)
         case.providers = [
-            _ours("clip_cov"), _ours("clip_cov", graph=True), _verl("clip_cov"),
-            _ours("kl_cov"), _ours("kl_cov", graph=True), _verl("kl_cov"),
+            *(p for loss in ("clip_cov", "kl_cov") for p in (
+                _ours(loss), _ours(loss, graph=True), _ours(loss, one_launch=False),
+                _ours(loss, graph=True, one_launch=False), _verl(loss),
+            )),
             Provider("floor: copy inputs", "floor", _copy_floor),
         ]
         case.providers = [p for p in case.providers if p.available(case)]

@@ -102,7 +102,8 @@ def _cov_configs(C):
                     "n_parts": "i32", "stats_ptr": "*fp64", "key_ptr": "*i32" if hist else "*i64", "ctrl_ptr": "*i32",
                     "seed_ptr": "*i64", "offset_ptr": "*i64", "N": "i32", "chunk": "i32", "clip_low": "fp32",
                     "clip_high": "fp32", "lb": "fp32", "ub": "fp32",
-                }, {"CLIP": clip, "HIST": hist, "KEY64": not hist, "ACC64": dt == "fp64", "P_BLOCK": 512, "BLOCK": 1024})
+                }, {"CLIP": clip, "HIST": hist, "KEY64": not hist, "ACC64": dt == "fp64", "HAS_OFFSET": clip and hist,
+                    "P_BLOCK": 512, "BLOCK": 1024})
     ratio = {"r_hi": "fp32", "r_mid": "fp32", "r_lo": "fp32"}
     for clip in (False, True):
         common = {"key_ptr": "*i32", "stats_ptr": "*fp64", "ctrl_ptr": "*i32"}
@@ -122,6 +123,17 @@ def _cov_configs(C):
                     "part_ptr": "*fp64", "N": "i32", "T": "i32", "B": "i32", "chunk": "i32", "clip_low": "fp32",
                     "clip_high": "fp32", "kl_coef": "fp32",
                 }, {"CLIP": clip, "AGG": agg, "ACC64": dt == "fp64", "BLOCK": 1024})
+        for clip in (False, True):
+            for agg in (0, 2):
+                yield (f"cov_fused[{dt},clip={clip},agg={agg}]", C._fused_kernel, {
+                    "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "seed_ptr": "*i64",
+                    "offset_ptr": "*i64", "rowcnt_ptr": "*fp32", "part_ptr": "*fp64", "stats_ptr": "*fp64",
+                    "ctrl_ptr": "*i32", "key_ptr": "*i32", "rows_ptr": "*i32", "sel_ptr": "*i1",
+                    "coef_ptr": "*fp64" if dt == "fp64" else "*fp32", "loss_ptr": "*fp64" if dt == "fp64" else "*fp32",
+                    "metrics_ptr": "*fp32", "count_ptr": "*i64", "N": "i32", "T": "i32", "B": "i32", "chunk": "i32",
+                    "clip_low": "fp32", "clip_high": "fp32", "lb": "fp32", "ub": "fp32", "kl_coef": "fp32", **ratio,
+                }, {"CLIP": clip, "AGG": agg, "ACC64": dt == "fp64", "HAS_OFFSET": False, "P_BLOCK": 256,
+                    "BLOCK": 1024})
         yield (f"cov_loss_combine[{dt}]", C._loss_combine_kernel, {
             "part_ptr": "*fp64", "n_parts": "i32", "stats_ptr": "*fp64", "loss_ptr": "*fp64" if dt == "fp64" else "*fp32",
             "metrics_ptr": "*fp32", "B": "i32",

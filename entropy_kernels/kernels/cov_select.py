@@ -30,6 +30,7 @@ sums; ``_loss_combine_kernel`` adds them up into the loss and the metrics.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -44,6 +45,8 @@ H1 = tl.constexpr(16)
 H2 = tl.constexpr(16 + 2048)
 H3 = tl.constexpr(16 + 4096)
 CTRL_SIZE = 16 + 4096 + 1024
+BARRIERS = tl.constexpr(16 + 4096 + 1024)  # the fused kernel's grid-barrier counters (5)
+CTRL_FUSED_SIZE = CTRL_SIZE + 16
 CTRL_POW2 = tl.constexpr(8192)
 N_STATS = 4
 TWO31 = tl.constexpr(2147483648)
@@ -61,9 +64,14 @@ def split_ratio(ratio: float) -> Tuple[float, float, float]:
     return hi, mid, lo
 
 
+# Every read of data that *other* programs wrote (partial sums, histograms, tie rows, the eligible
+# count, the statistics) is a volatile load: in the fused kernel those values arrive through a
+# grid barrier, and a volatile load goes to L2 instead of a possibly stale L1 line.
+
+
 @triton.jit
 def _sum_stats(part_ptr, n_parts, P_BLOCK: tl.constexpr):
-    """Σ over ``n_parts`` rows of 4 fp64 partial sums."""
+    """Σ over ``n_parts`` rows (stride 8) of the 4 fp64 statistics partials."""
     rows = tl.arange(0, P_BLOCK)
     sa = tl.zeros((P_BLOCK,), tl.float64)
     sl = tl.zeros((P_BLOCK,), tl.float64)
@@ -72,10 +80,10 @@ def _sum_stats(part_ptr, n_parts, P_BLOCK: tl.constexpr):
     for start in range(0, n_parts, P_BLOCK):
         r = start + rows
         ok = r < n_parts
-        sa += tl.load(part_ptr + r * 4 + 0, mask=ok, other=0.0)
-        sl += tl.load(part_ptr + r * 4 + 1, mask=ok, other=0.0)
-        sm += tl.load(part_ptr + r * 4 + 2, mask=ok, other=0.0)
-        sc += tl.load(part_ptr + r * 4 + 3, mask=ok, other=0.0)
+        sa += tl.load(part_ptr + r * 8 + 0, mask=ok, other=0.0, volatile=True)
+        sl += tl.load(part_ptr + r * 8 + 1, mask=ok, other=0.0, volatile=True)
+        sm += tl.load(part_ptr + r * 8 + 2, mask=ok, other=0.0, volatile=True)
+        sc += tl.load(part_ptr + r * 8 + 3, mask=ok, other=0.0, volatile=True)
     return tl.sum(sa, 0), tl.sum(sl, 0), tl.sum(sm, 0), tl.sum(sc, 0)
 
 
@@ -84,18 +92,38 @@ def _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP: tl.constexpr):
     """How many tokens to select: Clip-Cov ``min(max(int(ρ·Σm), 1), #eligible)``, KL-Cov
     ``max(1, int(ρ·#valid))`` (0 without valid tokens). fp64 math, truncation like ``int()``."""
     ratio = tl.cast(r_hi, tl.float64) + tl.cast(r_mid, tl.float64) + tl.cast(r_lo, tl.float64)
-    n_elig = tl.load(ctrl_ptr)
+    n_elig = tl.load(ctrl_ptr, volatile=True)
     if CLIP:
-        n = tl.maximum((tl.load(stats_ptr + 2) * ratio).to(tl.int64), 1)
+        n = tl.maximum((tl.load(stats_ptr + 2, volatile=True) * ratio).to(tl.int64), 1)
         k = tl.minimum(n, n_elig.to(tl.int64))
     else:
-        count = tl.load(stats_ptr + 3)
+        count = tl.load(stats_ptr + 3, volatile=True)
         k = tl.where(count > 0, tl.maximum((count * ratio).to(tl.int64), 1), 0)
     return k.to(tl.int32)
 
 
 @triton.jit
-def _stats_kernel(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_CTRL: tl.constexpr, BLOCK: tl.constexpr):
+def _histogram(ctrl_ptr, at: tl.constexpr, NB: tl.constexpr):
+    return tl.load(ctrl_ptr + at + tl.arange(0, NB), volatile=True)
+
+
+@triton.jit
+def _grid_barrier(counter_ptr):
+    """Wait until every program of the (cooperatively launched) grid has arrived here. One
+    fresh zeroed counter per barrier: the arrival is a release (after a CTA barrier, so it
+    covers every thread's stores), the spin an acquire."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel") + 1
+    while arrived < tl.num_programs(0):
+        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire")
+    tl.debug_barrier()
+
+
+# ---- the phases: each program works on its contiguous chunk [pid·chunk, (pid+1)·chunk) ------------
+
+
+@triton.jit
+def _stats_phase(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_CTRL: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     base = pid.to(tl.int64) * chunk
     offs = tl.arange(0, BLOCK)
@@ -114,10 +142,10 @@ def _stats_kernel(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_
         sl += tl.where(valid, m * lp, 0.0)
         sm += tl.where(valid, m, 0.0)
         sc += valid.to(tl.float64)
-    tl.store(part_ptr + pid * 4 + 0, tl.sum(sa, 0))
-    tl.store(part_ptr + pid * 4 + 1, tl.sum(sl, 0))
-    tl.store(part_ptr + pid * 4 + 2, tl.sum(sm, 0))
-    tl.store(part_ptr + pid * 4 + 3, tl.sum(sc, 0))
+    tl.store(part_ptr + pid * 8 + 0, tl.sum(sa, 0))
+    tl.store(part_ptr + pid * 8 + 1, tl.sum(sl, 0))
+    tl.store(part_ptr + pid * 8 + 2, tl.sum(sm, 0))
+    tl.store(part_ptr + pid * 8 + 3, tl.sum(sc, 0))
     if ZERO_CTRL:
         if pid == 0:
             c = tl.arange(0, CTRL_POW2)
@@ -125,26 +153,35 @@ def _stats_kernel(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_
 
 
 @triton.jit
-def _keys_kernel(
+def _keys_phase(
     lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
     N, chunk, clip_low, clip_high, lb, ub,
-    CLIP: tl.constexpr, HIST: tl.constexpr, KEY64: tl.constexpr, ACC64: tl.constexpr,
+    CLIP: tl.constexpr, HIST: tl.constexpr, KEY64: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
     P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """Keys (and, with HIST, the first radix histogram and the eligible count). Statistics: the
+    sum of the partials (HIST; program 0 stores it at ``stats_ptr``) or read from ``stats_ptr``."""
     pid = tl.program_id(0)
-    sa, sl, sm, sc = _sum_stats(part_ptr, n_parts, P_BLOCK)
     if HIST:
+        sa, sl, sm, sc = _sum_stats(part_ptr, n_parts, P_BLOCK)
         if pid == 0:
             tl.store(stats_ptr + 0, sa)
             tl.store(stats_ptr + 1, sl)
             tl.store(stats_ptr + 2, sm)
             tl.store(stats_ptr + 3, sc)
+    else:
+        sa = tl.load(stats_ptr + 0)
+        sl = tl.load(stats_ptr + 1)
+        sm = tl.load(stats_ptr + 2)
     den = tl.where(sm > 0, sm, 1.0)
     mean_a = sa / den
     mean_lp = sl / den
     if CLIP:
         seed = tl.load(seed_ptr)
-        offset = tl.load(offset_ptr).to(tl.int32)
+        if HAS_OFFSET:
+            offset = tl.load(offset_ptr).to(tl.int32)
+        else:
+            offset = 0
     base = pid.to(tl.int64) * chunk
     offs = tl.arange(0, BLOCK)
     hist = tl.zeros((2048,), tl.int32)
@@ -196,11 +233,10 @@ def _load_keys(key_ptr, idx, ok):
 
 
 @triton.jit
-def _hist2_kernel(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
+def _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP)
-    bins = tl.arange(0, 2048)
-    d1, _ = _pick_digit(tl.load(ctrl_ptr + H1 + bins), need, 2048)
+    d1, _ = _pick_digit(_histogram(ctrl_ptr, H1, 2048), need, 2048)
     base = pid.to(tl.int64) * chunk
     offs = tl.arange(0, BLOCK)
     hist = tl.zeros((2048,), tl.int32)
@@ -209,21 +245,21 @@ def _hist2_kernel(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLI
         ok = idx < N
         u = _load_keys(key_ptr, idx, ok)
         hist += tl.histogram(((u >> 10) & 2047).to(tl.int32), 2048, mask=ok & ((u >> 21) == d1))
+    bins = tl.arange(0, 2048)
     tl.atomic_add(ctrl_ptr + H2 + bins, hist, mask=hist > 0)
 
 
 @triton.jit
 def _prefix22(ctrl_ptr, need):
-    bins = tl.arange(0, 2048)
-    d1, above = _pick_digit(tl.load(ctrl_ptr + H1 + bins), need, 2048)
+    d1, above = _pick_digit(_histogram(ctrl_ptr, H1, 2048), need, 2048)
     need -= above
-    d2, above = _pick_digit(tl.load(ctrl_ptr + H2 + bins), need, 2048)
+    d2, above = _pick_digit(_histogram(ctrl_ptr, H2, 2048), need, 2048)
     need -= above
     return d1.to(tl.int64) * 2048 + d2, need
 
 
 @triton.jit
-def _hist3_kernel(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
+def _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP)
     prefix, _ = _prefix22(ctrl_ptr, need)
@@ -241,14 +277,14 @@ def _hist3_kernel(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid,
 
 
 @triton.jit
-def _write_kernel(
+def _write_phase(
     key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo,
     CLIP: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP)
     prefix, need = _prefix22(ctrl_ptr, need)
-    d3, above = _pick_digit(tl.load(ctrl_ptr + H3 + tl.arange(0, 1024)), need, 1024)
+    d3, above = _pick_digit(_histogram(ctrl_ptr, H3, 1024), need, 1024)
     need -= above  # how many keys equal to the threshold are selected (lowest flat index first)
     thresh = prefix * 1024 + d3.to(tl.int64)
     # keys equal to the threshold in earlier programs (their last-digit histogram rows, column d3)
@@ -256,7 +292,7 @@ def _write_kernel(
     before = tl.zeros((P_BLOCK,), tl.int32)
     for start in range(0, pid, P_BLOCK):
         r = start + rows
-        before += tl.load(rows_ptr + r * 1024 + d3, mask=r < pid, other=0)
+        before += tl.load(rows_ptr + r * 1024 + d3, mask=r < pid, other=0, volatile=True)
     n_ties = tl.sum(before, 0)
     base = pid.to(tl.int64) * chunk
     offs = tl.arange(0, BLOCK)
@@ -272,15 +308,17 @@ def _write_kernel(
 
 
 @triton.jit
-def _loss_kernel(
+def _loss_phase(
     old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
     N, T, B, chunk, clip_low, clip_high, kl_coef,
     CLIP: tl.constexpr, AGG: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """AGG: 0 token-mean, 1 seq-mean-token-sum, 2 seq-mean-token-mean."""
+    """Per-token loss and ``coef = ∂loss/∂lp``; partials (Σ w·loss, Σ m·kl, Σ m over the selected)
+    in columns 4-6 of the program's row of ``part_ptr``. AGG: 0 token-mean, 1
+    seq-mean-token-sum, 2 seq-mean-token-mean."""
     pid = tl.program_id(0)
     DT: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    sm = tl.load(stats_ptr + 2)
+    sm = tl.load(stats_ptr + 2, volatile=True)
     den = tl.where(sm > 0, sm, 1.0)
     if AGG == 0:
         scale_all = (1.0 / den).to(DT)
@@ -322,14 +360,15 @@ def _loss_kernel(
         tl.store(coef_ptr + idx, tl.where(valid, (w * scale_all) * grad, 0.0), mask=ok)
         acc_kl += tl.where(valid, m * kl, 0.0)
         acc_sel += tl.where(valid & sel, m, 0.0)
-    tl.store(part_ptr + pid * 3 + 0, tl.sum(acc_loss, 0).to(tl.float64))
-    tl.store(part_ptr + pid * 3 + 1, tl.sum(acc_kl, 0).to(tl.float64))
-    tl.store(part_ptr + pid * 3 + 2, tl.sum(acc_sel, 0).to(tl.float64))
+    tl.store(part_ptr + pid * 8 + 4, tl.sum(acc_loss, 0).to(tl.float64))
+    tl.store(part_ptr + pid * 8 + 5, tl.sum(acc_kl, 0).to(tl.float64))
+    tl.store(part_ptr + pid * 8 + 6, tl.sum(acc_sel, 0).to(tl.float64))
 
 
 @triton.jit
-def _loss_combine_kernel(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP: tl.constexpr, AGG: tl.constexpr,
-                         P_BLOCK: tl.constexpr):
+def _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP: tl.constexpr, AGG: tl.constexpr,
+                   P_BLOCK: tl.constexpr):
+    """The loss and the metrics ``[pg_clipfrac, ppo_kl]`` from the loss partials."""
     rows = tl.arange(0, P_BLOCK)
     s0 = tl.zeros((P_BLOCK,), tl.float64)
     s1 = tl.zeros((P_BLOCK,), tl.float64)
@@ -337,10 +376,10 @@ def _loss_combine_kernel(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B,
     for start in range(0, n_parts, P_BLOCK):
         r = start + rows
         ok = r < n_parts
-        s0 += tl.load(part_ptr + r * 3 + 0, mask=ok, other=0.0)
-        s1 += tl.load(part_ptr + r * 3 + 1, mask=ok, other=0.0)
-        s2 += tl.load(part_ptr + r * 3 + 2, mask=ok, other=0.0)
-    sm = tl.load(stats_ptr + 2)
+        s0 += tl.load(part_ptr + r * 8 + 4, mask=ok, other=0.0, volatile=True)
+        s1 += tl.load(part_ptr + r * 8 + 5, mask=ok, other=0.0, volatile=True)
+        s2 += tl.load(part_ptr + r * 8 + 6, mask=ok, other=0.0, volatile=True)
+    sm = tl.load(stats_ptr + 2, volatile=True)
     den = tl.where(sm > 0, sm, 1.0)
     if AGG == 0:
         loss = tl.sum(s0, 0) / den
@@ -354,13 +393,109 @@ def _loss_combine_kernel(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B,
     tl.store(metrics_ptr + 1, (tl.sum(s1, 0) / den).to(metrics_ptr.dtype.element_ty))
 
 
+# ---- one phase per launch (torch.compile's ops, the global selection, EK_COV_FUSED=0) ---------------
+
+
+@triton.jit
+def _stats_kernel(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_CTRL: tl.constexpr, BLOCK: tl.constexpr):
+    _stats_phase(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_CTRL, BLOCK)
+
+
+@triton.jit
+def _keys_kernel(
+    lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
+    N, chunk, clip_low, clip_high, lb, ub,
+    CLIP: tl.constexpr, HIST: tl.constexpr, KEY64: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
+    P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    _keys_phase(
+        lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
+        N, chunk, clip_low, clip_high, lb, ub, CLIP, HIST, KEY64, ACC64, HAS_OFFSET, P_BLOCK, BLOCK,
+    )
+
+
+@triton.jit
+def _hist2_kernel(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
+    _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, BLOCK)
+
+
+@triton.jit
+def _hist3_kernel(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
+    _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, BLOCK)
+
+
+@triton.jit
+def _write_kernel(
+    key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo,
+    CLIP: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    _write_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, P_BLOCK, BLOCK)
+
+
+@triton.jit
+def _loss_kernel(
+    old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
+    N, T, B, chunk, clip_low, clip_high, kl_coef,
+    CLIP: tl.constexpr, AGG: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    _loss_phase(
+        old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
+        N, T, B, chunk, clip_low, clip_high, kl_coef, CLIP, AGG, ACC64, BLOCK,
+    )
+
+
+@triton.jit
+def _loss_combine_kernel(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP: tl.constexpr, AGG: tl.constexpr,
+                         P_BLOCK: tl.constexpr):
+    _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP, AGG, P_BLOCK)
+
+
+# ---- every phase in one cooperative launch ------------------------------------------------------
+
+
+@triton.jit
+def _fused_kernel(
+    old_ptr, lp_ptr, adv_ptr, mask_ptr, seed_ptr, offset_ptr, rowcnt_ptr,
+    part_ptr, stats_ptr, ctrl_ptr, key_ptr, rows_ptr, sel_ptr, coef_ptr, loss_ptr, metrics_ptr, count_ptr,
+    N, T, B, chunk, clip_low, clip_high, lb, ub, kl_coef, r_hi, r_mid, r_lo,
+    CLIP: tl.constexpr, AGG: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
+    P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The selection, the loss, ``coef`` and the metrics in one launch: the phases above
+    separated by grid barriers. Needs every program resident at once (a cooperative launch,
+    ≤ one program per SM) and ``ctrl`` zeroed, barrier counters included."""
+    n_parts = tl.num_programs(0)
+    _stats_phase(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, False, BLOCK)
+    _grid_barrier(ctrl_ptr + BARRIERS + 0)
+    _keys_phase(
+        lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
+        N, chunk, clip_low, clip_high, lb, ub, CLIP, True, False, ACC64, HAS_OFFSET, P_BLOCK, BLOCK,
+    )
+    _grid_barrier(ctrl_ptr + BARRIERS + 1)
+    _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, BLOCK)
+    _grid_barrier(ctrl_ptr + BARRIERS + 2)
+    _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, BLOCK)
+    _grid_barrier(ctrl_ptr + BARRIERS + 3)
+    _write_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, P_BLOCK, BLOCK)
+    tl.debug_barrier()  # the loss phase reads back this program's selection
+    _loss_phase(
+        old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
+        N, T, B, chunk, clip_low, clip_high, kl_coef, CLIP, AGG, ACC64, BLOCK,
+    )
+    _grid_barrier(ctrl_ptr + BARRIERS + 4)
+    if tl.program_id(0) == 0:
+        _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP, AGG, P_BLOCK)
+        tl.store(metrics_ptr + 2, 0.0)  # pg_clipfrac_lower: 0, as verl logs it for these losses
+        tl.store(count_ptr, _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP).to(tl.int64))
+
+
 # ---------------------------------------------------------------------------------------------
 # launchers
 
 
-def _grid_of(n: int, sms: int, block: int) -> Tuple[int, int]:
+def _grid_of(n: int, max_programs: int, block: int) -> Tuple[int, int]:
     blocks = max(1, cdiv(n, block))
-    programs = min(blocks, 4 * sms)
+    programs = min(blocks, max_programs)
     chunk = cdiv(blocks, programs) * block
     return cdiv(max(n, 1), chunk), chunk
 
@@ -371,8 +506,8 @@ _grid_cached = functools.lru_cache(maxsize=256)(_grid_of)
 def _grid(n: int, device: torch.device, block: int) -> Tuple[int, int]:
     """(programs, chunk): ≤ 4 programs per SM, each owning a contiguous multiple of ``block``
     (cached per size: this runs on every step's host path; SymInts while tracing are not)."""
-    sms = sm_count(device)
-    return _grid_cached(n, sms, block) if isinstance(n, int) else _grid_of(n, sms, block)
+    programs = 4 * sm_count(device)
+    return _grid_cached(n, programs, block) if isinstance(n, int) else _grid_of(n, programs, block)
 
 
 MAX_BLOCK = 1024  # tokens per block iteration; tests lower it to exercise many programs and chunks
@@ -382,11 +517,16 @@ def _block(n: int) -> int:
     return max(32, min(MAX_BLOCK, next_pow2(max(n, 1))))
 
 
-def _warps(block: int) -> int:
+def _warps(block: int, most: int = 4) -> int:
     """Warps for ``[block]`` tensors: never more threads than elements. A smaller tensor is
     replicated across threads, and ``tl.histogram`` over a replicated layout has over-counted
     in some Triton versions (the interpreter, which has no layouts, cannot show it)."""
-    return max(1, min(4, block // 32))
+    return max(1, min(most, block // 32))
+
+
+# The fused kernel runs one program per SM (the phase launches: four), so it gets more warps to
+# keep as many loads in flight per SM.
+FUSED_MAX_WARPS = 8
 
 
 def _p_block(programs: int) -> int:
@@ -398,11 +538,11 @@ def stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) 
     n = log_prob.numel()
     block = _block(n)
     programs, chunk = _grid(n, log_prob.device, block)
-    part = torch.empty((programs, 4), dtype=torch.float64, device=log_prob.device)
+    part = torch.empty((programs, 8), dtype=torch.float64, device=log_prob.device)
     launcher(_stats_kernel, log_prob)[(programs,)](
         log_prob, advantages, mask, part, part, n, chunk, ZERO_CTRL=False, BLOCK=block, num_warps=_warps(block),
     )
-    return part.sum(0)
+    return part[:, :N_STATS].sum(0)
 
 
 def keys(
@@ -416,10 +556,10 @@ def keys(
     out = torch.empty(log_prob.shape, dtype=torch.int64, device=log_prob.device)
     dummy = out
     launcher(_keys_kernel, log_prob)[(programs,)](
-        log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, stats_, 1, dummy, out, dummy,
-        seed if clip_mode else dummy, offset if clip_mode else dummy, n, chunk, clip_low, clip_high, lb, ub,
-        CLIP=clip_mode, HIST=False, KEY64=True, ACC64=log_prob.dtype == torch.float64, P_BLOCK=16, BLOCK=block,
-        num_warps=_warps(block),
+        log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, stats_, 1, stats_, out, dummy,
+        seed if clip_mode else dummy, offset if clip_mode and offset is not None else dummy, n, chunk,
+        clip_low, clip_high, lb, ub, CLIP=clip_mode, HIST=False, KEY64=True, ACC64=log_prob.dtype == torch.float64,
+        HAS_OFFSET=offset is not None, P_BLOCK=16, BLOCK=block, num_warps=_warps(block),
     )
     return out
 
@@ -428,14 +568,15 @@ def select(
     log_prob, advantages, mask, old_log_prob: Optional[torch.Tensor], clip_mode: bool, ratio: float,
     clip_low: float, clip_high: float, lb: float, ub: float, seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(selected bool [B, T], stats fp64 [4])``: the whole selection on the device."""
+    """``(selected bool [B, T], stats fp64 [4])``: the whole selection on the device, in five
+    launches (:func:`fused` does it in one)."""
     n = log_prob.numel()
     dev = log_prob.device
     block = _block(n)
     programs, chunk = _grid(n, dev, block)
     p_block = _p_block(programs)
-    part = torch.empty((programs, 4), dtype=torch.float64, device=dev)
-    st = torch.empty((4,), dtype=torch.float64, device=dev)
+    part = torch.empty((programs, 8), dtype=torch.float64, device=dev)
+    st = torch.empty((N_STATS,), dtype=torch.float64, device=dev)
     ctrl = torch.empty((CTRL_SIZE,), dtype=torch.int32, device=dev)
     key = torch.empty((n,), dtype=torch.int32, device=dev)
     rows = torch.empty((programs, 1024), dtype=torch.int32, device=dev)
@@ -444,17 +585,18 @@ def select(
     sel = torch.empty(log_prob.shape, dtype=torch.bool, device=dev)
     r = split_ratio(ratio)
     grid = (programs,)
-    launcher(_stats_kernel, log_prob)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=_warps(block))
+    warps = _warps(block)
+    launcher(_stats_kernel, log_prob)[grid](log_prob, advantages, mask, part, ctrl, n, chunk, ZERO_CTRL=True, BLOCK=block, num_warps=warps)
     launcher(_keys_kernel, log_prob)[grid](
         log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, part, programs, st, key, ctrl,
-        seed if clip_mode else part, offset if clip_mode else part, n, chunk, clip_low, clip_high, lb, ub,
-        CLIP=clip_mode, HIST=True, KEY64=False, ACC64=log_prob.dtype == torch.float64, P_BLOCK=p_block, BLOCK=block,
-        num_warps=_warps(block),
+        seed if clip_mode else part, offset if clip_mode and offset is not None else part, n, chunk,
+        clip_low, clip_high, lb, ub, CLIP=clip_mode, HIST=True, KEY64=False, ACC64=log_prob.dtype == torch.float64,
+        HAS_OFFSET=offset is not None, P_BLOCK=p_block, BLOCK=block, num_warps=warps,
     )
-    launcher(_hist2_kernel, log_prob)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=_warps(block))
-    launcher(_hist3_kernel, log_prob)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=_warps(block))
+    launcher(_hist2_kernel, log_prob)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=warps)
+    launcher(_hist3_kernel, log_prob)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=warps)
     launcher(_write_kernel, log_prob)[grid](
-        key, st, ctrl, rows, sel, n, chunk, *r, CLIP=clip_mode, P_BLOCK=p_block, BLOCK=block, num_warps=_warps(block),
+        key, st, ctrl, rows, sel, n, chunk, *r, CLIP=clip_mode, P_BLOCK=p_block, BLOCK=block, num_warps=warps,
     )
     return sel, st
 
@@ -474,7 +616,7 @@ def policy_loss(
     out_dt = torch.float64 if acc64 else torch.float32
     block = _block(n)
     programs, chunk = _grid(n, dev, block)
-    part = torch.empty((programs, 3), dtype=torch.float64, device=dev)
+    part = torch.empty((programs, 8), dtype=torch.float64, device=dev)
     coef = torch.empty((b, t), dtype=out_dt, device=dev)
     loss = torch.empty((), dtype=out_dt, device=dev)
     metrics = torch.empty((2,), dtype=torch.float32, device=dev)
@@ -487,3 +629,83 @@ def policy_loss(
         part, programs, stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg, P_BLOCK=_p_block(programs), num_warps=4,
     )
     return loss, metrics, coef
+
+
+# ---- the fused (cooperative) launch --------------------------------------------------------------
+
+
+class FusedLaunchUnavailable(RuntimeError):
+    """The cooperative launch of the fused kernel failed on this device (e.g. fewer SMs usable
+    than reported under MPS); callers fall back to one launch per phase."""
+
+
+_FUSED_FAILED = set()  # CUDA device indices where the cooperative launch failed once
+
+
+def fused_enabled(device: torch.device) -> bool:
+    """Whether :func:`fused` may run on ``device``: CUDA (cooperative launch) or Triton's
+    interpreter (one program, so the barriers are trivially met); ``EK_COV_FUSED=0`` turns it off.
+
+    Example
+    -------
+    >>> fused_enabled(torch.device("cpu")) == (os.environ.get("EK_COV_FUSED") != "0")
+    True
+    """
+    if os.environ.get("EK_COV_FUSED") == "0":
+        return False
+    if device.type == "cuda":
+        return device.index not in _FUSED_FAILED
+    return device.type == "cpu"
+
+
+def _fused_grid(n: int, device: torch.device, block: int) -> Tuple[int, int]:
+    """At most one program per SM, so that a cooperative launch always fits (one program of any
+    launchable kernel fits on an SM); one program under the interpreter, which runs programs one
+    after another and would wait forever at a barrier."""
+    programs = sm_count(device) if device.type == "cuda" else 1
+    return _grid_cached(n, programs, block)
+
+
+def fused(
+    old_log_prob, log_prob, advantages, mask, row_count: Optional[torch.Tensor], clip_mode: bool, agg: int,
+    ratio: float, clip_low: float, clip_high: float, lb: float, ub: float, kl_coef: float,
+    seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The selection and the policy loss in one launch: ``(loss, metrics fp32 [3] = (pg_clipfrac,
+    ppo_kl, pg_clipfrac_lower), n_selected int64 [], coef [B, T])``, ``coef = ∂loss/∂log_prob``;
+    the same values as :func:`select` followed by :func:`policy_loss` (tests check it bit for bit).
+    Raises :class:`FusedLaunchUnavailable` if the device refuses the cooperative launch."""
+    b, t = log_prob.shape
+    n = b * t
+    dev = log_prob.device
+    acc64 = log_prob.dtype == torch.float64
+    out_dt = torch.float64 if acc64 else torch.float32
+    block = _block(n)
+    programs, chunk = _fused_grid(n, dev, block)
+    part = torch.empty((programs + 1, 8), dtype=torch.float64, device=dev)  # last row: the statistics
+    ctrl = torch.zeros((CTRL_FUSED_SIZE,), dtype=torch.int32, device=dev)
+    scratch = torch.empty((n + programs * 1024,), dtype=torch.int32, device=dev)  # keys, then tie rows
+    sel = torch.empty((b, t), dtype=torch.bool, device=dev)
+    coef = torch.empty((b, t), dtype=out_dt, device=dev)
+    loss = torch.empty((), dtype=out_dt, device=dev)
+    metrics = torch.empty((3,), dtype=torch.float32, device=dev)
+    count = torch.empty((), dtype=torch.int64, device=dev)
+    stats_ = part[programs]
+    rows = scratch[n:]
+    dummy = part
+    options = {"launch_cooperative_grid": True} if dev.type == "cuda" else {}
+    try:
+        _fused_kernel[(programs,)](
+            old_log_prob, log_prob, advantages, mask, seed if clip_mode else dummy,
+            offset if clip_mode and offset is not None else dummy, row_count if row_count is not None else dummy,
+            part, stats_, ctrl, scratch, rows, sel, coef, loss, metrics, count,
+            n, t, b, chunk, clip_low, clip_high, lb, ub, kl_coef, *split_ratio(ratio),
+            CLIP=clip_mode, AGG=agg, ACC64=acc64, HAS_OFFSET=offset is not None,
+            P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS), **options,
+        )
+    except RuntimeError as e:  # pragma: no cover - depends on the device
+        if dev.type != "cuda" or "cooperative" not in str(e).lower() and "too large" not in str(e).lower():
+            raise
+        _FUSED_FAILED.add(dev.index)
+        raise FusedLaunchUnavailable(str(e)) from e
+    return loss, metrics, count, coef

@@ -14,6 +14,7 @@ and the public :func:`clip_cov_select` / :func:`kl_cov_select`. The losses thems
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -135,6 +136,49 @@ def policy_loss_parts(
     if _backend.launch_triton_directly(log_prob):
         return _CovPolicyLossFunction.apply(*args)
     return cov_policy_loss(*args)
+
+
+class _FusedCovLossFunction(torch.autograd.Function):
+    """Selection + loss in one launch (``kernels.cov_select.fused``); differentiable in
+    ``log_prob`` like :func:`cov_policy_loss` (the saved ``coef`` is ∂loss/∂log_prob)."""
+
+    @staticmethod
+    def forward(ctx, old_log_prob, log_prob, advantages, mask, row_count, clip_mode, agg, ratio, clip_low, clip_high,
+                lb, ub, kl_coef, seed, offset):
+        loss, metrics, count, coef = _kernels.fused(
+            old_log_prob, log_prob, advantages, mask, row_count, clip_mode, agg, ratio, clip_low, clip_high, lb, ub,
+            kl_coef, seed, offset,
+        )
+        ctx.mark_non_differentiable(metrics, count)
+        ctx.save_for_backward(coef)
+        ctx.lp_dtype = log_prob.dtype
+        return loss, metrics, count
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_metrics, _grad_count):
+        (coef,) = ctx.saved_tensors
+        return (None, (coef * grad_loss).to(ctx.lp_dtype)) + (None,) * 13
+
+
+def fused_policy_loss(
+    old_log_prob, log_prob, advantages, mask, row_count, clip_mode: bool, agg: int, ratio: float,
+    clip_low: float, clip_high: float, lb: float, ub: float, kl_coef: float,
+    seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(loss, metrics [pg_clipfrac, ppo_kl, pg_clipfrac_lower], n_selected)`` from the one-launch
+    selection + loss kernel, or None where it does not apply: while tracing (torch.compile takes
+    the ops), on the torch path, with ``EK_COV_FUSED=0``, or where the device refused the
+    cooperative launch. Same values as :func:`cov_select` followed by :func:`cov_policy_loss`."""
+    if not (_backend.launch_triton_directly(log_prob) and _kernels.fused_enabled(log_prob.device)):
+        return None
+    try:
+        return _FusedCovLossFunction.apply(
+            old_log_prob, log_prob, advantages, mask, row_count, clip_mode, agg, ratio, clip_low, clip_high, lb, ub,
+            kl_coef, seed, offset,
+        )
+    except _kernels.FusedLaunchUnavailable as e:  # pragma: no cover - depends on the device
+        warnings.warn(f"entropy_kernels: one-launch Clip-Cov/KL-Cov kernel unavailable ({e}); using one launch per phase")
+        return None
 
 
 def masked_stats(log_prob, advantages, mask) -> torch.Tensor:

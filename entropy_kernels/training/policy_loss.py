@@ -39,21 +39,35 @@ def _check_selection(selection, log_prob) -> torch.Tensor:
     return selection.contiguous()
 
 
+def _row_count(mask, agg):
+    """Σ m per sequence, for seq-mean-token-mean (None for the other modes)."""
+    if agg != 2:
+        return None
+    return torch.where(mask > 0, mask.to(torch.float32), 0.0).sum(-1)
+
+
+def _metrics(pg_clipfrac, ppo_kl, pg_clipfrac_lower, n_selected) -> Metrics:
+    return {"pg_clipfrac": pg_clipfrac, "ppo_kl": ppo_kl, "pg_clipfrac_lower": pg_clipfrac_lower, "n_selected": n_selected}
+
+
 def _loss(old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode, agg, low, high, coef) -> Tuple[torch.Tensor, Metrics]:
-    row_count = None
-    if agg == 2:
-        valid = mask > 0
-        row_count = torch.where(valid, mask.to(torch.float32), 0.0).sum(-1)
     loss, metrics, _ = _ops.policy_loss_parts(
-        old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, low, high, coef
+        old_log_prob, log_prob, advantages, mask, selected, stats, _row_count(mask, agg), clip_mode, agg, low, high, coef
     )
-    out = {
-        "pg_clipfrac": metrics[0],
-        "ppo_kl": metrics[1],
-        "pg_clipfrac_lower": torch.zeros((), dtype=metrics.dtype, device=metrics.device),
-        "n_selected": selected.sum(),
-    }
-    return loss, out
+    lower = torch.zeros((), dtype=metrics.dtype, device=metrics.device)
+    return loss, _metrics(metrics[0], metrics[1], lower, selected.sum())
+
+
+def _fused(old_log_prob, log_prob, advantages, mask, clip_mode, agg, ratio, low, high, lb, ub, coef, seed, offset):
+    """The one-launch path (``ops.cov_select.fused_policy_loss``), or None where it does not apply."""
+    out = _ops.fused_policy_loss(
+        old_log_prob, log_prob, advantages, mask, _row_count(mask, agg), clip_mode, agg, ratio, low, high, lb, ub, coef,
+        seed, offset,
+    )
+    if out is None:
+        return None
+    loss, metrics, count = out
+    return loss, _metrics(metrics[0], metrics[1], metrics[2], count)
 
 
 def clip_cov_policy_loss(
@@ -128,7 +142,14 @@ def clip_cov_policy_loss(
         selected = _check_selection(selection, log_prob)
         stats = _ops.masked_stats(log_prob.detach(), advantages, mask)
     else:
-        seed, offset = _validation.seed_and_offset(generator, seed, offset, "log_prob", log_prob)
+        # offset None means 0 to the one-launch kernel (saves an allocation and a fill)
+        seed, offset = _validation.seed_and_offset(generator, seed, offset, "log_prob", log_prob, zero_offset=False)
+        if process_group is None:
+            out = _fused(old_log_prob, log_prob, advantages, mask, True, agg, ratio, low, high, lb, ub, 0.0, seed, offset)
+            if out is not None:
+                return out
+        if offset is None:
+            offset = torch.zeros_like(seed)
         selected, stats = _ops._select(
             log_prob.detach(), advantages, mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group
         )
@@ -188,6 +209,10 @@ def kl_cov_policy_loss(
         selected = _check_selection(selection, log_prob)
         stats = _ops.masked_stats(log_prob.detach(), advantages, mask)
     else:
+        if process_group is None:
+            out = _fused(old_log_prob, log_prob, advantages, mask, False, agg, ratio, 0.0, 0.0, 0.0, 0.0, coef, None, None)
+            if out is not None:
+                return out
         selected, stats = _ops._select(
             log_prob.detach(), advantages, mask, None, False, ratio, 0.0, 0.0, 0.0, 0.0, None, None, process_group
         )
