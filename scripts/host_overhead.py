@@ -113,9 +113,10 @@ def main(argv=None) -> int:
         fast = median_us(fn, args.reps)
         phases = "-"
         if "policy_loss" in name:
+            previous = os.environ.get("EK_COV_FUSED")
             os.environ["EK_COV_FUSED"] = "0"
             phases = f"{median_us(fn, args.reps):.1f}"
-            os.environ.pop("EK_COV_FUSED")
+            os.environ["EK_COV_FUSED"] = previous if previous is not None else "1"
         os.environ["EK_VIA_OPS"] = "1"
         via_ops = median_us(fn, args.reps)
         os.environ.pop("EK_VIA_OPS")

@@ -41,13 +41,14 @@ def _needs_triton(backend):
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_fused_equals_the_phase_launches_bit_for_bit(backend, small_blocks, monkeypatch, mode, dtype):  # noqa: F811
-    """Same programs and chunks for both paths, so even the partial sums add up in the same order:
-    loss, metrics, n_selected and gradient must be identical."""
+    """Same programs, chunks and warps for both paths, so even the partial sums add up in the same
+    order: loss, metrics, n_selected and gradient must be identical."""
     _needs_triton(backend)
     b, t = (3, 70) if backend.name == "cpu-triton-interpreter" else (8, 5000)
     old, lp, adv, mask = (x.to(dtype) if x.is_floating_point() else x for x in make_batch(b, t, backend.device, scale=2.0))
     seed, off = torch.tensor([7], device=backend.device), torch.tensor([3], device=backend.device)
     monkeypatch.setattr(K, "_grid", K._fused_grid)  # the phase launches on the fused kernel's grid
+    monkeypatch.setattr(K, "FUSED_MAX_WARPS", 4)  # and the fused kernel with the phase kernels' warps
     calls = []
     real_fused = K.fused
     monkeypatch.setattr(K, "fused", lambda *a: calls.append(1) or real_fused(*a))
@@ -155,6 +156,35 @@ def test_fused_disabled_by_environment(monkeypatch):
 
 
 # ---- GPU ------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_cuda_fused_ties_across_many_programs_vs_oracle(monkeypatch):
+    """KL-Cov with every covariance equal within a sequence (constant advantage and log-prob per
+    row): the threshold key is shared by thousands of tokens spread over many programs (32-token
+    blocks), so the tie ranks must be carried across programs through the grid barriers. The
+    selection must be the oracle's (lowest flat indices first), also with the phase launches."""
+    monkeypatch.setattr(K, "MAX_BLOCK", 32)
+    b, t = 64, 777
+    lp = (-torch.arange(1, b + 1, dtype=torch.float32) / 8).repeat_interleave(t).reshape(b, t)
+    adv = torch.linspace(-2, 2, b).repeat_interleave(t).reshape(b, t)
+    old = lp - 0.01
+    mask = torch.rand(b, t) < 0.9
+    want_set, _ = oracle_top_k(lp, adv, mask, 0.3)
+    want = torch.zeros(b * t, dtype=torch.bool)
+    want[list(want_set)] = True
+    for flag in ("1", "0"):
+        monkeypatch.setenv("EK_COV_FUSED", flag)
+        x = lp.cuda().requires_grad_()
+        loss, metrics = kl_cov_policy_loss(old.cuda(), x, adv.cuda(), mask.cuda(), kl_cov_ratio=0.3, ppo_kl_coef=1.0)
+        loss.backward()
+        # selected tokens get the extra +β·sign(d) = +1/Σm in their gradient
+        o, y, a = _double(old, lp, adv)
+        y.requires_grad_()
+        ref, _ = oracle_kl_cov(o, y, a, mask, want.reshape(b, t), "token-mean", 1.0)
+        ref.backward()
+        assert int(metrics["n_selected"]) == len(want_set)
+        assert rel_err(x.grad, y.grad) <= 1e-6 and loss_err(loss, ref, o, y, a, mask, "token-mean") <= 1e-6
 
 
 @pytest.mark.gpu

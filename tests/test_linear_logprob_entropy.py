@@ -1,6 +1,5 @@
-"""linear_logprob_entropy, high_entropy_mask and the RL helpers against float64 oracles."""
-
-import math
+"""linear_logprob_entropy and the RL helpers against float64 oracles (high_entropy_mask:
+test_high_entropy_mask.py)."""
 
 import pytest
 import torch
@@ -187,59 +186,6 @@ def test_bad_input(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         ek.linear_logprob_entropy(args.pop("hidden"), args.pop("weight"), args.pop("labels"), **args)
-
-
-# ------------------------------------------------------------------- high_entropy_mask ----
-
-def mask_oracle(entropy, mask, q):
-    """Python: rank valid tokens by (-entropy, flat index), keep the first ceil(q·n)."""
-    ent, valid = entropy.double().reshape(-1).tolist(), mask.reshape(-1).tolist()
-    idx = [i for i, v in enumerate(valid) if v and not math.isnan(ent[i])]
-    n = sum(bool(v) for v in valid)
-    k = 0 if n == 0 else max(1, math.ceil(q * n - 1e-9))
-    keep = sorted(idx, key=lambda i: (-ent[i], i))[:k]
-    if len(keep) < k:  # nan entropies rank last among the valid tokens
-        keep += [i for i, v in enumerate(valid) if v and i not in keep][: k - len(keep)]
-    out = torch.zeros(len(valid), dtype=torch.bool)
-    out[keep] = True
-    return out.reshape(entropy.shape)
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-@pytest.mark.parametrize("q", [0.2, 0.05, 0.5, 1.0])
-def test_high_entropy_mask_matches_oracle(device, q):
-    for shape in [(4, 50), (1, 1), (3, 7), (2, 500)]:
-        ent = torch.rand(shape) * 3
-        ent[..., ::5] = 1.5  # ties
-        mask = torch.rand(shape) < 0.7
-        got = ek.high_entropy_mask(ent.to(device), mask.to(device), top_fraction=q)
-        assert torch.equal(got.cpu(), mask_oracle(ent, mask, q)), (shape, q)
-
-
-def test_high_entropy_mask_edge_cases():
-    ent = torch.tensor([0.5, float("nan"), 2.0, 1.0])
-    assert not ek.high_entropy_mask(ent, torch.zeros(4, dtype=torch.bool)).any()  # no valid token
-    got = ek.high_entropy_mask(ent, torch.tensor([True, True, False, False]), top_fraction=0.2)
-    assert got.tolist() == [True, False, False, False]  # k = 1; nan ranks last
-    assert ek.high_entropy_mask(ent, torch.ones(4, dtype=torch.bool), top_fraction=0.5).tolist() == [False, False, True, True]
-    with pytest.raises(ValueError, match="top_fraction"):
-        ek.high_entropy_mask(ent, torch.ones(4, dtype=torch.bool), top_fraction=0.0)
-    with pytest.raises(ValueError, match="mask shape"):
-        ek.high_entropy_mask(ent, torch.ones(3, dtype=torch.bool))
-
-
-@pytest.mark.gpu
-def test_high_entropy_mask_is_graph_capturable():
-    ent = torch.rand(1 << 20, device="cuda")
-    mask = torch.rand(1 << 20, device="cuda") < 0.8
-    ek.high_entropy_mask(ent, mask)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = ek.high_entropy_mask(ent, mask)
-    ent.copy_(torch.rand_like(ent))
-    graph.replay()
-    assert out.sum().item() == math.ceil(0.2 * mask.sum().item())
-    assert torch.equal(out, ek.high_entropy_mask(ent, mask))
 
 
 # ------------------------------------------------------------------------ RL helpers -----

@@ -11,12 +11,14 @@ the valid tokens (boolean indexing: a host synchronisation).
 from __future__ import annotations
 
 import functools
+import os
 from typing import List
 
 import torch
 
 from ..ops.high_entropy_mask import high_entropy_mask
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
+from ..reference.high_entropy import high_entropy_mask_reference
 from .cases import Case, Provider, pick_shapes
 from .linear_cross_entropy import _gemm_floor
 
@@ -79,6 +81,24 @@ def _quantile_mask(entropy, mask, top_fraction=0.2):
     return mask & (entropy >= threshold)
 
 
+def _mask_four_launches(entropy, mask, top_fraction=0.2):
+    """high_entropy_mask with ``EK_COV_FUSED=0``: four launches instead of one cooperative launch."""
+    previous = os.environ.get("EK_COV_FUSED")
+    os.environ["EK_COV_FUSED"] = "0"
+    try:
+        return high_entropy_mask(entropy, mask, top_fraction)
+    finally:
+        if previous is None:
+            del os.environ["EK_COV_FUSED"]
+        else:
+            os.environ["EK_COV_FUSED"] = previous
+
+
+def _sort_mask(entropy, mask, top_fraction=0.2):
+    """The torch reference: a stable device sort of the keys (the op's CPU path)."""
+    return high_entropy_mask_reference(entropy, mask, top_fraction)
+
+
 def linear_logprob_entropy_cases(size: str, device: torch.device) -> List[Case]:
     shapes, dtype = pick_shapes(size, device, FULL, QUICK)
     cases = []
@@ -101,6 +121,8 @@ def linear_logprob_entropy_cases(size: str, device: torch.device) -> List[Case]:
     mask_case = Case("high_entropy_mask", "fwd", {"tokens": tokens}, torch.float32, device)
     mask_case.providers = [
         _mask_provider("entropy_kernels", "ours", high_entropy_mask),
+        _mask_provider("entropy_kernels (four launches)", "ours", _mask_four_launches),
+        _mask_provider("torch sort (reference)", "baseline", _sort_mask),
         _mask_provider("torch quantile", "baseline", _quantile_mask),
     ]
     cases.append(mask_case)

@@ -102,18 +102,25 @@ def _cov_configs(C):
                     "n_parts": "i32", "stats_ptr": "*fp64", "key_ptr": "*i32" if hist else "*i64", "ctrl_ptr": "*i32",
                     "seed_ptr": "*i64", "offset_ptr": "*i64", "N": "i32", "chunk": "i32", "clip_low": "fp32",
                     "clip_high": "fp32", "lb": "fp32", "ub": "fp32",
-                }, {"CLIP": clip, "HIST": hist, "KEY64": not hist, "ACC64": dt == "fp64", "HAS_OFFSET": clip and hist,
+                }, {"MODE": int(clip), "HIST": hist, "KEY64": not hist, "ACC64": dt == "fp64", "HAS_OFFSET": clip and hist,
                     "P_BLOCK": 512, "BLOCK": 1024})
+    for dt in ("fp32", "bf16"):  # high_entropy_mask: keys are the values, no statistics
+        yield (f"cov_keys[{dt},top_values]", C._keys_kernel, {
+            "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "old_ptr": f"*{dt}", "part_ptr": "*i32",
+            "n_parts": "i32", "stats_ptr": "*i32", "key_ptr": "*i32", "ctrl_ptr": "*i32", "seed_ptr": "*i32",
+            "offset_ptr": "*i32", "N": "i32", "chunk": "i32", "clip_low": "fp32", "clip_high": "fp32", "lb": "fp32",
+            "ub": "fp32",
+        }, {"MODE": 2, "HIST": True, "KEY64": False, "ACC64": False, "HAS_OFFSET": False, "P_BLOCK": 512, "BLOCK": 1024})
     ratio = {"r_hi": "fp32", "r_mid": "fp32", "r_lo": "fp32"}
-    for clip in (False, True):
-        common = {"key_ptr": "*i32", "stats_ptr": "*fp64", "ctrl_ptr": "*i32"}
-        yield (f"cov_hist2[clip={clip}]", C._hist2_kernel, {**common, "N": "i32", "chunk": "i32", **ratio},
-               {"CLIP": clip, "BLOCK": 1024})
-        yield (f"cov_hist3[clip={clip}]", C._hist3_kernel, {**common, "rows_ptr": "*i32", "N": "i32", "chunk": "i32", **ratio},
-               {"CLIP": clip, "BLOCK": 1024})
-        yield (f"cov_write[clip={clip}]", C._write_kernel, {
+    for mode in (0, 1, 2):  # KL-Cov, Clip-Cov, top values
+        common = {"key_ptr": "*i32", "stats_ptr": "*fp64" if mode < 2 else "*i32", "ctrl_ptr": "*i32"}
+        yield (f"cov_hist2[mode={mode}]", C._hist2_kernel, {**common, "N": "i32", "chunk": "i32", **ratio},
+               {"MODE": mode, "BLOCK": 1024})
+        yield (f"cov_hist3[mode={mode}]", C._hist3_kernel, {**common, "rows_ptr": "*i32", "N": "i32", "chunk": "i32", **ratio},
+               {"MODE": mode, "BLOCK": 1024})
+        yield (f"cov_write[mode={mode}]", C._write_kernel, {
             **common, "rows_ptr": "*i32", "sel_ptr": "*i1", "N": "i32", "chunk": "i32", **ratio,
-        }, {"CLIP": clip, "P_BLOCK": 512, "BLOCK": 1024})
+        }, {"MODE": mode, "P_BLOCK": 512, "BLOCK": 1024})
     for dt in ("fp32", "bf16", "fp64"):
         for clip in (False, True):
             for agg in (0, 1, 2):
@@ -132,8 +139,17 @@ def _cov_configs(C):
                     "coef_ptr": "*fp64" if dt == "fp64" else "*fp32", "loss_ptr": "*fp64" if dt == "fp64" else "*fp32",
                     "metrics_ptr": "*fp32", "count_ptr": "*i64", "N": "i32", "T": "i32", "B": "i32", "chunk": "i32",
                     "clip_low": "fp32", "clip_high": "fp32", "lb": "fp32", "ub": "fp32", "kl_coef": "fp32", **ratio,
-                }, {"CLIP": clip, "AGG": agg, "ACC64": dt == "fp64", "HAS_OFFSET": False, "P_BLOCK": 256,
-                    "BLOCK": 1024})
+                }, {"MODE": int(clip), "LOSS": True, "AGG": agg, "ACC64": dt == "fp64", "HAS_OFFSET": False,
+                    "P_BLOCK": 256, "BLOCK": 1024})
+        if dt != "fp64":
+            yield (f"cov_fused[{dt},top_values]", C._fused_kernel, {
+                "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1",
+                **{name: "*i32" for name in ("seed_ptr", "offset_ptr", "rowcnt_ptr", "part_ptr", "stats_ptr", "ctrl_ptr",
+                                             "key_ptr", "rows_ptr")},
+                "sel_ptr": "*i1", **{name: "*i32" for name in ("coef_ptr", "loss_ptr", "metrics_ptr", "count_ptr")},
+                "N": "i32", "T": "i32", "B": "i32", "chunk": "i32", "clip_low": "fp32",
+                "clip_high": "fp32", "lb": "fp32", "ub": "fp32", "kl_coef": "fp32", **ratio,
+            }, {"MODE": 2, "LOSS": False, "AGG": 0, "ACC64": False, "HAS_OFFSET": False, "P_BLOCK": 256, "BLOCK": 1024})
         yield (f"cov_loss_combine[{dt}]", C._loss_combine_kernel, {
             "part_ptr": "*fp64", "n_parts": "i32", "stats_ptr": "*fp64", "loss_ptr": "*fp64" if dt == "fp64" else "*fp32",
             "metrics_ptr": "*fp32", "B": "i32",

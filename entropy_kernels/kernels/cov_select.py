@@ -25,6 +25,16 @@ Selection, five launches and no host synchronisation (``k`` never leaves the dev
 Loss: ``_loss_kernel`` computes per-token loss, its derivative w.r.t. ``log_prob`` (already
 scaled by the aggregation weight, so the backward is one multiply) and per-program partial
 sums; ``_loss_combine_kernel`` adds them up into the loss and the metrics.
+
+Each kernel is a thin wrapper of a ``@triton.jit`` phase function. ``_fused_kernel`` runs the
+phases back to back in ONE cooperative launch (one program per SM, a grid barrier between
+phases): the eager path of the losses (selection + loss + metrics) and of
+``high_entropy_mask``. The phase-per-launch kernels serve torch.compile (the graph sees each
+launch), the global selection across ranks, and ``EK_COV_FUSED=0``.
+
+``MODE`` says what the keys rank: ``KL_COV`` the covariance, ``CLIP_COV`` random keys on the
+eligible tokens, ``TOP_VALUES`` the values themselves (``high_entropy_mask``: no statistics
+pass; ``k = max(1, ceil(ρ·#valid − 1e-9))``).
 """
 
 from __future__ import annotations
@@ -49,6 +59,10 @@ BARRIERS = tl.constexpr(16 + 4096 + 1024)  # the fused kernel's grid-barrier cou
 CTRL_FUSED_SIZE = CTRL_SIZE + 16
 CTRL_POW2 = tl.constexpr(8192)
 N_STATS = 4
+# what the keys rank (the MODE constexpr of the selection phases)
+KL_COV = tl.constexpr(0)  # the covariance (A − mean A)·(lp − mean lp)
+CLIP_COV = tl.constexpr(1)  # random keys on the eligible tokens
+TOP_VALUES = tl.constexpr(2)  # the value itself (high_entropy_mask); no statistics pass
 TWO31 = tl.constexpr(2147483648)
 
 
@@ -88,17 +102,25 @@ def _sum_stats(part_ptr, n_parts, P_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP: tl.constexpr):
+def _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, MODE: tl.constexpr):
     """How many tokens to select: Clip-Cov ``min(max(int(ρ·Σm), 1), #eligible)``, KL-Cov
-    ``max(1, int(ρ·#valid))`` (0 without valid tokens). fp64 math, truncation like ``int()``."""
+    ``max(1, int(ρ·#valid))``, top values ``max(1, ceil(ρ·#valid − 1e-9))`` (0 without valid
+    tokens). fp64 math, truncation like ``int()``, as the references compute it."""
     ratio = tl.cast(r_hi, tl.float64) + tl.cast(r_mid, tl.float64) + tl.cast(r_lo, tl.float64)
     n_elig = tl.load(ctrl_ptr, volatile=True)
-    if CLIP:
+    if MODE == CLIP_COV:
         n = tl.maximum((tl.load(stats_ptr + 2, volatile=True) * ratio).to(tl.int64), 1)
         k = tl.minimum(n, n_elig.to(tl.int64))
-    else:
+    elif MODE == KL_COV:
         count = tl.load(stats_ptr + 3, volatile=True)
         k = tl.where(count > 0, tl.maximum((count * ratio).to(tl.int64), 1), 0)
+    else:  # TOP_VALUES: every valid token is eligible, so n_elig = #valid
+        # max(·, 0) is a no-op here (n, ρ ≥ 0) that keeps the compiler from contracting the
+        # product and the difference into one FMA: the reference rounds twice, so must we
+        x = tl.maximum(n_elig.to(tl.float64) * ratio, 0.0) - tl.full((), 1e-9, tl.float64)
+        t = x.to(tl.int64)
+        up = t + (t.to(tl.float64) < x).to(tl.int64)  # ceil(x) for x > -1
+        k = tl.where(n_elig > 0, tl.maximum(up, 1), 0)
     return k.to(tl.int32)
 
 
@@ -156,13 +178,17 @@ def _stats_phase(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_C
 def _keys_phase(
     lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
     N, chunk, clip_low, clip_high, lb, ub,
-    CLIP: tl.constexpr, HIST: tl.constexpr, KEY64: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
+    MODE: tl.constexpr, HIST: tl.constexpr, KEY64: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
     P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Keys (and, with HIST, the first radix histogram and the eligible count). Statistics: the
-    sum of the partials (HIST; program 0 stores it at ``stats_ptr``) or read from ``stats_ptr``."""
+    sum of the partials (HIST; program 0 stores it at ``stats_ptr``) or read from ``stats_ptr``.
+    TOP_VALUES reads no statistics: the key of a valid token is its value (``lp_ptr``)."""
     pid = tl.program_id(0)
-    if HIST:
+    if MODE == TOP_VALUES:
+        mean_a = 0.0
+        mean_lp = 0.0
+    elif HIST:
         sa, sl, sm, sc = _sum_stats(part_ptr, n_parts, P_BLOCK)
         if pid == 0:
             tl.store(stats_ptr + 0, sa)
@@ -173,10 +199,11 @@ def _keys_phase(
         sa = tl.load(stats_ptr + 0)
         sl = tl.load(stats_ptr + 1)
         sm = tl.load(stats_ptr + 2)
-    den = tl.where(sm > 0, sm, 1.0)
-    mean_a = sa / den
-    mean_lp = sl / den
-    if CLIP:
+    if MODE != TOP_VALUES:
+        den = tl.where(sm > 0, sm, 1.0)
+        mean_a = sa / den
+        mean_lp = sl / den
+    if MODE == CLIP_COV:
         seed = tl.load(seed_ptr)
         if HAS_OFFSET:
             offset = tl.load(offset_ptr).to(tl.int32)
@@ -190,11 +217,16 @@ def _keys_phase(
         idx = base + start + offs
         ok = idx < N
         m = tl.load(mask_ptr + idx, mask=ok, other=0).to(tl.float32)
-        valid = m > 0
-        a_in = tl.load(adv_ptr + idx, mask=valid, other=0.0)
-        lp_in = tl.load(lp_ptr + idx, mask=valid, other=0.0)
-        cov = (a_in.to(tl.float64) - mean_a) * (lp_in.to(tl.float64) - mean_lp)
-        if CLIP:
+        if MODE == TOP_VALUES:
+            valid = m != 0  # as mask.to(bool)
+            lp_in = tl.load(lp_ptr + idx, mask=valid, other=0.0)
+            cov = lp_in.to(tl.float64)  # not a covariance: the value itself is ranked
+        else:
+            valid = m > 0
+            a_in = tl.load(adv_ptr + idx, mask=valid, other=0.0)
+            lp_in = tl.load(lp_ptr + idx, mask=valid, other=0.0)
+            cov = (a_in.to(tl.float64) - mean_a) * (lp_in.to(tl.float64) - mean_lp)
+        if MODE == CLIP_COV:
             if ACC64:
                 a = a_in.to(tl.float64)
                 d = lp_in.to(tl.float64) - tl.load(old_ptr + idx, mask=valid, other=0.0).to(tl.float64)
@@ -233,9 +265,9 @@ def _load_keys(key_ptr, idx, ok):
 
 
 @triton.jit
-def _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
+def _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, MODE: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP)
+    need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, MODE)
     d1, _ = _pick_digit(_histogram(ctrl_ptr, H1, 2048), need, 2048)
     base = pid.to(tl.int64) * chunk
     offs = tl.arange(0, BLOCK)
@@ -259,9 +291,9 @@ def _prefix22(ctrl_ptr, need):
 
 
 @triton.jit
-def _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
+def _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, MODE: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP)
+    need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, MODE)
     prefix, _ = _prefix22(ctrl_ptr, need)
     base = pid.to(tl.int64) * chunk
     offs = tl.arange(0, BLOCK)
@@ -279,10 +311,10 @@ def _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, 
 @triton.jit
 def _write_phase(
     key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo,
-    CLIP: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+    MODE: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP)
+    need = _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, MODE)
     prefix, need = _prefix22(ctrl_ptr, need)
     d3, above = _pick_digit(_histogram(ctrl_ptr, H3, 1024), need, 1024)
     need -= above  # how many keys equal to the threshold are selected (lowest flat index first)
@@ -405,31 +437,31 @@ def _stats_kernel(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_
 def _keys_kernel(
     lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
     N, chunk, clip_low, clip_high, lb, ub,
-    CLIP: tl.constexpr, HIST: tl.constexpr, KEY64: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
+    MODE: tl.constexpr, HIST: tl.constexpr, KEY64: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
     P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     _keys_phase(
         lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
-        N, chunk, clip_low, clip_high, lb, ub, CLIP, HIST, KEY64, ACC64, HAS_OFFSET, P_BLOCK, BLOCK,
+        N, chunk, clip_low, clip_high, lb, ub, MODE, HIST, KEY64, ACC64, HAS_OFFSET, P_BLOCK, BLOCK,
     )
 
 
 @triton.jit
-def _hist2_kernel(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
-    _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, BLOCK)
+def _hist2_kernel(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, MODE, BLOCK)
 
 
 @triton.jit
-def _hist3_kernel(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP: tl.constexpr, BLOCK: tl.constexpr):
-    _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, BLOCK)
+def _hist3_kernel(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, MODE, BLOCK)
 
 
 @triton.jit
 def _write_kernel(
     key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo,
-    CLIP: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+    MODE: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    _write_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, P_BLOCK, BLOCK)
+    _write_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo, MODE, P_BLOCK, BLOCK)
 
 
 @triton.jit
@@ -458,35 +490,38 @@ def _fused_kernel(
     old_ptr, lp_ptr, adv_ptr, mask_ptr, seed_ptr, offset_ptr, rowcnt_ptr,
     part_ptr, stats_ptr, ctrl_ptr, key_ptr, rows_ptr, sel_ptr, coef_ptr, loss_ptr, metrics_ptr, count_ptr,
     N, T, B, chunk, clip_low, clip_high, lb, ub, kl_coef, r_hi, r_mid, r_lo,
-    CLIP: tl.constexpr, AGG: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
+    MODE: tl.constexpr, LOSS: tl.constexpr, AGG: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
     P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """The selection, the loss, ``coef`` and the metrics in one launch: the phases above
-    separated by grid barriers. Needs every program resident at once (a cooperative launch,
-    ≤ one program per SM) and ``ctrl`` zeroed, barrier counters included."""
+    """The selection -- and with LOSS the loss, ``coef``, the metrics and the count -- in one
+    launch: the phases above separated by grid barriers. Needs every program resident at once
+    (a cooperative launch, ≤ one program per SM) and ``ctrl`` zeroed, barrier counters included."""
     n_parts = tl.num_programs(0)
-    _stats_phase(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, False, BLOCK)
-    _grid_barrier(ctrl_ptr + BARRIERS + 0)
+    if MODE != TOP_VALUES:
+        _stats_phase(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, False, BLOCK)
+        _grid_barrier(ctrl_ptr + BARRIERS + 0)
     _keys_phase(
         lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
-        N, chunk, clip_low, clip_high, lb, ub, CLIP, True, False, ACC64, HAS_OFFSET, P_BLOCK, BLOCK,
+        N, chunk, clip_low, clip_high, lb, ub, MODE, True, False, ACC64, HAS_OFFSET, P_BLOCK, BLOCK,
     )
     _grid_barrier(ctrl_ptr + BARRIERS + 1)
-    _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, BLOCK)
+    _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, MODE, BLOCK)
     _grid_barrier(ctrl_ptr + BARRIERS + 2)
-    _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, BLOCK)
+    _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, MODE, BLOCK)
     _grid_barrier(ctrl_ptr + BARRIERS + 3)
-    _write_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo, CLIP, P_BLOCK, BLOCK)
-    tl.debug_barrier()  # the loss phase reads back this program's selection
-    _loss_phase(
-        old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
-        N, T, B, chunk, clip_low, clip_high, kl_coef, CLIP, AGG, ACC64, BLOCK,
-    )
-    _grid_barrier(ctrl_ptr + BARRIERS + 4)
-    if tl.program_id(0) == 0:
-        _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP, AGG, P_BLOCK)
-        tl.store(metrics_ptr + 2, 0.0)  # pg_clipfrac_lower: 0, as verl logs it for these losses
-        tl.store(count_ptr, _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, CLIP).to(tl.int64))
+    _write_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo, MODE, P_BLOCK, BLOCK)
+    if LOSS:
+        CLIP: tl.constexpr = MODE == CLIP_COV
+        tl.debug_barrier()  # the loss phase reads back this program's selection
+        _loss_phase(
+            old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
+            N, T, B, chunk, clip_low, clip_high, kl_coef, CLIP, AGG, ACC64, BLOCK,
+        )
+        _grid_barrier(ctrl_ptr + BARRIERS + 4)
+        if tl.program_id(0) == 0:
+            _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP, AGG, P_BLOCK)
+            tl.store(metrics_ptr + 2, 0.0)  # pg_clipfrac_lower: 0, as verl logs it for these losses
+            tl.store(count_ptr, _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, MODE).to(tl.int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +593,7 @@ def keys(
     launcher(_keys_kernel, log_prob)[(programs,)](
         log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, stats_, 1, stats_, out, dummy,
         seed if clip_mode else dummy, offset if clip_mode and offset is not None else dummy, n, chunk,
-        clip_low, clip_high, lb, ub, CLIP=clip_mode, HIST=False, KEY64=True, ACC64=log_prob.dtype == torch.float64,
+        clip_low, clip_high, lb, ub, MODE=int(clip_mode), HIST=False, KEY64=True, ACC64=log_prob.dtype == torch.float64,
         HAS_OFFSET=offset is not None, P_BLOCK=16, BLOCK=block, num_warps=_warps(block),
     )
     return out
@@ -590,15 +625,22 @@ def select(
     launcher(_keys_kernel, log_prob)[grid](
         log_prob, advantages, mask, old_log_prob if clip_mode else log_prob, part, programs, st, key, ctrl,
         seed if clip_mode else part, offset if clip_mode and offset is not None else part, n, chunk,
-        clip_low, clip_high, lb, ub, CLIP=clip_mode, HIST=True, KEY64=False, ACC64=log_prob.dtype == torch.float64,
+        clip_low, clip_high, lb, ub, MODE=int(clip_mode), HIST=True, KEY64=False, ACC64=log_prob.dtype == torch.float64,
         HAS_OFFSET=offset is not None, P_BLOCK=p_block, BLOCK=block, num_warps=warps,
     )
-    launcher(_hist2_kernel, log_prob)[grid](key, st, ctrl, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=warps)
-    launcher(_hist3_kernel, log_prob)[grid](key, st, ctrl, rows, n, chunk, *r, CLIP=clip_mode, BLOCK=block, num_warps=warps)
-    launcher(_write_kernel, log_prob)[grid](
-        key, st, ctrl, rows, sel, n, chunk, *r, CLIP=clip_mode, P_BLOCK=p_block, BLOCK=block, num_warps=warps,
-    )
+    _radix_select_launches(log_prob, key, st, ctrl, rows, sel, n, chunk, r, int(clip_mode), programs, block)
     return sel, st
+
+
+def _radix_select_launches(probe, key, st, ctrl, rows, sel, n, chunk, r, mode, programs, block) -> None:
+    """Radix passes 2 and 3 and the exact-k write over keys already histogrammed (pass 1)."""
+    grid = (programs,)
+    warps = _warps(block)
+    launcher(_hist2_kernel, probe)[grid](key, st, ctrl, n, chunk, *r, MODE=mode, BLOCK=block, num_warps=warps)
+    launcher(_hist3_kernel, probe)[grid](key, st, ctrl, rows, n, chunk, *r, MODE=mode, BLOCK=block, num_warps=warps)
+    launcher(_write_kernel, probe)[grid](
+        key, st, ctrl, rows, sel, n, chunk, *r, MODE=mode, P_BLOCK=_p_block(programs), BLOCK=block, num_warps=warps,
+    )
 
 
 AGG_CODES = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2}
@@ -626,7 +668,8 @@ def policy_loss(
         CLIP=clip_mode, AGG=agg, ACC64=acc64, BLOCK=block, num_warps=_warps(block),
     )
     launcher(_loss_combine_kernel, log_prob)[(1,)](
-        part, programs, stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg, P_BLOCK=_p_block(programs), num_warps=4,
+        part, programs, stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg, P_BLOCK=_p_block(programs),
+        num_warps=_warps(block),
     )
     return loss, metrics, coef
 
@@ -700,12 +743,67 @@ def fused(
             offset if clip_mode and offset is not None else dummy, row_count if row_count is not None else dummy,
             part, stats_, ctrl, scratch, rows, sel, coef, loss, metrics, count,
             n, t, b, chunk, clip_low, clip_high, lb, ub, kl_coef, *split_ratio(ratio),
-            CLIP=clip_mode, AGG=agg, ACC64=acc64, HAS_OFFSET=offset is not None,
+            MODE=int(clip_mode), LOSS=True, AGG=agg, ACC64=acc64, HAS_OFFSET=offset is not None,
             P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS), **options,
         )
     except RuntimeError as e:  # pragma: no cover - depends on the device
-        if dev.type != "cuda" or "cooperative" not in str(e).lower() and "too large" not in str(e).lower():
-            raise
-        _FUSED_FAILED.add(dev.index)
-        raise FusedLaunchUnavailable(str(e)) from e
+        _refused(e, dev)
     return loss, metrics, count, coef
+
+
+def _refused(error: RuntimeError, device: torch.device) -> None:
+    """Re-raise a failed cooperative launch as :class:`FusedLaunchUnavailable` (and remember the
+    device), any other error as it is."""
+    text = str(error).lower()
+    if device.type != "cuda" or not any(s in text for s in ("cooperative", "too large", "not supported")):
+        raise error
+    _FUSED_FAILED.add(device.index)
+    raise FusedLaunchUnavailable(str(error)) from error
+
+
+# ---- top values (high_entropy_mask): the same radix select, keyed by the values themselves ----------
+
+
+def top_values(values: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Bool mask (``values``' shape) of the ``max(1, ceil(ρ·#valid − 1e-9))`` valid (``mask != 0``)
+    entries of largest ``float32(values)``, ties → lower flat index, NaN lowest; four launches
+    (keys + histogram, two radix passes, the write) after a memset. Contiguous inputs."""
+    n = values.numel()
+    dev = values.device
+    block = _block(n)
+    programs, chunk = _grid(n, dev, block)
+    ctrl = torch.zeros((CTRL_SIZE,), dtype=torch.int32, device=dev)
+    key = torch.empty((n,), dtype=torch.int32, device=dev)
+    rows = torch.empty((programs, 1024), dtype=torch.int32, device=dev)
+    sel = torch.empty(values.shape, dtype=torch.bool, device=dev)
+    r = split_ratio(ratio)
+    launcher(_keys_kernel, values)[(programs,)](
+        values, values, mask, values, ctrl, programs, ctrl, key, ctrl, ctrl, ctrl, n, chunk, 0.0, 0.0, 0.0, 0.0,
+        MODE=2, HIST=True, KEY64=False, ACC64=False, HAS_OFFSET=False, P_BLOCK=_p_block(programs), BLOCK=block,
+        num_warps=_warps(block),
+    )
+    _radix_select_launches(values, key, ctrl, ctrl, rows, sel, n, chunk, r, 2, programs, block)
+    return sel
+
+
+def top_values_fused(values: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.Tensor:
+    """:func:`top_values` in one cooperative launch (after the memset); raises
+    :class:`FusedLaunchUnavailable` if the device refuses it."""
+    n = values.numel()
+    dev = values.device
+    block = _block(n)
+    programs, chunk = _fused_grid(n, dev, block)
+    ctrl = torch.zeros((CTRL_FUSED_SIZE,), dtype=torch.int32, device=dev)
+    scratch = torch.empty((n + programs * 1024,), dtype=torch.int32, device=dev)  # keys, then tie rows
+    sel = torch.empty(values.shape, dtype=torch.bool, device=dev)
+    options = {"launch_cooperative_grid": True} if dev.type == "cuda" else {}
+    try:
+        _fused_kernel[(programs,)](
+            values, values, values, mask, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, scratch, scratch[n:], sel, ctrl, ctrl,
+            ctrl, ctrl, n, 1, 1, chunk, 0.0, 0.0, 0.0, 0.0, 0.0, *split_ratio(ratio),
+            MODE=2, LOSS=False, AGG=0, ACC64=False, HAS_OFFSET=False, P_BLOCK=_p_block(programs), BLOCK=block,
+            num_warps=_warps(block, FUSED_MAX_WARPS), **options,
+        )
+    except RuntimeError as e:  # pragma: no cover - depends on the device
+        _refused(e, dev)
+    return sel

@@ -1,15 +1,47 @@
 """The "80/20 rule" token mask (Beyond the 80/20 Rule: high-entropy minority tokens drive RL
 for reasoning): only the highest-entropy ``top_fraction`` of the valid tokens of a batch get
-policy gradient. Computed on the device without host synchronisation (CUDA-graph capturable).
+policy gradient. Computed on the device without host synchronisation (CUDA-graph capturable):
+the op ``entropy_kernels::high_entropy_mask`` and the public :func:`high_entropy_mask`.
+
+On CUDA it is the radix select of the Clip-Cov / KL-Cov kernels (``kernels/cov_select.py``,
+mode ``TOP_VALUES``) keyed by the entropies themselves: one cooperative launch eagerly, four
+launches under torch.compile; on the CPU, :mod:`entropy_kernels.reference.high_entropy` (a
+device sort).
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 
 import torch
+from torch.library import triton_op
 
-from .. import _validation
+from .. import _backend, _validation
+from ..reference.high_entropy import high_entropy_mask_reference
+
+if _backend.triton_available():
+    from ..kernels import cov_select as _kernels
+else:  # pragma: no cover - Triton ships with torch's CUDA wheels
+    _kernels = None
+
+
+@triton_op("entropy_kernels::high_entropy_mask", mutates_args=())
+def high_entropy_mask_op(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float) -> torch.Tensor:
+    """Bool mask of the top ``top_fraction`` valid tokens by entropy (contiguous inputs of one
+    shape, at least one element). Internal: use :func:`high_entropy_mask`."""
+    if _backend.use_triton(entropy):
+        return _kernels.top_values(entropy, mask, top_fraction)
+    return high_entropy_mask_reference(entropy, mask, top_fraction)
+
+
+def _eager(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float) -> torch.Tensor:
+    """The eager fast path: one cooperative launch where the device allows it, else the four."""
+    if _kernels.fused_enabled(entropy.device):
+        try:
+            return _kernels.top_values_fused(entropy, mask, top_fraction)
+        except _kernels.FusedLaunchUnavailable as e:  # pragma: no cover - depends on the device
+            warnings.warn(f"entropy_kernels: one-launch high_entropy_mask unavailable ({e}); using one launch per pass")
+    return _kernels.top_values(entropy, mask, top_fraction)
 
 
 def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float = 0.2) -> torch.Tensor:
@@ -18,16 +50,17 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: f
     Parameters
     ----------
     entropy : Tensor ``[...]`` floating (e.g. from :func:`linear_logprob_entropy`; detached here).
-    mask : Tensor ``[...]`` bool (or 0/1) of valid tokens, same shape and device.
+    mask : Tensor ``[...]`` bool (or 0/1) of valid tokens (nonzero = valid), same shape and device.
     top_fraction : float in (0, 1]
 
     Returns
     -------
     Bool tensor of ``entropy``'s shape: ``True`` on exactly ``k`` valid tokens (``k = 0`` when no
-    token is valid; ``k >= 1`` otherwise, however small the batch). Ties at the threshold are
-    broken by position (the earlier flattened index wins), so the count is always exactly ``k``.
+    token is valid; ``k >= 1`` otherwise, however small the batch; ``q·n`` within 1e-9 of an
+    integer is not rounded up). Entropies are ranked as float32; ties at the threshold are broken
+    by position (the earlier flattened index wins), so the count is always exactly ``k``.
     ``nan`` entropies rank lowest. Selection is over the whole tensor (all sequences of the
-    micro-batch), as in the paper.
+    micro-batch), as in the paper. No host synchronisation.
 
     Example
     -------
@@ -44,17 +77,15 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: f
     _validation.check_same_device("mask", mask, "entropy", entropy)
     if tuple(mask.shape) != tuple(entropy.shape):
         raise ValueError(f"mask shape {tuple(mask.shape)} must equal entropy's {tuple(entropy.shape)}")
+    if mask.dtype.is_complex:
+        raise TypeError(f"mask must be bool, integer or floating, got {mask.dtype}")
     if isinstance(top_fraction, bool) or not isinstance(top_fraction, (int, float)) or not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
-    valid = mask.reshape(-1).to(torch.bool)
-    key = entropy.detach().reshape(-1).float()
-    key = torch.where(valid & ~torch.isnan(key), key, torch.full_like(key, -math.inf))
-    n_valid = valid.sum()
-    # k = ceil(q·n) as a device tensor, in float64 with a 1e-9 slack so that q·n landing on an
-    # integer (0.2·10 = 2.0000000000000004, 0.05·700) is not rounded up
-    k_float = torch.ceil(n_valid.to(torch.float64) * float(top_fraction) - 1e-9)
-    k = torch.where(n_valid > 0, torch.clamp(k_float.to(torch.int64), min=1), 0)
-    order = torch.sort(key, descending=True, stable=True).indices  # device radix sort, no sync
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)
-    return ((rank < k) & valid).reshape(entropy.shape)
+    if entropy.numel() >= 2**31:
+        raise ValueError(f"at most 2**31 - 1 tokens per call, got {entropy.numel()}")
+    if entropy.numel() == 0:
+        return torch.zeros(entropy.shape, dtype=torch.bool, device=entropy.device)
+    entropy, mask, top_fraction = entropy.detach().contiguous(), mask.contiguous(), float(top_fraction)
+    if _backend.launch_triton_directly(entropy):
+        return _eager(entropy, mask, top_fraction)
+    return high_entropy_mask_op(entropy, mask, top_fraction)
