@@ -26,8 +26,8 @@ Loss: ``_loss_kernel`` computes per-token loss, its derivative w.r.t. ``log_prob
 scaled by the aggregation weight, so the backward is one multiply) and per-program partial
 sums; ``_loss_combine_kernel`` adds them up into the loss and the metrics.
 
-Each kernel is a thin wrapper of a ``@triton.jit`` phase function. ``_fused_kernel`` runs the
-phases back to back in ONE cooperative launch (one program per SM, a grid barrier between
+Each of these kernels is a ``@triton.jit`` phase function (``_stats_phase`` ...), launched on
+its own. ``_fused_kernel`` calls the same functions back to back in ONE cooperative launch (one program per SM, a grid barrier between
 phases): the eager path of the losses (selection + loss + metrics) and of
 ``high_entropy_mask``. The phase-per-launch kernels serve torch.compile (the graph sees each
 launch), the global selection across ranks, and ``EK_COV_FUSED=0``.
@@ -425,61 +425,16 @@ def _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP:
     tl.store(metrics_ptr + 1, (tl.sum(s1, 0) / den).to(metrics_ptr.dtype.element_ty))
 
 
-# ---- one phase per launch (torch.compile's ops, the global selection, EK_COV_FUSED=0) ---------------
+# ---- one phase per launch (torch.compile's ops, the global selection, EK_COV_FUSED=0): a
+# ``@triton.jit`` function is launchable as it is, so the phase functions are the kernels --------
 
-
-@triton.jit
-def _stats_kernel(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_CTRL: tl.constexpr, BLOCK: tl.constexpr):
-    _stats_phase(lp_ptr, adv_ptr, mask_ptr, part_ptr, ctrl_ptr, N, chunk, ZERO_CTRL, BLOCK)
-
-
-@triton.jit
-def _keys_kernel(
-    lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
-    N, chunk, clip_low, clip_high, lb, ub,
-    MODE: tl.constexpr, HIST: tl.constexpr, KEY64: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
-    P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
-):
-    _keys_phase(
-        lp_ptr, adv_ptr, mask_ptr, old_ptr, part_ptr, n_parts, stats_ptr, key_ptr, ctrl_ptr, seed_ptr, offset_ptr,
-        N, chunk, clip_low, clip_high, lb, ub, MODE, HIST, KEY64, ACC64, HAS_OFFSET, P_BLOCK, BLOCK,
-    )
-
-
-@triton.jit
-def _hist2_kernel(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, MODE: tl.constexpr, BLOCK: tl.constexpr):
-    _hist2_phase(key_ptr, stats_ptr, ctrl_ptr, N, chunk, r_hi, r_mid, r_lo, MODE, BLOCK)
-
-
-@triton.jit
-def _hist3_kernel(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, MODE: tl.constexpr, BLOCK: tl.constexpr):
-    _hist3_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, N, chunk, r_hi, r_mid, r_lo, MODE, BLOCK)
-
-
-@triton.jit
-def _write_kernel(
-    key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo,
-    MODE: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
-):
-    _write_phase(key_ptr, stats_ptr, ctrl_ptr, rows_ptr, sel_ptr, N, chunk, r_hi, r_mid, r_lo, MODE, P_BLOCK, BLOCK)
-
-
-@triton.jit
-def _loss_kernel(
-    old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
-    N, T, B, chunk, clip_low, clip_high, kl_coef,
-    CLIP: tl.constexpr, AGG: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
-):
-    _loss_phase(
-        old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
-        N, T, B, chunk, clip_low, clip_high, kl_coef, CLIP, AGG, ACC64, BLOCK,
-    )
-
-
-@triton.jit
-def _loss_combine_kernel(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP: tl.constexpr, AGG: tl.constexpr,
-                         P_BLOCK: tl.constexpr):
-    _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP, AGG, P_BLOCK)
+_stats_kernel = _stats_phase
+_keys_kernel = _keys_phase
+_hist2_kernel = _hist2_phase
+_hist3_kernel = _hist3_phase
+_write_kernel = _write_phase
+_loss_kernel = _loss_phase
+_loss_combine_kernel = _combine_phase
 
 
 # ---- every phase in one cooperative launch ------------------------------------------------------
