@@ -102,6 +102,25 @@ def check_class_indices(name: str, targets: torch.Tensor, vocab: int, ignore_ind
         raise ValueError(f"{name} must be in [0, {vocab}) or ignore_index={ignore_index}, found {first}")
 
 
+# dtypes a Triton kernel loads directly as a mask; others (float8 variants) are widened first
+_KERNEL_MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                       torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def kernel_mask(name: str, mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` as a dtype the kernels load (float8 → float32, values kept exactly); complex
+    masks are rejected.
+
+    Example
+    -------
+    >>> kernel_mask("mask", torch.ones(2, dtype=torch.float8_e4m3fn)).dtype
+    torch.float32
+    """
+    if mask.dtype.is_complex:
+        raise TypeError(f"{name} must be bool, integer or floating, got {mask.dtype}")
+    return mask if mask.dtype in _KERNEL_MASK_DTYPES else mask.float()
+
+
 def seed_and_offset(generator: Optional[torch.Generator], seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
                     ref_name: str, ref: torch.Tensor, zero_offset: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The ``(seed, offset)`` one-element int64 tensors of a counter-based sampler, on ``ref``'s

@@ -68,20 +68,32 @@ def test_many_programs_and_ties_across_them(backend, launches, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_input_dtypes_rank_as_float32(backend, dtype):
+def test_input_dtypes_rank_as_float32(backend, launches, dtype):
     ent = (torch.rand(3, 90, dtype=torch.float64) * 4).to(dtype)
     mask = torch.rand(3, 90) < 0.8
     got = run(backend, ent.to(backend.device), mask.to(backend.device), top_fraction=0.3)
     assert torch.equal(got.cpu(), mask_oracle(ent, mask, 0.3))
 
 
-def test_nan_inf_and_mask_dtypes(backend):
+def test_nan_inf_and_mask_dtypes(backend, launches):
     ent = torch.tensor([[0.5, float("nan"), 2.0, float("inf"), -float("inf"), 1.0, float("nan"), 0.0]])
     for mask in (torch.ones(1, 8, dtype=torch.bool), torch.ones(1, 8, dtype=torch.int64),
                  torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0, 0.5, 1.0, -2.0]])):
         for q in (0.2, 0.6, 0.9, 1.0):
             got = run(backend, ent.to(backend.device), mask.to(backend.device), top_fraction=q)
             assert torch.equal(got.cpu(), mask_oracle(ent, mask, q)), (mask.dtype, q)
+
+
+def test_signed_zeros_tie_and_tiny_or_fp8_mask_values(backend, launches):
+    """−0.0 and +0.0 entropies are equal (ties → lower index; −0.0 is what −Σp·log p gives for a
+    one-hot row); a float64 mask weight of 1e-300 is nonzero, so valid; float8 masks work."""
+    ent = torch.tensor([[-0.0, 0.0, 0.0, -0.0, 0.0, -0.0]])
+    for mask in (torch.ones(1, 6, dtype=torch.bool),
+                 torch.tensor([[1.0, 1e-300, 1.0, 5e-324, 0.0, 1.0]], dtype=torch.float64),
+                 torch.tensor([[1.0, 0.0, 2.0, 1.0, 1.0, 0.0]]).to(torch.float8_e4m3fn)):
+        for q in (0.34, 0.5, 0.8):
+            got = run(backend, ent.to(backend.device), mask.to(backend.device), top_fraction=q)
+            assert torch.equal(got.cpu(), mask_oracle(ent, mask.float() if mask.dtype == torch.float8_e4m3fn else mask, q)), (mask.dtype, q)
 
 
 def test_count_at_exact_multiples(backend):

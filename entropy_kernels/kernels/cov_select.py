@@ -216,7 +216,7 @@ def _keys_phase(
     for start in range(0, chunk, BLOCK):
         idx = base + start + offs
         ok = idx < N
-        m = tl.load(mask_ptr + idx, mask=ok, other=0).to(tl.float32)
+        m = tl.load(mask_ptr + idx, mask=ok, other=0)  # compared in its own dtype (a 1e-300 fp64 weight is valid)
         if MODE == TOP_VALUES:
             valid = m != 0  # as mask.to(bool)
             lp_in = tl.load(lp_ptr + idx, mask=valid, other=0.0)
@@ -242,6 +242,7 @@ def _keys_phase(
         else:
             elig = valid
             c32 = cov.to(tl.float32)
+            c32 = tl.where(c32 == 0, 0.0, c32)  # −0.0 ties with +0.0, as the values compare
             b = c32.to(tl.int32, bitcast=True)
             u = tl.maximum(tl.where(b < 0, b ^ 0x7FFFFFFF, b).to(tl.int64) + TWO31, 1)
             u = tl.where(c32 != c32, 1, u)  # NaN: the lowest valid key (no float constant: inductor re-emits globals)
@@ -364,8 +365,9 @@ def _loss_phase(
     for start in range(0, chunk, BLOCK):
         idx = base + start + offs
         ok = idx < N
-        m = tl.load(mask_ptr + idx, mask=ok, other=0).to(DT)
-        valid = m > 0
+        m_in = tl.load(mask_ptr + idx, mask=ok, other=0)
+        valid = m_in > 0
+        m = m_in.to(DT)
         lp = tl.load(lp_ptr + idx, mask=valid, other=0.0).to(DT)
         old = tl.load(old_ptr + idx, mask=valid, other=0.0).to(DT)
         a = tl.load(adv_ptr + idx, mask=valid, other=0.0).to(DT)

@@ -201,8 +201,7 @@ def check_inputs(old_log_prob, log_prob, advantages, response_mask):
         _validation.check_tensor(name, t)
         if name != "response_mask":
             _validation.check_float_dtype(name, t)
-    if response_mask.dtype.is_complex:
-        raise TypeError(f"response_mask must be bool, integer or floating, got {response_mask.dtype}")
+    response_mask = _validation.kernel_mask("response_mask", response_mask)
     if log_prob.dim() != 2 or 0 in log_prob.shape:
         raise ValueError(f"log_prob must be a non-empty [B, T] tensor, got shape {tuple(log_prob.shape)}")
     for name, t in tensors.items():

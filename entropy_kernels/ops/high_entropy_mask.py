@@ -77,8 +77,7 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: f
     _validation.check_same_device("mask", mask, "entropy", entropy)
     if tuple(mask.shape) != tuple(entropy.shape):
         raise ValueError(f"mask shape {tuple(mask.shape)} must equal entropy's {tuple(entropy.shape)}")
-    if mask.dtype.is_complex:
-        raise TypeError(f"mask must be bool, integer or floating, got {mask.dtype}")
+    mask = _validation.kernel_mask("mask", mask)
     if isinstance(top_fraction, bool) or not isinstance(top_fraction, (int, float)) or not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
     if entropy.numel() >= 2**31:

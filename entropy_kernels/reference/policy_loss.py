@@ -89,8 +89,8 @@ def kl_cov_count(stats: torch.Tensor, ratio: float) -> torch.Tensor:
 
 def float_key(values: torch.Tensor) -> torch.Tensor:
     """Order-preserving map of ``float32(values)`` to int64 keys in ``[1, 2**32)``; NaN → 1, the
-    lowest key of a valid token."""
-    v = values.float()
+    lowest key of a valid token; ±0.0 share one key."""
+    v = values.float() + 0.0  # −0.0 → +0.0: equal values get equal keys
     b = v.view(torch.int32).long()
     k = torch.clamp(torch.where(b < 0, b ^ 0x7FFFFFFF, b) + 2**31, min=1)
     return torch.where(torch.isnan(v), 1, k)
