@@ -51,6 +51,7 @@ _SUITES = {
     "entropy": "entropy:entropy_cases",
     "linear_cross_entropy": "linear_cross_entropy:linear_cross_entropy_cases",
     "linear_logprob_entropy": "linear_logprob_entropy:linear_logprob_entropy_cases",
+    "high_entropy_mask": "linear_logprob_entropy:high_entropy_mask_cases",
     "top_h": "top_h:top_h_cases",
     "dfloat": "dfloat:dfloat_cases",
     "policy_loss": "policy_loss:policy_loss_cases",
