@@ -160,8 +160,21 @@ class _FusedCovLossFunction(torch.autograd.Function):
         return (None, (coef * grad_loss).to(ctx.lp_dtype)) + (None,) * 13
 
 
+def row_count(mask: torch.Tensor, agg: int) -> Optional[torch.Tensor]:
+    """Σ m per sequence (fp32 ``[B]``) for seq-mean-token-mean (``agg == 2``); None otherwise.
+
+    Example
+    -------
+    >>> row_count(torch.tensor([[1, 1, 0], [0, 0, 0]]), 2), row_count(torch.ones(2, 3), 0)
+    (tensor([2., 0.]), None)
+    """
+    if agg != 2:
+        return None
+    return torch.where(mask > 0, mask.to(torch.float32), 0.0).sum(-1)
+
+
 def fused_policy_loss(
-    old_log_prob, log_prob, advantages, mask, row_count, clip_mode: bool, agg: int, ratio: float,
+    old_log_prob, log_prob, advantages, mask, clip_mode: bool, agg: int, ratio: float,
     clip_low: float, clip_high: float, lb: float, ub: float, kl_coef: float,
     seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -170,10 +183,10 @@ def fused_policy_loss(
     the ops), on the torch path, with ``EK_COV_FUSED=0``, or where the device refused the
     cooperative launch. Same values as :func:`cov_select` followed by :func:`cov_policy_loss`."""
     if not (_backend.launch_triton_directly(log_prob) and _kernels.fused_enabled(log_prob.device)):
-        return None
+        return None  # before row_count: the fallback path computes it itself
     try:
         return _FusedCovLossFunction.apply(
-            old_log_prob, log_prob, advantages, mask, row_count, clip_mode, agg, ratio, clip_low, clip_high, lb, ub,
+            old_log_prob, log_prob, advantages, mask, row_count(mask, agg), clip_mode, agg, ratio, clip_low, clip_high, lb, ub,
             kl_coef, seed, offset,
         )
     except _kernels.FusedLaunchUnavailable as e:  # pragma: no cover - depends on the device

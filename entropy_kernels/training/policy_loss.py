@@ -39,20 +39,13 @@ def _check_selection(selection, log_prob) -> torch.Tensor:
     return selection.contiguous()
 
 
-def _row_count(mask, agg):
-    """Σ m per sequence, for seq-mean-token-mean (None for the other modes)."""
-    if agg != 2:
-        return None
-    return torch.where(mask > 0, mask.to(torch.float32), 0.0).sum(-1)
-
-
 def _metrics(pg_clipfrac, ppo_kl, pg_clipfrac_lower, n_selected) -> Metrics:
     return {"pg_clipfrac": pg_clipfrac, "ppo_kl": ppo_kl, "pg_clipfrac_lower": pg_clipfrac_lower, "n_selected": n_selected}
 
 
 def _loss(old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode, agg, low, high, coef) -> Tuple[torch.Tensor, Metrics]:
     loss, metrics, _ = _ops.policy_loss_parts(
-        old_log_prob, log_prob, advantages, mask, selected, stats, _row_count(mask, agg), clip_mode, agg, low, high, coef
+        old_log_prob, log_prob, advantages, mask, selected, stats, _ops.row_count(mask, agg), clip_mode, agg, low, high, coef
     )
     lower = torch.zeros((), dtype=metrics.dtype, device=metrics.device)
     return loss, _metrics(metrics[0], metrics[1], lower, selected.sum())
@@ -61,8 +54,7 @@ def _loss(old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode, 
 def _fused(old_log_prob, log_prob, advantages, mask, clip_mode, agg, ratio, low, high, lb, ub, coef, seed, offset):
     """The one-launch path (``ops.cov_select.fused_policy_loss``), or None where it does not apply."""
     out = _ops.fused_policy_loss(
-        old_log_prob, log_prob, advantages, mask, _row_count(mask, agg), clip_mode, agg, ratio, low, high, lb, ub, coef,
-        seed, offset,
+        old_log_prob, log_prob, advantages, mask, clip_mode, agg, ratio, low, high, lb, ub, coef, seed, offset
     )
     if out is None:
         return None
