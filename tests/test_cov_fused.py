@@ -131,6 +131,61 @@ def test_routing_one_launch_and_fallback(backend, monkeypatch):
         assert torch.equal(got.detach(), want.detach())
 
 
+def _both_selections(backend, old, lp, adv, mask, seed, offset):
+    with backend.context():
+        clip = ek.clip_cov_select(old, lp, adv, mask, clip_cov_ratio=0.1, clip_cov_lb=0.05, seed=seed, offset=offset)
+        kl = ek.kl_cov_select(lp, adv, mask, kl_cov_ratio=0.1)
+    return clip, kl
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_fused_selection_equals_the_phase_launches_bit_for_bit(backend, small_blocks, monkeypatch, dtype):  # noqa: F811
+    """``clip_cov_select`` / ``kl_cov_select`` take the one-launch kernel (no phase launcher is
+    called) and, on the phase launches' grid and warps, return the same selections and the
+    same statistics bit for bit."""
+    _needs_triton(backend)
+    b, t = (3, 70) if backend.name == "cpu-triton-interpreter" else (8, 5000)
+    old, lp, adv, mask = (x.to(dtype) if x.is_floating_point() else x for x in make_batch(b, t, backend.device, scale=2.0))
+    seed, off = torch.tensor([5], device=backend.device), torch.tensor([11], device=backend.device)
+    monkeypatch.setattr(K, "_grid", K._fused_grid)
+    monkeypatch.setattr(K, "FUSED_MAX_WARPS", 4)
+    monkeypatch.setenv("EK_COV_FUSED", "1")
+    with monkeypatch.context() as m:
+        m.setattr(K, "select", lambda *a: pytest.fail("a phase launcher was called on the one-launch path"))
+        fused = _both_selections(backend, old, lp, adv, mask, seed, off)
+    monkeypatch.setenv("EK_COV_FUSED", "0")
+    phases = _both_selections(backend, old, lp, adv, mask, seed, off)
+    for got, want in zip(fused, phases):
+        assert got.dtype == torch.bool and got.shape == (b, t) and int(got.sum()) > 0
+        assert torch.equal(got, want)
+    for clip_mode in (True, False):  # the statistics the losses reuse (selection= with process_group)
+        args = (lp, adv, mask, old if clip_mode else None, clip_mode, 0.1, 0.2, 0.2, 0.05, 5.0, seed, off)
+        with backend.context():
+            sel_f, st_f = K.select_fused(*args)
+            sel_p, st_p = K.select(*args)
+        assert torch.equal(sel_f, sel_p) and st_f.shape == st_p.shape == (4,) and torch.equal(st_f, st_p)
+
+
+def test_fused_selection_falls_back_to_the_phase_launches(backend, monkeypatch):
+    """A device that refuses the cooperative launch: a warning, then the phase launches (same
+    selection as with ``EK_COV_FUSED=0``)."""
+    _needs_triton(backend)
+    old, lp, adv, mask = make_batch(2, 40, backend.device, scale=2.0)
+    seed, off = torch.tensor([2], device=backend.device), torch.tensor([0], device=backend.device)
+    monkeypatch.setenv("EK_COV_FUSED", "0")
+    want = _both_selections(backend, old, lp, adv, mask, seed, off)
+    monkeypatch.setenv("EK_COV_FUSED", "1")
+
+    def refuse(*args):
+        raise K.FusedLaunchUnavailable("too many blocks in cooperative launch")
+
+    monkeypatch.setattr(K, "select_fused", refuse)
+    with pytest.warns(UserWarning, match="one launch per phase"):
+        got = _both_selections(backend, old, lp, adv, mask, seed, off)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 def test_selection_only_and_explicit_selection_keep_the_phase_path(backend, monkeypatch):
     """``selection=`` and the public selection functions do not use the fused loss kernel."""
     _needs_triton(backend)

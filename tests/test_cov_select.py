@@ -30,6 +30,14 @@ def small_blocks(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["one-launch", "phases"])
+def launch_path(request, monkeypatch):
+    """Eagerly the selection runs as one cooperative launch (``select_fused``) or, with
+    ``EK_COV_FUSED=0``, one launch per phase (several programs: their cross-program steps)."""
+    monkeypatch.setenv("EK_COV_FUSED", "1" if request.param == "one-launch" else "0")
+    return request.param
+
+
 def make_batch(b, t, device="cpu", p_valid=0.8, scale=1.0):
     old = -torch.rand(b, t, dtype=torch.float64) * 4
     lp = old + 0.3 * torch.randn(b, t, dtype=torch.float64)
@@ -88,7 +96,7 @@ def assert_kl_matches(sel, lp, adv, mask, ratio):
 
 @pytest.mark.parametrize("ratio", [2e-4, 0.01, 0.2, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_kl_cov_top_k_equals_float64_oracle(backend, small_blocks, ratio, dtype):
+def test_kl_cov_top_k_equals_float64_oracle(backend, small_blocks, launch_path, ratio, dtype):
     shapes = [(3, 50), (2, 333)] if backend.name == "cpu-triton-interpreter" else [(3, 50), (8, 1000), (1, 4097)]
     for b, t in shapes:
         _, lp, adv, mask = make_batch(b, t, backend.device)
@@ -98,7 +106,7 @@ def test_kl_cov_top_k_equals_float64_oracle(backend, small_blocks, ratio, dtype)
         assert_kl_matches(sel, lp, adv, mask, ratio)
 
 
-def test_kl_cov_ties_go_to_the_lower_flat_index(backend, small_blocks):
+def test_kl_cov_ties_go_to_the_lower_flat_index(backend, small_blocks, launch_path):
     # 4 distinct covariance values, each repeated many times, spread over the batch
     b, t = 4, 60
     adv = torch.tensor([1.0, -1.0, 2.0, -2.0]).repeat(b * t // 4).reshape(b, t)
@@ -130,7 +138,7 @@ def test_kl_cov_k_formula_matches_python_int(backend):
 
 @pytest.mark.parametrize("band", [(1.0, 5.0), (0.2, 2.0), (-math.inf, math.inf)])
 @pytest.mark.parametrize("ratio", [2e-4, 0.05, 1.0])
-def test_clip_cov_picks_min_n_eligible(backend, small_blocks, band, ratio):
+def test_clip_cov_picks_min_n_eligible(backend, small_blocks, launch_path, band, ratio):
     shapes = [(3, 40), (2, 301)] if backend.name == "cpu-triton-interpreter" else [(3, 40), (16, 700)]
     for b, t in shapes:
         old, lp, adv, mask = make_batch(b, t, backend.device, scale=2.0)
@@ -292,7 +300,7 @@ def test_bad_input(call, error, match):
 
 
 @pytest.mark.gpu
-def test_cuda_large_batch_matches_oracle():
+def test_cuda_large_batch_matches_oracle(launch_path):
     old, lp, adv, mask = make_batch(64, 4096, "cuda", scale=2.0)
     for ratio in (2e-4, 2e-3):
         assert_kl_matches(ek.kl_cov_select(lp, adv, mask, kl_cov_ratio=ratio), lp, adv, mask, ratio)
@@ -302,7 +310,7 @@ def test_cuda_large_batch_matches_oracle():
 
 
 @pytest.mark.gpu
-def test_cuda_graph_capture_selection():
+def test_cuda_graph_capture_selection(launch_path):
     old, lp, adv, mask = make_batch(32, 2048, "cuda", scale=2.0)
     seed, off = torch.tensor([11], device="cuda"), torch.tensor([0], device="cuda")
     kw = dict(clip_cov_ratio=2e-3, seed=seed, offset=off)

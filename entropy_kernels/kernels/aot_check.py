@@ -141,6 +141,16 @@ def _cov_configs(C):
                     "clip_low": "fp32", "clip_high": "fp32", "lb": "fp32", "ub": "fp32", "kl_coef": "fp32", **ratio,
                 }, {"MODE": int(clip), "LOSS": True, "AGG": agg, "ACC64": dt == "fp64", "HAS_OFFSET": False,
                     "P_BLOCK": 256, "BLOCK": 1024})
+        for clip in (False, True):  # selection only (clip_cov_select / kl_cov_select)
+            yield (f"cov_fused[{dt},clip={clip},select]", C._fused_kernel, {
+                "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "seed_ptr": "*i64",
+                "offset_ptr": "*i64", **{name: "*fp64" for name in ("rowcnt_ptr", "part_ptr", "stats_ptr")},
+                "ctrl_ptr": "*i32", "key_ptr": "*i32", "rows_ptr": "*i32", "sel_ptr": "*i1",
+                **{name: "*fp64" for name in ("coef_ptr", "loss_ptr", "metrics_ptr", "count_ptr")},
+                "N": "i32", "T": "i32", "B": "i32", "chunk": "i32", "clip_low": "fp32", "clip_high": "fp32",
+                "lb": "fp32", "ub": "fp32", "kl_coef": "fp32", **ratio,
+            }, {"MODE": int(clip), "LOSS": False, "AGG": 0, "ACC64": dt == "fp64", "HAS_OFFSET": True,
+                "P_BLOCK": 256, "BLOCK": 1024})
         if dt != "fp64":
             yield (f"cov_fused[{dt},top_values]", C._fused_kernel, {
                 "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1",

@@ -28,8 +28,8 @@ sums; ``_loss_combine_kernel`` adds them up into the loss and the metrics.
 
 Each of these kernels is a ``@triton.jit`` phase function (``_stats_phase`` ...), launched on
 its own. ``_fused_kernel`` calls the same functions back to back in ONE cooperative launch (one program per SM, a grid barrier between
-phases): the eager path of the losses (selection + loss + metrics) and of
-``high_entropy_mask``. The phase-per-launch kernels serve torch.compile (the graph sees each
+phases): the eager path of the losses (selection + loss + metrics), of the selection
+functions (``LOSS=False``) and of ``high_entropy_mask``. The phase-per-launch kernels serve torch.compile (the graph sees each
 launch), the global selection across ranks, and ``EK_COV_FUSED=0``.
 
 ``MODE`` says what the keys rank: ``KL_COV`` the covariance, ``CLIP_COV`` random keys on the
@@ -706,6 +706,37 @@ def fused(
     except RuntimeError as e:  # pragma: no cover - depends on the device
         _refused(e, dev)
     return loss, metrics, count, coef
+
+
+def select_fused(
+    log_prob, advantages, mask, old_log_prob: Optional[torch.Tensor], clip_mode: bool, ratio: float,
+    clip_low: float, clip_high: float, lb: float, ub: float, seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`select` in one cooperative launch (after the memset of the control block): the
+    same ``(selected bool [B, T], stats fp64 [4])``. Raises :class:`FusedLaunchUnavailable` if
+    the device refuses the cooperative launch."""
+    n = log_prob.numel()
+    dev = log_prob.device
+    block = _block(n)
+    programs, chunk = _fused_grid(n, dev, block)
+    part = torch.empty((programs + 1, 8), dtype=torch.float64, device=dev)  # last row: the statistics
+    ctrl = torch.zeros((CTRL_FUSED_SIZE,), dtype=torch.int32, device=dev)
+    scratch = torch.empty((n + programs * 1024,), dtype=torch.int32, device=dev)  # keys, then tie rows
+    sel = torch.empty(log_prob.shape, dtype=torch.bool, device=dev)
+    stats_ = part[programs]
+    options = {"launch_cooperative_grid": True} if dev.type == "cuda" else {}
+    try:
+        _fused_kernel[(programs,)](
+            old_log_prob if clip_mode else log_prob, log_prob, advantages, mask, seed if clip_mode else part,
+            offset if clip_mode and offset is not None else part, part,
+            part, stats_, ctrl, scratch, scratch[n:], sel, part, part, part, part,
+            n, 1, 1, chunk, clip_low, clip_high, lb, ub, 0.0, *split_ratio(ratio),
+            MODE=int(clip_mode), LOSS=False, AGG=0, ACC64=log_prob.dtype == torch.float64, HAS_OFFSET=offset is not None,
+            P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS), **options,
+        )
+    except RuntimeError as e:  # pragma: no cover - depends on the device
+        _refused(e, dev)
+    return sel, stats_[:N_STATS]
 
 
 def _refused(error: RuntimeError, device: torch.device) -> None:

@@ -305,13 +305,21 @@ def _global_select(
 
 
 def _select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group):
-    """``(selected, local stats)``, single-process or global; inputs are detached here."""
+    """``(selected, local stats)``, single-process or global; inputs are detached here. Eagerly
+    one cooperative launch (``kernels.cov_select.select_fused``) where the device allows it, else
+    the five phase launches; while tracing, the ``cov_select`` op."""
     log_prob, advantages = log_prob.detach(), advantages.detach()
     old_log_prob = old_log_prob.detach() if old_log_prob is not None else None
     if group is not None:
         return _global_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group)
     if _backend.launch_triton_directly(log_prob):
-        return _kernels.select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
+        args = (log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
+        if _kernels.fused_enabled(log_prob.device):
+            try:
+                return _kernels.select_fused(*args)
+            except _kernels.FusedLaunchUnavailable as e:  # pragma: no cover - depends on the device
+                warnings.warn(f"entropy_kernels: one-launch Clip-Cov/KL-Cov selection unavailable ({e}); using one launch per phase")
+        return _kernels.select(*args)
     return cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
 
 
