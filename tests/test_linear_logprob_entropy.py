@@ -205,15 +205,20 @@ def test_response_logprobs_and_entropy_matches_manual_slicing(backend):
 def test_aggregate_loss_modes():
     loss = torch.randn(4, 6, dtype=torch.float64)
     mask = torch.rand(4, 6) < 0.6
+    mask[[0, 1, 3], 0] = True
     mask[2] = False  # a sequence without valid tokens
     m = mask.double()
     expected = {
         "token-mean": (loss * m).sum() / m.sum(),
-        "seq-mean-token-sum": sum((loss[i] * m[i]).sum() for i in range(4)) / 4,
-        "seq-mean-token-mean": sum((loss[i] * m[i]).sum() / max(m[i].sum(), 1) for i in range(4)) / 4,
+        # the seq-mean modes average over the sequences with a valid token (verl's agg_loss)
+        "seq-mean-token-sum": sum((loss[i] * m[i]).sum() for i in range(4)) / 3,
+        "seq-mean-token-mean": sum((loss[i] * m[i]).sum() / max(m[i].sum(), 1) for i in range(4)) / 3,
     }
     for mode, value in expected.items():
         torch.testing.assert_close(aggregate_loss(loss, mask, mode), value)
+        nan_in_padding = torch.where(mask, loss, float("nan"))  # masked positions never contribute
+        torch.testing.assert_close(aggregate_loss(nan_in_padding, mask, mode), value)
+        assert float(aggregate_loss(loss, torch.zeros_like(mask), mode)) == 0.0  # empty batch: 0, not nan
     torch.testing.assert_close(entropy_bonus(loss, mask, 0.01, "token-mean"), -0.01 * expected["token-mean"])
     with pytest.raises(ValueError, match="loss_agg_mode"):
         aggregate_loss(loss, mask, "seq-sum")

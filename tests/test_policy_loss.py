@@ -10,18 +10,21 @@ import entropy_kernels as ek
 from entropy_kernels.reference.policy_loss import verl_clip_cov_loss, verl_kl_cov_loss
 from entropy_kernels.training import LOSS_AGG_MODES, clip_cov_policy_loss, kl_cov_policy_loss, linear_cov_policy_loss
 
+import verl_core_algos
 from test_cov_select import make_batch, oracle_clip_eligible, run, small_blocks  # noqa: F401  (fixture)
 
 
 def oracle_agg(loss_mat, mask, mode):
-    """verl's agg_loss (0/1 mask); an empty denominator counts as 1."""
+    """verl's agg_loss (0/1 mask, one process): the seq-mean modes average over the sequences
+    with a valid token; an empty denominator counts as 1."""
     m = mask.to(loss_mat.dtype)
     if mode == "token-mean":
         return (loss_mat * m).sum() / m.sum().clamp_min(1)
     seq = (loss_mat * m).sum(-1)
+    n_seq = (m.sum(-1) > 0).sum().clamp_min(1)
     if mode == "seq-mean-token-sum":
-        return seq.mean()
-    return (seq / m.sum(-1).clamp_min(1)).mean()
+        return seq.sum() / n_seq
+    return (seq / m.sum(-1).clamp_min(1)).sum() / n_seq
 
 
 def oracle_clip_cov(old, lp, adv, mask, selected, mode, low=0.2, high=0.2):
@@ -151,17 +154,68 @@ def test_clip_cov_equals_verl_style_baseline_given_its_selection(backend):
     assert rel_err(metrics["pg_clipfrac"], wm["pg_clipfrac"]) <= 1e-6 and clip_kl_err(metrics["ppo_kl"], wm["ppo_kl"], o, y, mask) <= 1e-5
 
 
-def test_against_verl_if_importable():
-    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
-    from omegaconf import OmegaConf
+VERL = verl_core_algos.load()
+needs_verl = pytest.mark.skipif(VERL is None, reason="verl is not installed (README: pip install --no-deps verl)")
 
-    old, lp, adv, mask = make_batch(4, 200, "cpu")
-    cfg = OmegaConf.create({"policy_loss": {"kl_cov_ratio": 0.02, "ppo_kl_coef": 1.0}, "clip_ratio": 0.2,
-                            "clip_ratio_low": 0.2, "clip_ratio_high": 0.2})
-    for mode in LOSS_AGG_MODES:
-        out = core_algos.compute_policy_loss_kl_cov(old, lp, adv, mask.float(), mode, cfg)
-        loss, _ = kl_cov_policy_loss(old, lp, adv, mask, mode, kl_cov_ratio=0.02, ppo_kl_coef=1.0)
-        assert rel_err(loss, out[0]) <= 1e-5
+
+def _verl_batch(empty_row):
+    old, lp, adv, mask = make_batch(4, 150, "cpu", scale=2.0)
+    if empty_row:
+        mask[1] = False  # a fully masked sequence: left out of the seq-mean denominators
+    return old, lp, adv, mask
+
+
+@needs_verl
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("empty_row", [False, True], ids=["dense", "empty-row"])
+def test_kl_cov_equals_verl(backend, mode, empty_row):
+    """verl's own compute_policy_loss_kl_cov on the same inputs: loss, gradient and ppo_kl."""
+    old, lp, adv, mask = _verl_batch(empty_row)
+    y = lp.clone().requires_grad_()
+    cfg = verl_core_algos.config(kl_cov_ratio=0.03, ppo_kl_coef=0.5)
+    want, wm = VERL.compute_policy_loss_kl_cov(old, y, adv, mask.float(), mode, cfg)
+    want.backward()
+    dev = backend.device
+    x = lp.to(dev).requires_grad_()
+    loss, metrics = run(backend, kl_cov_policy_loss, old.to(dev), x, adv.to(dev), mask.to(dev), mode,
+                        kl_cov_ratio=0.03, ppo_kl_coef=0.5)
+    loss.backward()
+    o, yy, a = _double(old, lp, adv)
+    assert loss_err(loss, want.double(), o, yy, a, mask, mode) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
+    assert abs(float(metrics["ppo_kl"]) - wm["actor/ppo_kl"]) <= 1e-5 * abs(wm["actor/ppo_kl"])
+
+
+@needs_verl
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("empty_row", [False, True], ids=["dense", "empty-row"])
+def test_clip_cov_equals_verl_given_its_random_choice(backend, mode, empty_row, monkeypatch):
+    """verl's own compute_policy_loss_clip_cov; its random choice (``nonzero`` of its eligible
+    tokens, ``randperm``) is recorded and passed to ours as ``selection=``: the same loss,
+    gradient and metrics."""
+    old, lp, adv, mask = _verl_batch(empty_row)
+    seen = {}
+    real_nonzero, real_randperm = torch.nonzero, torch.randperm
+    monkeypatch.setattr(torch, "nonzero", lambda *a, **k: seen.setdefault("idx", real_nonzero(*a, **k)))
+    monkeypatch.setattr(torch, "randperm", lambda *a, **k: seen.setdefault("perm", real_randperm(*a, **k)))
+    y = lp.clone().requires_grad_()
+    cfg = verl_core_algos.config(clip_cov_ratio=0.02, clip_cov_lb=0.2, clip_cov_ub=4.0)
+    want, wm = VERL.compute_policy_loss_clip_cov(old, y, adv, mask.float(), mode, cfg)
+    monkeypatch.undo()
+    want.backward()
+    n = max(int(0.02 * float(mask.sum())), 1)
+    chosen = seen["idx"][seen["perm"][:n]]
+    sel = torch.zeros_like(mask)
+    sel[chosen[:, 0], chosen[:, 1]] = True
+    assert sel.any() and not (sel & ~oracle_clip_eligible(old, lp, adv, mask, 0.2, 0.28, 0.2, 4.0)).any()
+    dev = backend.device
+    x = lp.to(dev).requires_grad_()
+    loss, metrics = run(backend, clip_cov_policy_loss, old.to(dev), x, adv.to(dev), mask.to(dev), mode,
+                        clip_ratio_high=0.28, selection=sel.to(dev))
+    loss.backward()
+    o, yy, a = _double(old, lp, adv)
+    assert loss_err(loss, want.double(), o, yy, a, mask, mode) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
+    assert abs(float(metrics["pg_clipfrac"]) - wm["actor/pg_clipfrac"]) <= 1e-6
+    assert clip_kl_err(metrics["ppo_kl"], torch.tensor(wm["actor/ppo_kl"], dtype=torch.float64), o, yy, mask) <= 1e-5
 
 
 def test_zero_and_one_valid_tokens(backend):
@@ -220,7 +274,7 @@ def test_opcheck(backend):
     with backend.context():
         stats = ops.cov_stats.default(lp, adv, mask)
         rows = mask.float().sum(-1)
-        for clip, agg, rc in ((True, 0, None), (False, 1, None), (True, 2, rows), (False, 2, rows)):
+        for clip, agg, rc in ((True, 0, None), (False, 1, rows), (True, 2, rows), (False, 2, rows)):
             torch.library.opcheck(ops.cov_policy_loss.default,
                                   (old, lp.clone().requires_grad_(), adv, mask, sel, stats, rc, clip, agg, 0.2, 0.28, 0.7))
 

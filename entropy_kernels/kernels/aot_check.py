@@ -161,9 +161,9 @@ def _cov_configs(C):
                 "clip_high": "fp32", "lb": "fp32", "ub": "fp32", "kl_coef": "fp32", **ratio,
             }, {"MODE": 2, "LOSS": False, "AGG": 0, "ACC64": False, "HAS_OFFSET": False, "P_BLOCK": 256, "BLOCK": 1024})
         yield (f"cov_loss_combine[{dt}]", C._loss_combine_kernel, {
-            "part_ptr": "*fp64", "n_parts": "i32", "stats_ptr": "*fp64", "loss_ptr": "*fp64" if dt == "fp64" else "*fp32",
+            "part_ptr": "*fp64", "n_parts": "i32", "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "loss_ptr": "*fp64" if dt == "fp64" else "*fp32",
             "metrics_ptr": "*fp32", "B": "i32",
-        }, {"CLIP": True, "AGG": 0, "P_BLOCK": 512})
+        }, {"CLIP": True, "AGG": 1, "P_BLOCK": 512})
 
 
 def compile_all(archs: List[int], num_warps: int = 8) -> List[Tuple[str, int, str]]:

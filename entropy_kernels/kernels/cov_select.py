@@ -348,7 +348,8 @@ def _loss_phase(
 ):
     """Per-token loss and ``coef = ∂loss/∂lp``; partials (Σ w·loss, Σ m·kl, Σ m over the selected)
     in columns 4-6 of the program's row of ``part_ptr``. AGG: 0 token-mean, 1
-    seq-mean-token-sum, 2 seq-mean-token-mean."""
+    seq-mean-token-sum, 2 seq-mean-token-mean; for 1 and 2 ``rowcnt_ptr`` holds Σ m per sequence
+    (the means are over the sequences with a valid token)."""
     pid = tl.program_id(0)
     DT: tl.constexpr = tl.float64 if ACC64 else tl.float32
     sm = tl.load(stats_ptr + 2, volatile=True)
@@ -356,7 +357,7 @@ def _loss_phase(
     if AGG == 0:
         scale_all = (1.0 / den).to(DT)
     else:
-        scale_all = tl.full((), 1.0, DT) / B
+        scale_all = tl.full((), 1.0, DT) / _n_sequences(rowcnt_ptr, B, BLOCK).to(DT)
     base = pid.to(tl.int64) * chunk
     offs = tl.arange(0, BLOCK)
     acc_loss = tl.zeros((BLOCK,), DT)
@@ -400,8 +401,20 @@ def _loss_phase(
 
 
 @triton.jit
-def _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP: tl.constexpr, AGG: tl.constexpr,
-                   P_BLOCK: tl.constexpr):
+def _n_sequences(rowcnt_ptr, B, BLOCK: tl.constexpr):
+    """The seq-mean denominator: sequences with at least one valid token (``rowcnt > 0``; as
+    verl's ``agg_loss``), at least 1 so that a batch without valid tokens gives a zero loss."""
+    offs = tl.arange(0, BLOCK)
+    n = tl.zeros((BLOCK,), tl.int32)
+    for start in range(0, B, BLOCK):
+        r = start + offs
+        n += (tl.load(rowcnt_ptr + r, mask=r < B, other=0.0) > 0).to(tl.int32)
+    return tl.maximum(tl.sum(n, 0), 1)
+
+
+@triton.jit
+def _combine_phase(part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_ptr, B, CLIP: tl.constexpr,
+                   AGG: tl.constexpr, P_BLOCK: tl.constexpr):
     """The loss and the metrics ``[pg_clipfrac, ppo_kl]`` from the loss partials."""
     rows = tl.arange(0, P_BLOCK)
     s0 = tl.zeros((P_BLOCK,), tl.float64)
@@ -418,7 +431,7 @@ def _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP:
     if AGG == 0:
         loss = tl.sum(s0, 0) / den
     else:
-        loss = tl.sum(s0, 0) / B
+        loss = tl.sum(s0, 0) / _n_sequences(rowcnt_ptr, B, P_BLOCK).to(tl.float64)
     tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
     if CLIP:
         tl.store(metrics_ptr + 0, (tl.sum(s2, 0) / den).to(metrics_ptr.dtype.element_ty))
@@ -476,7 +489,7 @@ def _fused_kernel(
         )
         _grid_barrier(ctrl_ptr + BARRIERS + 4)
         if tl.program_id(0) == 0:
-            _combine_phase(part_ptr, n_parts, stats_ptr, loss_ptr, metrics_ptr, B, CLIP, AGG, P_BLOCK)
+            _combine_phase(part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_ptr, B, CLIP, AGG, P_BLOCK)
             tl.store(metrics_ptr + 2, 0.0)  # pg_clipfrac_lower: 0, as verl logs it for these losses
             tl.store(count_ptr, _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, MODE).to(tl.int64))
 
@@ -603,11 +616,18 @@ def _radix_select_launches(probe, key, st, ctrl, rows, sel, n, chunk, r, mode, p
 AGG_CODES = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2}
 
 
+def _check_row_count(row_count: Optional[torch.Tensor], agg: int) -> None:
+    if agg != 0 and row_count is None:
+        raise ValueError("the seq-mean loss_agg_modes need row_count (Σ mask per sequence)")
+
+
 def policy_loss(
     old_log_prob, log_prob, advantages, mask, selected, stats_, row_count: Optional[torch.Tensor], clip_mode: bool,
     agg: int, clip_low: float, clip_high: float, kl_coef: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, metrics [2], coef [B, T])``; ``coef = ∂loss/∂log_prob``."""
+    """``(loss, metrics [2], coef [B, T])``; ``coef = ∂loss/∂log_prob``. ``row_count`` (Σ m per
+    sequence, ``ops.cov_select.row_count``) is required by the seq-mean modes (``agg`` 1, 2)."""
+    _check_row_count(row_count, agg)
     b, t = log_prob.shape
     n = log_prob.numel()
     dev = log_prob.device
@@ -625,7 +645,8 @@ def policy_loss(
         CLIP=clip_mode, AGG=agg, ACC64=acc64, BLOCK=block, num_warps=_warps(block),
     )
     launcher(_loss_combine_kernel, log_prob)[(1,)](
-        part, programs, stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg, P_BLOCK=_p_block(programs),
+        part, programs, stats_, row_count if row_count is not None else stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg,
+        P_BLOCK=_p_block(programs),
         num_warps=_warps(block),
     )
     return loss, metrics, coef
@@ -675,6 +696,7 @@ def fused(
     ppo_kl, pg_clipfrac_lower), n_selected int64 [], coef [B, T])``, ``coef = ∂loss/∂log_prob``;
     the same values as :func:`select` followed by :func:`policy_loss` (tests check it bit for bit).
     Raises :class:`FusedLaunchUnavailable` if the device refuses the cooperative launch."""
+    _check_row_count(row_count, agg)
     b, t = log_prob.shape
     n = b * t
     dev = log_prob.device

@@ -85,7 +85,8 @@ def cov_policy_loss(
     clip_low: float, clip_high: float, kl_coef: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, metrics [pg_clipfrac, ppo_kl] fp32, coef [B, T])`` with ``coef = ∂loss/∂log_prob``
-    (saved for the backward). Internal: use :mod:`entropy_kernels.training.policy_loss`."""
+    (saved for the backward); ``row_count`` = :func:`row_count` (required by the seq-mean modes,
+    ``agg`` 1 and 2). Internal: use :mod:`entropy_kernels.training.policy_loss`."""
     if _backend.use_triton(log_prob):
         return _kernels.policy_loss(
             old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef
@@ -161,14 +162,16 @@ class _FusedCovLossFunction(torch.autograd.Function):
 
 
 def row_count(mask: torch.Tensor, agg: int) -> Optional[torch.Tensor]:
-    """Σ m per sequence (fp32 ``[B]``) for seq-mean-token-mean (``agg == 2``); None otherwise.
+    """Σ m per sequence (fp32 ``[B]``) for the seq-mean modes (``agg`` 1 and 2: the sequences
+    with a valid token are the denominator, and seq-mean-token-mean divides by each sequence's
+    Σ m); None for token-mean.
 
     Example
     -------
     >>> row_count(torch.tensor([[1, 1, 0], [0, 0, 0]]), 2), row_count(torch.ones(2, 3), 0)
     (tensor([2., 0.]), None)
     """
-    if agg != 2:
+    if agg == 0:
         return None
     return torch.where(mask > 0, mask.to(torch.float32), 0.0).sum(-1)
 

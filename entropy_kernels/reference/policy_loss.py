@@ -132,8 +132,16 @@ def kl_cov_select_reference(log_prob, advantages, mask, kl_cov_ratio: float) -> 
     return select_top(kl_cov_keys(log_prob, advantages, mask, stats), kl_cov_count(stats, kl_cov_ratio))
 
 
+def sequence_count(w: torch.Tensor) -> torch.Tensor:
+    """The seq-mean denominator of verl's ``agg_loss``: the sequences (rows of the ``[B, T]``
+    weights ``w``) with at least one valid token -- at least 1, so an empty batch gives 0."""
+    return (w.sum(-1) > 0).sum().clamp_min(1).to(w.dtype)
+
+
 def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:
-    """verl's ``agg_loss`` with mask weights; a zero denominator gives 0 instead of nan."""
+    """verl's ``agg_loss`` (single process) with mask weights: token-mean = Σ w·loss / Σ w;
+    the seq-mean modes average over the sequences that have a valid token (a fully masked
+    sequence counts in neither sum nor denominator); a zero denominator gives 0, not nan."""
     valid = mask > 0
     w = torch.where(valid, mask.to(loss_mat.dtype), 0.0)
     masked = torch.where(valid, loss_mat * w, 0.0)
@@ -142,10 +150,10 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, loss_agg_mode: str) ->
         return masked.sum() / torch.where(den > 0, den, 1.0)
     seq = masked.sum(-1)
     if loss_agg_mode == "seq-mean-token-sum":
-        return seq.mean()
+        return seq.sum() / sequence_count(w)
     if loss_agg_mode == "seq-mean-token-mean":
         den = w.sum(-1)
-        return (seq / torch.where(den > 0, den, 1.0)).mean()
+        return (seq / torch.where(den > 0, den, 1.0)).sum() / sequence_count(w)
     raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
 
 
@@ -208,14 +216,13 @@ def cov_loss_parts_reference(
         kl = d.abs()
     den_all = stats[2].to(dt)
     den_all = torch.where(den_all > 0, den_all, 1.0)
-    b = mask.shape[0]
     if loss_agg_mode == "token-mean":
         scale = w / den_all
     elif loss_agg_mode == "seq-mean-token-sum":
-        scale = w / b
+        scale = w / sequence_count(w)
     else:
         n_b = w.sum(-1, keepdim=True)
-        scale = w / (b * torch.where(n_b > 0, n_b, 1.0))
+        scale = w / (sequence_count(w) * torch.where(n_b > 0, n_b, 1.0))
     loss = torch.where(valid, scale * tok, 0.0).sum()
     coef = torch.where(valid, scale * grad, 0.0)
     clipfrac = torch.where(valid & selected, w, 0.0).sum() / den_all if clip_mode else torch.zeros((), dtype=dt, device=lp.device)

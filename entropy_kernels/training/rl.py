@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
+from ..reference.policy_loss import aggregate
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 
@@ -57,9 +58,12 @@ def aggregate_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mod
     """Reduce a ``[B, T]`` per-token loss to a scalar, verl's ``loss_agg_mode`` semantics.
 
     - ``token-mean``: Σ loss·mask / Σ mask over the whole batch;
-    - ``seq-mean-token-sum``: mean over sequences of each sequence's Σ loss·mask;
-    - ``seq-mean-token-mean``: mean over sequences of each sequence's masked mean (a sequence
-      without valid tokens contributes 0 instead of nan).
+    - ``seq-mean-token-sum``: mean of each sequence's Σ loss·mask;
+    - ``seq-mean-token-mean``: mean of each sequence's masked mean.
+
+    The seq-mean modes average over the sequences with at least one valid token, as verl's
+    ``agg_loss`` does (a fully masked sequence is left out, not counted as a zero); masked
+    positions never contribute, even if their loss is nan; an empty batch gives 0.
 
     Example
     -------
@@ -72,14 +76,7 @@ def aggregate_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mod
         raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
     if loss_mat.shape != loss_mask.shape or loss_mat.dim() != 2:
         raise ValueError(f"loss_mat and loss_mask must both be [B, T]; got {tuple(loss_mat.shape)} and {tuple(loss_mask.shape)}")
-    mask = loss_mask.to(loss_mat.dtype)
-    masked = loss_mat * mask
-    if loss_agg_mode == "token-mean":
-        return masked.sum() / mask.sum()
-    seq_sum = masked.sum(-1)
-    if loss_agg_mode == "seq-mean-token-sum":
-        return seq_sum.mean()
-    return (seq_sum / mask.sum(-1).clamp_min(1)).mean()
+    return aggregate(loss_mat, loss_mask, loss_agg_mode)
 
 
 def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, loss_agg_mode: str = "token-mean") -> torch.Tensor:
