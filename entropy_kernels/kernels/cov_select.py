@@ -687,6 +687,23 @@ def _fused_grid(n: int, device: torch.device, block: int) -> Tuple[int, int]:
     return _grid_cached(n, programs, block)
 
 
+def _fused_scratch(n: int, programs: int, dev: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel's zeroed control block (histograms, eligible count, barrier counters) and
+    its int32 scratch: ``n`` keys, then one 1024-bin tie row per program."""
+    ctrl = torch.zeros((CTRL_FUSED_SIZE,), dtype=torch.int32, device=dev)
+    return ctrl, torch.empty((n + programs * 1024,), dtype=torch.int32, device=dev)
+
+
+def _launch_fused(programs: int, dev: torch.device, *args, **constexprs) -> None:
+    """``_fused_kernel`` on ``programs`` programs: a cooperative launch on CUDA (a plain one
+    under the interpreter); a refused launch raises :class:`FusedLaunchUnavailable`."""
+    options = {"launch_cooperative_grid": True} if dev.type == "cuda" else {}
+    try:
+        _fused_kernel[(programs,)](*args, **constexprs, **options)
+    except RuntimeError as e:  # pragma: no cover - depends on the device
+        _refused(e, dev)
+
+
 def fused(
     old_log_prob, log_prob, advantages, mask, row_count: Optional[torch.Tensor], clip_mode: bool, agg: int,
     ratio: float, clip_low: float, clip_high: float, lb: float, ub: float, kl_coef: float,
@@ -705,8 +722,7 @@ def fused(
     block = _block(n)
     programs, chunk = _fused_grid(n, dev, block)
     part = torch.empty((programs + 1, 8), dtype=torch.float64, device=dev)  # last row: the statistics
-    ctrl = torch.zeros((CTRL_FUSED_SIZE,), dtype=torch.int32, device=dev)
-    scratch = torch.empty((n + programs * 1024,), dtype=torch.int32, device=dev)  # keys, then tie rows
+    ctrl, scratch = _fused_scratch(n, programs, dev)
     sel = torch.empty((b, t), dtype=torch.bool, device=dev)
     coef = torch.empty((b, t), dtype=out_dt, device=dev)
     loss = torch.empty((), dtype=out_dt, device=dev)
@@ -715,18 +731,15 @@ def fused(
     stats_ = part[programs]
     rows = scratch[n:]
     dummy = part
-    options = {"launch_cooperative_grid": True} if dev.type == "cuda" else {}
-    try:
-        _fused_kernel[(programs,)](
-            old_log_prob, log_prob, advantages, mask, seed if clip_mode else dummy,
-            offset if clip_mode and offset is not None else dummy, row_count if row_count is not None else dummy,
-            part, stats_, ctrl, scratch, rows, sel, coef, loss, metrics, count,
-            n, t, b, chunk, clip_low, clip_high, lb, ub, kl_coef, *split_ratio(ratio),
-            MODE=int(clip_mode), LOSS=True, AGG=agg, ACC64=acc64, HAS_OFFSET=offset is not None,
-            P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS), **options,
-        )
-    except RuntimeError as e:  # pragma: no cover - depends on the device
-        _refused(e, dev)
+    _launch_fused(
+        programs, dev,
+        old_log_prob, log_prob, advantages, mask, seed if clip_mode else dummy,
+        offset if clip_mode and offset is not None else dummy, row_count if row_count is not None else dummy,
+        part, stats_, ctrl, scratch, rows, sel, coef, loss, metrics, count,
+        n, t, b, chunk, clip_low, clip_high, lb, ub, kl_coef, *split_ratio(ratio),
+        MODE=int(clip_mode), LOSS=True, AGG=agg, ACC64=acc64, HAS_OFFSET=offset is not None,
+        P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS),
+    )
     return loss, metrics, count, coef
 
 
@@ -742,22 +755,18 @@ def select_fused(
     block = _block(n)
     programs, chunk = _fused_grid(n, dev, block)
     part = torch.empty((programs + 1, 8), dtype=torch.float64, device=dev)  # last row: the statistics
-    ctrl = torch.zeros((CTRL_FUSED_SIZE,), dtype=torch.int32, device=dev)
-    scratch = torch.empty((n + programs * 1024,), dtype=torch.int32, device=dev)  # keys, then tie rows
+    ctrl, scratch = _fused_scratch(n, programs, dev)
     sel = torch.empty(log_prob.shape, dtype=torch.bool, device=dev)
     stats_ = part[programs]
-    options = {"launch_cooperative_grid": True} if dev.type == "cuda" else {}
-    try:
-        _fused_kernel[(programs,)](
-            old_log_prob if clip_mode else log_prob, log_prob, advantages, mask, seed if clip_mode else part,
-            offset if clip_mode and offset is not None else part, part,
-            part, stats_, ctrl, scratch, scratch[n:], sel, part, part, part, part,
-            n, 1, 1, chunk, clip_low, clip_high, lb, ub, 0.0, *split_ratio(ratio),
-            MODE=int(clip_mode), LOSS=False, AGG=0, ACC64=log_prob.dtype == torch.float64, HAS_OFFSET=offset is not None,
-            P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS), **options,
-        )
-    except RuntimeError as e:  # pragma: no cover - depends on the device
-        _refused(e, dev)
+    _launch_fused(
+        programs, dev,
+        old_log_prob if clip_mode else log_prob, log_prob, advantages, mask, seed if clip_mode else part,
+        offset if clip_mode and offset is not None else part, part,
+        part, stats_, ctrl, scratch, scratch[n:], sel, part, part, part, part,
+        n, 1, 1, chunk, clip_low, clip_high, lb, ub, 0.0, *split_ratio(ratio),
+        MODE=int(clip_mode), LOSS=False, AGG=0, ACC64=log_prob.dtype == torch.float64, HAS_OFFSET=offset is not None,
+        P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS),
+    )
     return sel, stats_[:N_STATS]
 
 
@@ -803,17 +812,13 @@ def top_values_fused(values: torch.Tensor, mask: torch.Tensor, ratio: float) -> 
     dev = values.device
     block = _block(n)
     programs, chunk = _fused_grid(n, dev, block)
-    ctrl = torch.zeros((CTRL_FUSED_SIZE,), dtype=torch.int32, device=dev)
-    scratch = torch.empty((n + programs * 1024,), dtype=torch.int32, device=dev)  # keys, then tie rows
+    ctrl, scratch = _fused_scratch(n, programs, dev)
     sel = torch.empty(values.shape, dtype=torch.bool, device=dev)
-    options = {"launch_cooperative_grid": True} if dev.type == "cuda" else {}
-    try:
-        _fused_kernel[(programs,)](
-            values, values, values, mask, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, scratch, scratch[n:], sel, ctrl, ctrl,
-            ctrl, ctrl, n, 1, 1, chunk, 0.0, 0.0, 0.0, 0.0, 0.0, *split_ratio(ratio),
-            MODE=2, LOSS=False, AGG=0, ACC64=False, HAS_OFFSET=False, P_BLOCK=_p_block(programs), BLOCK=block,
-            num_warps=_warps(block, FUSED_MAX_WARPS), **options,
-        )
-    except RuntimeError as e:  # pragma: no cover - depends on the device
-        _refused(e, dev)
+    _launch_fused(
+        programs, dev,
+        values, values, values, mask, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, scratch, scratch[n:], sel, ctrl, ctrl,
+        ctrl, ctrl, n, 1, 1, chunk, 0.0, 0.0, 0.0, 0.0, 0.0, *split_ratio(ratio),
+        MODE=2, LOSS=False, AGG=0, ACC64=False, HAS_OFFSET=False, P_BLOCK=_p_block(programs), BLOCK=block,
+        num_warps=_warps(block, FUSED_MAX_WARPS),
+    )
     return sel

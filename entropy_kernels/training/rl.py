@@ -9,9 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
-from ..reference.policy_loss import aggregate
-
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+from ..reference.policy_loss import LOSS_AGG_MODES, aggregate
 
 
 def response_logprobs_and_entropy(
