@@ -23,12 +23,13 @@ except Exception:  # pragma: no cover - no Triton
     K = None
 
 
-def _both_losses(backend, old, lp, adv, mask, mode, seed, offset):
+def _both_losses(backend, old, lp, adv, mask, mode, seed, offset, **extra):
     """Clip-Cov and KL-Cov fwd+bwd on one leaf: [loss, metrics..., loss, metrics..., grad]."""
     x = lp.clone().requires_grad_()
     with backend.context():
-        a, ma = clip_cov_policy_loss(old, x, adv, mask, mode, clip_cov_ratio=0.1, clip_cov_lb=0.05, seed=seed, offset=offset)
-        b, mb = kl_cov_policy_loss(old, x, adv, mask, mode, kl_cov_ratio=0.1, ppo_kl_coef=0.5)
+        a, ma = clip_cov_policy_loss(old, x, adv, mask, mode, clip_cov_ratio=0.1, clip_cov_lb=0.05, seed=seed, offset=offset,
+                                     **extra)
+        b, mb = kl_cov_policy_loss(old, x, adv, mask, mode, kl_cov_ratio=0.1, ppo_kl_coef=0.5, **extra)
     (a + 2 * b).backward()
     return [a, *ma.values(), b, *mb.values(), x.grad]
 
@@ -43,6 +44,19 @@ def _needs_triton(backend):
 def test_fused_equals_the_phase_launches_bit_for_bit(backend, small_blocks, monkeypatch, mode, dtype):  # noqa: F811
     """Same programs, chunks and warps for both paths, so even the partial sums add up in the same
     order: loss, metrics, n_selected and gradient must be identical."""
+    _check_fused_equals_phases(backend, monkeypatch, mode, dtype)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_fused_equals_the_phase_launches_with_weights_and_global_batch(backend, small_blocks, monkeypatch, mode):  # noqa: F811
+    """The same with verl's rollout_is_weights and a data-parallel global-batch denominator."""
+    b, t = (3, 70) if backend.name == "cpu-triton-interpreter" else (8, 5000)
+    weights = torch.rand(b, t, device=backend.device) * 2
+    _check_fused_equals_phases(backend, monkeypatch, mode, torch.float32, rollout_is_weights=weights, dp_size=4,
+                               batch_num_tokens=3 * b * t + 1, global_batch_size=4 * b + 3, loss_scale_factor=100)
+
+
+def _check_fused_equals_phases(backend, monkeypatch, mode, dtype, **extra):
     _needs_triton(backend)
     b, t = (3, 70) if backend.name == "cpu-triton-interpreter" else (8, 5000)
     old, lp, adv, mask = (x.to(dtype) if x.is_floating_point() else x for x in make_batch(b, t, backend.device, scale=2.0))
@@ -53,10 +67,10 @@ def test_fused_equals_the_phase_launches_bit_for_bit(backend, small_blocks, monk
     real_fused = K.fused
     monkeypatch.setattr(K, "fused", lambda *a: calls.append(1) or real_fused(*a))
     monkeypatch.setenv("EK_COV_FUSED", "1")
-    fused = _both_losses(backend, old, lp, adv, mask, mode, seed, off)
+    fused = _both_losses(backend, old, lp, adv, mask, mode, seed, off, **extra)
     assert len(calls) == 2, "both losses must take the one-launch path"
     monkeypatch.setenv("EK_COV_FUSED", "0")
-    phases = _both_losses(backend, old, lp, adv, mask, mode, seed, off)
+    phases = _both_losses(backend, old, lp, adv, mask, mode, seed, off, **extra)
     assert len(calls) == 2
     assert int(fused[4]) > 0 and int(fused[9]) > 0  # n_selected of both losses
     for got, want in zip(fused, phases):

@@ -14,36 +14,46 @@ import verl_core_algos
 from test_cov_select import make_batch, oracle_clip_eligible, run, small_blocks  # noqa: F401  (fixture)
 
 
-def oracle_agg(loss_mat, mask, mode):
-    """verl's agg_loss (0/1 mask, one process): the seq-mean modes average over the sequences
-    with a valid token; an empty denominator counts as 1."""
+def oracle_agg(loss_mat, mask, mode, dp_size=1, batch_num_tokens=None, global_batch_size=None, loss_scale_factor=None):
+    """verl 0.9.1's agg_loss, written out from its code (0/1 mask): the seq-mean modes average
+    over the sequences with a valid token; an empty local denominator counts as 1."""
     m = mask.to(loss_mat.dtype)
+    masked = loss_mat * m
     if mode == "token-mean":
-        return (loss_mat * m).sum() / m.sum().clamp_min(1)
-    seq = (loss_mat * m).sum(-1)
-    n_seq = (m.sum(-1) > 0).sum().clamp_min(1)
-    if mode == "seq-mean-token-sum":
-        return seq.sum() / n_seq
-    return (seq / m.sum(-1).clamp_min(1)).sum() / n_seq
+        n = m.sum().clamp_min(1) if batch_num_tokens is None else batch_num_tokens
+        return masked.sum() / n * dp_size
+    if mode == "token-sum":
+        return masked.sum() * dp_size
+    seq = masked.sum(-1)
+    if mode == "seq-mean-token-mean":
+        seq = seq / m.sum(-1).clamp_min(1)
+    n_seq = (m.sum(-1) > 0).sum().clamp_min(1) if global_batch_size is None else global_batch_size
+    loss = seq.sum() / n_seq * dp_size
+    if mode == "seq-mean-token-sum-norm":
+        loss = loss / (mask.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+    return loss
 
 
-def oracle_clip_cov(old, lp, adv, mask, selected, mode, low=0.2, high=0.2):
+def oracle_clip_cov(old, lp, adv, mask, selected, mode, low=0.2, high=0.2, weights=None, **info):
     """verl's compute_policy_loss_clip_cov after the selection, float64, autograd."""
     ratio = torch.exp(lp - old)
     l1, l2 = -adv * ratio, -adv * torch.clamp(ratio, 1 - low, 1 + high)
     corr = torch.where(selected, 0.0, 1.0).double()
     m = mask.double()
-    return oracle_agg(torch.maximum(l1, l2) * corr, mask, mode), {
+    tok = torch.maximum(l1, l2) * corr
+    return oracle_agg(tok if weights is None else tok * weights, mask, mode, **info), {
         "pg_clipfrac": ((corr == 0).double() * m).sum() / m.sum().clamp_min(1),
         "ppo_kl": (-(lp - old) * m).sum().detach() / m.sum().clamp_min(1),
     }
 
 
-def oracle_kl_cov(old, lp, adv, mask, selected, mode, coef):
+def oracle_kl_cov(old, lp, adv, mask, selected, mode, coef, weights=None, **info):
     d = lp - old
     loss = torch.where(selected, -adv * torch.exp(d) + coef * d.abs(), -adv * torch.exp(d))
     m = mask.double()
-    return oracle_agg(loss, mask, mode), {"ppo_kl": (d.abs() * m).sum().detach() / m.sum().clamp_min(1)}
+    return oracle_agg(loss if weights is None else loss * weights, mask, mode, **info), {
+        "ppo_kl": (d.abs() * m).sum().detach() / m.sum().clamp_min(1)
+    }
 
 
 def rel_err(a, b):
@@ -51,12 +61,12 @@ def rel_err(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30)) if b.norm() > 0 else float(a.norm())
 
 
-def loss_err(loss, want, o, y, a, mask, mode):
+def loss_err(loss, want, o, y, a, mask, mode, **info):
     """|loss − want| relative to the aggregated magnitude of the loss terms. The losses sum terms of
     both signs, so a sum that happens to land near 0 would make ``rel_err`` of the scalar measure
     fp32 cancellation, not the implementation (seen as rare seed-dependent failures)."""
     d = y.detach() - o
-    scale = oracle_agg(a.abs() * torch.exp(d) + d.abs(), mask.cpu(), mode)
+    scale = oracle_agg(a.abs() * torch.exp(d) + d.abs(), mask.cpu(), mode, **info)
     diff = (loss.detach().double().cpu() - want.detach()).abs()
     return float(diff / max(float(want.detach().abs()), float(scale), 1e-30))
 
@@ -118,6 +128,46 @@ def test_kl_cov_loss_and_gradient_vs_oracle(backend, small_blocks, mode, dtype):
     assert float(metrics["pg_clipfrac"]) == 0.0
 
 
+# verl's config.global_batch_info: the data-parallel / global-batch denominators of agg_loss
+GLOBAL_BATCH_INFO = {
+    "local": {},
+    "dp2": dict(dp_size=2, batch_num_tokens=1234, global_batch_size=9),
+    "dp1-given": dict(batch_num_tokens=777, global_batch_size=5, loss_scale_factor=64),
+}
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("info", list(GLOBAL_BATCH_INFO))
+def test_global_batch_info_and_rollout_weights_vs_oracle(backend, mode, info):
+    """verl's global-batch normalisation and rollout-correction weights, both losses: loss,
+    gradient and metrics against the float64 oracles (the metrics stay local means, as verl's)."""
+    info = GLOBAL_BATCH_INFO[info]
+    b, t = (3, 40) if backend.name == "cpu-triton-interpreter" else (5, 200)
+    old, lp, adv, mask = make_batch(b, t, backend.device, scale=2.0)
+    mask[1] = False
+    weights = torch.rand(b, t, device=backend.device) * 2
+    gen = lambda: torch.Generator(backend.device).manual_seed(4)  # noqa: E731
+    kw = dict(clip_cov_ratio=0.05, clip_cov_lb=0.1, clip_cov_ub=3.0)
+    x, z = lp.clone().requires_grad_(), lp.clone().requires_grad_()
+    lc, mc = run(backend, clip_cov_policy_loss, old, x, adv, mask, mode, generator=gen(), rollout_is_weights=weights, **kw, **info)
+    lk, mk = run(backend, kl_cov_policy_loss, old, z, adv, mask, mode, kl_cov_ratio=0.05, ppo_kl_coef=0.5,
+                 rollout_is_weights=weights, **info)
+    (lc + lk).backward()
+    sel_c = run(backend, ek.clip_cov_select, old, lp, adv, mask, generator=gen(), **kw).cpu()
+    sel_k = run(backend, ek.kl_cov_select, lp, adv, mask, kl_cov_ratio=0.05).cpu()
+    assert sel_c.any() and int(mc["n_selected"]) == int(sel_c.sum())
+    o, y, a = _double(old, lp, adv)
+    w = weights.double().cpu()
+    yc, yk = y.clone().requires_grad_(), y.clone().requires_grad_()
+    want_c, wmc = oracle_clip_cov(o, yc, a, mask.cpu(), sel_c, mode, weights=w, **info)
+    want_k, wmk = oracle_kl_cov(o, yk, a, mask.cpu(), sel_k, mode, 0.5, weights=w, **info)
+    (want_c + want_k).backward()
+    assert loss_err(lc, want_c, o, y, a, mask, mode, **info) <= 1e-5 and rel_err(x.grad, yc.grad) <= 1e-5
+    assert loss_err(lk, want_k, o, y, a, mask, mode, **info) <= 1e-5 and rel_err(z.grad, yk.grad) <= 1e-5
+    assert rel_err(mc["pg_clipfrac"], wmc["pg_clipfrac"]) <= 1e-6 and rel_err(mk["ppo_kl"], wmk["ppo_kl"]) <= 1e-5
+    assert torch.all(x.grad[sel_c.to(x.device)] == 0)
+
+
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 def test_kl_cov_equals_verl_style_baseline(backend, mode):
     old, lp, adv, mask = make_batch(4, 120, backend.device)
@@ -165,41 +215,57 @@ def _verl_batch(empty_row):
     return old, lp, adv, mask
 
 
+def _verl_extras(extras, mask):
+    """``(global_batch_info, rollout_is_weights)`` for the verl comparisons."""
+    if extras == "plain":
+        return {}, None
+    info = dict(dp_size=2, batch_num_tokens=int(mask.sum()) * 2 + 5, global_batch_size=7, loss_scale_factor=None)
+    return info, torch.rand(mask.shape) * 2
+
+
 @needs_verl
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 @pytest.mark.parametrize("empty_row", [False, True], ids=["dense", "empty-row"])
-def test_kl_cov_equals_verl(backend, mode, empty_row):
-    """verl's own compute_policy_loss_kl_cov on the same inputs: loss, gradient and ppo_kl."""
+@pytest.mark.parametrize("extras", ["plain", "dp2-weights"])
+def test_kl_cov_equals_verl(backend, mode, empty_row, extras):
+    """verl's own compute_policy_loss_kl_cov on the same inputs: loss, gradient and ppo_kl; also
+    with verl's global_batch_info (dp_size 2) and rollout_is_weights."""
     old, lp, adv, mask = _verl_batch(empty_row)
+    info, weights = _verl_extras(extras, mask)
     y = lp.clone().requires_grad_()
     cfg = verl_core_algos.config(kl_cov_ratio=0.03, ppo_kl_coef=0.5)
-    want, wm = VERL.compute_policy_loss_kl_cov(old, y, adv, mask.float(), mode, cfg)
+    cfg.global_batch_info = dict(info)
+    want, wm = VERL.compute_policy_loss_kl_cov(old, y, adv, mask.float(), mode, cfg, rollout_is_weights=weights)
     want.backward()
     dev = backend.device
     x = lp.to(dev).requires_grad_()
+    extra = {} if weights is None else dict(rollout_is_weights=weights.to(dev))
     loss, metrics = run(backend, kl_cov_policy_loss, old.to(dev), x, adv.to(dev), mask.to(dev), mode,
-                        kl_cov_ratio=0.03, ppo_kl_coef=0.5)
+                        kl_cov_ratio=0.03, ppo_kl_coef=0.5, **extra, **info)
     loss.backward()
     o, yy, a = _double(old, lp, adv)
-    assert loss_err(loss, want.double(), o, yy, a, mask, mode) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
+    assert loss_err(loss, want.double(), o, yy, a, mask, mode, **info) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
     assert abs(float(metrics["ppo_kl"]) - wm["actor/ppo_kl"]) <= 1e-5 * abs(wm["actor/ppo_kl"])
 
 
 @needs_verl
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 @pytest.mark.parametrize("empty_row", [False, True], ids=["dense", "empty-row"])
-def test_clip_cov_equals_verl_given_its_random_choice(backend, mode, empty_row, monkeypatch):
+@pytest.mark.parametrize("extras", ["plain", "dp2-weights"])
+def test_clip_cov_equals_verl_given_its_random_choice(backend, mode, empty_row, extras, monkeypatch):
     """verl's own compute_policy_loss_clip_cov; its random choice (``nonzero`` of its eligible
     tokens, ``randperm``) is recorded and passed to ours as ``selection=``: the same loss,
     gradient and metrics."""
     old, lp, adv, mask = _verl_batch(empty_row)
+    info, weights = _verl_extras(extras, mask)
     seen = {}
     real_nonzero, real_randperm = torch.nonzero, torch.randperm
     monkeypatch.setattr(torch, "nonzero", lambda *a, **k: seen.setdefault("idx", real_nonzero(*a, **k)))
     monkeypatch.setattr(torch, "randperm", lambda *a, **k: seen.setdefault("perm", real_randperm(*a, **k)))
     y = lp.clone().requires_grad_()
     cfg = verl_core_algos.config(clip_cov_ratio=0.02, clip_cov_lb=0.2, clip_cov_ub=4.0)
-    want, wm = VERL.compute_policy_loss_clip_cov(old, y, adv, mask.float(), mode, cfg)
+    cfg.global_batch_info = dict(info)
+    want, wm = VERL.compute_policy_loss_clip_cov(old, y, adv, mask.float(), mode, cfg, rollout_is_weights=weights)
     monkeypatch.undo()
     want.backward()
     n = max(int(0.02 * float(mask.sum())), 1)
@@ -209,11 +275,12 @@ def test_clip_cov_equals_verl_given_its_random_choice(backend, mode, empty_row, 
     assert sel.any() and not (sel & ~oracle_clip_eligible(old, lp, adv, mask, 0.2, 0.28, 0.2, 4.0)).any()
     dev = backend.device
     x = lp.to(dev).requires_grad_()
+    extra = {} if weights is None else dict(rollout_is_weights=weights.to(dev))
     loss, metrics = run(backend, clip_cov_policy_loss, old.to(dev), x, adv.to(dev), mask.to(dev), mode,
-                        clip_ratio_high=0.28, selection=sel.to(dev))
+                        clip_ratio_high=0.28, selection=sel.to(dev), **extra, **info)
     loss.backward()
     o, yy, a = _double(old, lp, adv)
-    assert loss_err(loss, want.double(), o, yy, a, mask, mode) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
+    assert loss_err(loss, want.double(), o, yy, a, mask, mode, **info) <= 1e-5 and rel_err(x.grad, y.grad) <= 1e-5
     assert abs(float(metrics["pg_clipfrac"]) - wm["actor/pg_clipfrac"]) <= 1e-6
     assert clip_kl_err(metrics["ppo_kl"], torch.tensor(wm["actor/ppo_kl"], dtype=torch.float64), o, yy, mask) <= 1e-5
 
@@ -274,9 +341,13 @@ def test_opcheck(backend):
     with backend.context():
         stats = ops.cov_stats.default(lp, adv, mask)
         rows = mask.float().sum(-1)
-        for clip, agg, rc in ((True, 0, None), (False, 1, rows), (True, 2, rows), (False, 2, rows)):
-            torch.library.opcheck(ops.cov_policy_loss.default,
-                                  (old, lp.clone().requires_grad_(), adv, mask, sel, stats, rc, clip, agg, 0.2, 0.28, 0.7))
+        weights = torch.rand(2, 37, device=backend.device)
+        cases = ((True, 0, None, None, 0.0, 1.0), (False, 1, rows, weights, 0.0, 37.0), (True, 2, rows, None, 3.5, 1.0),
+                 (False, 2, rows, weights, 0.0, 1.0), (False, 0, None, weights, 0.5, 1.0))
+        for clip, agg, rc, w, given, mult in cases:
+            torch.library.opcheck(ops.cov_policy_loss.default, (
+                old, lp.clone().requires_grad_(), adv, mask, sel, stats, rc, clip, agg, 0.2, 0.28, 0.7, w, given, mult,
+            ))
 
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
@@ -324,7 +395,20 @@ def _x(b=2, t=5):
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), "token-sum"), ValueError, "loss_agg_mode"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), "token-max"), ValueError, "loss_agg_mode"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), dp_size=2), ValueError, "batch_num_tokens"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), "seq-mean-token-mean", dp_size=2), ValueError,
+         "global_batch_size"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), batch_num_tokens=torch.tensor(9)), TypeError,
+         "host sync"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), dp_size=0), ValueError, "dp_size"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), "seq-mean-token-sum-norm", loss_scale_factor=0),
+         ValueError, "loss_scale_factor"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), kl_ratio=0.1), TypeError, "kl_ratio"),
+        (lambda: clip_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), rollout_is_weights=_x(2, 4)), ValueError,
+         "rollout_is_weights"),
+        (lambda: clip_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), rollout_is_weights=torch.ones(2, 5, dtype=torch.long)),
+         TypeError, "rollout_is_weights"),
         (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), ppo_kl_coef=-1.0), ValueError, "ppo_kl_coef"),
         (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), kl_cov_ratio=2.0), ValueError, "kl_cov_ratio"),
         (lambda: kl_cov_policy_loss(_x(), _x(), _x(3, 5), torch.ones(2, 5)), ValueError, "advantages shape"),

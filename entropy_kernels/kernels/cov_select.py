@@ -342,22 +342,19 @@ def _write_phase(
 
 @triton.jit
 def _loss_phase(
-    old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
-    N, T, B, chunk, clip_low, clip_high, kl_coef,
-    CLIP: tl.constexpr, AGG: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
+    old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, iw_ptr, coef_ptr, part_ptr,
+    N, T, B, chunk, clip_low, clip_high, kl_coef, den_hi, den_lo, den_mult,
+    CLIP: tl.constexpr, AGG: tl.constexpr, HAS_IW: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Per-token loss and ``coef = ∂loss/∂lp``; partials (Σ w·loss, Σ m·kl, Σ m over the selected)
-    in columns 4-6 of the program's row of ``part_ptr``. AGG: 0 token-mean, 1
-    seq-mean-token-sum, 2 seq-mean-token-mean; for 1 and 2 ``rowcnt_ptr`` holds Σ m per sequence
-    (the means are over the sequences with a valid token)."""
+    in columns 4-6 of the program's row of ``part_ptr``. AGG (the reduction of
+    ``reference.policy_loss.agg_normalization``): 0 Σ over tokens, 1 Σ over sequences of the
+    token sums, 2 of the token means; for 1 and 2 ``rowcnt_ptr`` holds Σ m per sequence. The
+    denominator: ``_loss_denominator``. HAS_IW: each token's loss times ``iw_ptr`` (verl's
+    rollout_is_weights)."""
     pid = tl.program_id(0)
     DT: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    sm = tl.load(stats_ptr + 2, volatile=True)
-    den = tl.where(sm > 0, sm, 1.0)
-    if AGG == 0:
-        scale_all = (1.0 / den).to(DT)
-    else:
-        scale_all = tl.full((), 1.0, DT) / _n_sequences(rowcnt_ptr, B, BLOCK).to(DT)
+    scale_all = (1.0 / _loss_denominator(stats_ptr, rowcnt_ptr, B, den_hi, den_lo, den_mult, AGG, BLOCK)).to(DT)
     base = pid.to(tl.int64) * chunk
     offs = tl.arange(0, BLOCK)
     acc_loss = tl.zeros((BLOCK,), DT)
@@ -387,6 +384,10 @@ def _loss_phase(
             tok = tl.where(sel, l1 + kl_coef * absd, l1)
             grad = tl.where(sel, l1 + kl_coef * sign, l1)
             kl = absd
+        if HAS_IW:
+            iw = tl.load(iw_ptr + idx, mask=valid, other=0.0).to(DT)
+            tok *= iw
+            grad *= iw
         w = m
         if AGG == 2:
             n_b = tl.load(rowcnt_ptr + idx // T, mask=valid, other=1.0).to(DT)
@@ -413,8 +414,22 @@ def _n_sequences(rowcnt_ptr, B, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _combine_phase(part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_ptr, B, CLIP: tl.constexpr,
-                   AGG: tl.constexpr, P_BLOCK: tl.constexpr):
+def _loss_denominator(stats_ptr, rowcnt_ptr, B, den_hi, den_lo, den_mult, AGG: tl.constexpr, BLOCK: tl.constexpr):
+    """fp64 ``D·mult``: D = the given denominator ``den_hi + den_lo`` (two fp32 words: a global
+    token count needs more than fp32's 24 bits) when > 0, else the local one: Σ m (AGG 0; 1 when it is 0)
+    or the sequences with a valid token (AGG 1, 2)."""
+    given = tl.cast(den_hi, tl.float64) + tl.cast(den_lo, tl.float64)
+    if AGG == 0:
+        sm = tl.load(stats_ptr + 2, volatile=True)
+        local = tl.where(sm > 0, sm, 1.0)
+    else:
+        local = _n_sequences(rowcnt_ptr, B, BLOCK).to(tl.float64)
+    return tl.where(given > 0, given, local) * tl.cast(den_mult, tl.float64)
+
+
+@triton.jit
+def _combine_phase(part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_ptr, B, den_hi, den_lo, den_mult,
+                   CLIP: tl.constexpr, AGG: tl.constexpr, P_BLOCK: tl.constexpr):
     """The loss and the metrics ``[pg_clipfrac, ppo_kl]`` from the loss partials."""
     rows = tl.arange(0, P_BLOCK)
     s0 = tl.zeros((P_BLOCK,), tl.float64)
@@ -427,11 +442,8 @@ def _combine_phase(part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_p
         s1 += tl.load(part_ptr + r * 8 + 5, mask=ok, other=0.0, volatile=True)
         s2 += tl.load(part_ptr + r * 8 + 6, mask=ok, other=0.0, volatile=True)
     sm = tl.load(stats_ptr + 2, volatile=True)
-    den = tl.where(sm > 0, sm, 1.0)
-    if AGG == 0:
-        loss = tl.sum(s0, 0) / den
-    else:
-        loss = tl.sum(s0, 0) / _n_sequences(rowcnt_ptr, B, P_BLOCK).to(tl.float64)
+    den = tl.where(sm > 0, sm, 1.0)  # the metrics are local means, as verl logs them
+    loss = tl.sum(s0, 0) / _loss_denominator(stats_ptr, rowcnt_ptr, B, den_hi, den_lo, den_mult, AGG, P_BLOCK)
     tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
     if CLIP:
         tl.store(metrics_ptr + 0, (tl.sum(s2, 0) / den).to(metrics_ptr.dtype.element_ty))
@@ -457,11 +469,11 @@ _loss_combine_kernel = _combine_phase
 
 @triton.jit
 def _fused_kernel(
-    old_ptr, lp_ptr, adv_ptr, mask_ptr, seed_ptr, offset_ptr, rowcnt_ptr,
+    old_ptr, lp_ptr, adv_ptr, mask_ptr, seed_ptr, offset_ptr, rowcnt_ptr, iw_ptr,
     part_ptr, stats_ptr, ctrl_ptr, key_ptr, rows_ptr, sel_ptr, coef_ptr, loss_ptr, metrics_ptr, count_ptr,
-    N, T, B, chunk, clip_low, clip_high, lb, ub, kl_coef, r_hi, r_mid, r_lo,
-    MODE: tl.constexpr, LOSS: tl.constexpr, AGG: tl.constexpr, ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr,
-    P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+    N, T, B, chunk, clip_low, clip_high, lb, ub, kl_coef, r_hi, r_mid, r_lo, den_hi, den_lo, den_mult,
+    MODE: tl.constexpr, LOSS: tl.constexpr, AGG: tl.constexpr, HAS_IW: tl.constexpr, ACC64: tl.constexpr,
+    HAS_OFFSET: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """The selection -- and with LOSS the loss, ``coef``, the metrics and the count -- in one
     launch: the phases above separated by grid barriers. Needs every program resident at once
@@ -484,12 +496,15 @@ def _fused_kernel(
         CLIP: tl.constexpr = MODE == CLIP_COV
         tl.debug_barrier()  # the loss phase reads back this program's selection
         _loss_phase(
-            old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, coef_ptr, part_ptr,
-            N, T, B, chunk, clip_low, clip_high, kl_coef, CLIP, AGG, ACC64, BLOCK,
+            old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, iw_ptr, coef_ptr, part_ptr,
+            N, T, B, chunk, clip_low, clip_high, kl_coef, den_hi, den_lo, den_mult, CLIP, AGG, HAS_IW, ACC64, BLOCK,
         )
         _grid_barrier(ctrl_ptr + BARRIERS + 4)
         if tl.program_id(0) == 0:
-            _combine_phase(part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_ptr, B, CLIP, AGG, P_BLOCK)
+            _combine_phase(
+                part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_ptr, B, den_hi, den_lo, den_mult, CLIP, AGG,
+                P_BLOCK,
+            )
             tl.store(metrics_ptr + 2, 0.0)  # pg_clipfrac_lower: 0, as verl logs it for these losses
             tl.store(count_ptr, _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, MODE).to(tl.int64))
 
@@ -613,21 +628,29 @@ def _radix_select_launches(probe, key, st, ctrl, rows, sel, n, chunk, r, mode, p
     )
 
 
-AGG_CODES = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2}
-
-
 def _check_row_count(row_count: Optional[torch.Tensor], agg: int) -> None:
     if agg != 0 and row_count is None:
         raise ValueError("the seq-mean loss_agg_modes need row_count (Σ mask per sequence)")
 
 
+def _loss_tail(weights: Optional[torch.Tensor], given: float, mult: float) -> Tuple[tuple, bool]:
+    """The kernels' ``(den_hi, den_lo, den_mult)`` arguments and HAS_IW. ``den_hi + den_lo``
+    holds 48 bits of ``given`` (Triton passes Python floats as fp32): exact for any count."""
+    hi, lo, _ = split_ratio(float(given))
+    return (hi, lo, float(mult)), weights is not None
+
+
 def policy_loss(
     old_log_prob, log_prob, advantages, mask, selected, stats_, row_count: Optional[torch.Tensor], clip_mode: bool,
-    agg: int, clip_low: float, clip_high: float, kl_coef: float,
+    agg: int, clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor] = None,
+    given: float = 0.0, mult: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, metrics [2], coef [B, T])``; ``coef = ∂loss/∂log_prob``. ``row_count`` (Σ m per
-    sequence, ``ops.cov_select.row_count``) is required by the seq-mean modes (``agg`` 1, 2)."""
+    """``(loss, metrics [2], coef [B, T])``; ``coef = ∂loss/∂log_prob``. ``agg, given, mult``:
+    the reduction and denominator of ``reference.policy_loss.agg_normalization``; ``row_count``
+    (Σ m per sequence, ``ops.cov_select.row_count``) is required by the seq-mean reductions
+    (``agg`` 1, 2); ``weights``: per-token factors of the loss (verl's rollout_is_weights)."""
     _check_row_count(row_count, agg)
+    den, has_iw = _loss_tail(weights, given, mult)
     b, t = log_prob.shape
     n = log_prob.numel()
     dev = log_prob.device
@@ -640,13 +663,13 @@ def policy_loss(
     loss = torch.empty((), dtype=out_dt, device=dev)
     metrics = torch.empty((2,), dtype=torch.float32, device=dev)
     launcher(_loss_kernel, log_prob)[(programs,)](
-        old_log_prob, log_prob, advantages, mask, selected, stats_,
-        row_count if row_count is not None else stats_, coef, part, n, t, b, chunk, clip_low, clip_high, kl_coef,
-        CLIP=clip_mode, AGG=agg, ACC64=acc64, BLOCK=block, num_warps=_warps(block),
+        old_log_prob, log_prob, advantages, mask, selected, stats_, row_count if row_count is not None else stats_,
+        weights if has_iw else stats_, coef, part, n, t, b, chunk, clip_low, clip_high, kl_coef, *den,
+        CLIP=clip_mode, AGG=agg, HAS_IW=has_iw, ACC64=acc64, BLOCK=block, num_warps=_warps(block),
     )
     launcher(_loss_combine_kernel, log_prob)[(1,)](
-        part, programs, stats_, row_count if row_count is not None else stats_, loss, metrics, b, CLIP=clip_mode, AGG=agg,
-        P_BLOCK=_p_block(programs),
+        part, programs, stats_, row_count if row_count is not None else stats_, loss, metrics, b, *den, CLIP=clip_mode,
+        AGG=agg, P_BLOCK=_p_block(programs),
         num_warps=_warps(block),
     )
     return loss, metrics, coef
@@ -707,13 +730,15 @@ def _launch_fused(programs: int, dev: torch.device, *args, **constexprs) -> None
 def fused(
     old_log_prob, log_prob, advantages, mask, row_count: Optional[torch.Tensor], clip_mode: bool, agg: int,
     ratio: float, clip_low: float, clip_high: float, lb: float, ub: float, kl_coef: float,
-    seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+    seed: Optional[torch.Tensor], offset: Optional[torch.Tensor], weights: Optional[torch.Tensor] = None,
+    given: float = 0.0, mult: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The selection and the policy loss in one launch: ``(loss, metrics fp32 [3] = (pg_clipfrac,
     ppo_kl, pg_clipfrac_lower), n_selected int64 [], coef [B, T])``, ``coef = ∂loss/∂log_prob``;
     the same values as :func:`select` followed by :func:`policy_loss` (tests check it bit for bit).
     Raises :class:`FusedLaunchUnavailable` if the device refuses the cooperative launch."""
     _check_row_count(row_count, agg)
+    den, has_iw = _loss_tail(weights, given, mult)
     b, t = log_prob.shape
     n = b * t
     dev = log_prob.device
@@ -735,9 +760,9 @@ def fused(
         programs, dev,
         old_log_prob, log_prob, advantages, mask, seed if clip_mode else dummy,
         offset if clip_mode and offset is not None else dummy, row_count if row_count is not None else dummy,
-        part, stats_, ctrl, scratch, rows, sel, coef, loss, metrics, count,
-        n, t, b, chunk, clip_low, clip_high, lb, ub, kl_coef, *split_ratio(ratio),
-        MODE=int(clip_mode), LOSS=True, AGG=agg, ACC64=acc64, HAS_OFFSET=offset is not None,
+        weights if has_iw else dummy, part, stats_, ctrl, scratch, rows, sel, coef, loss, metrics, count,
+        n, t, b, chunk, clip_low, clip_high, lb, ub, kl_coef, *split_ratio(ratio), *den,
+        MODE=int(clip_mode), LOSS=True, AGG=agg, HAS_IW=has_iw, ACC64=acc64, HAS_OFFSET=offset is not None,
         P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS),
     )
     return loss, metrics, count, coef
@@ -761,10 +786,10 @@ def select_fused(
     _launch_fused(
         programs, dev,
         old_log_prob if clip_mode else log_prob, log_prob, advantages, mask, seed if clip_mode else part,
-        offset if clip_mode and offset is not None else part, part,
+        offset if clip_mode and offset is not None else part, part, part,
         part, stats_, ctrl, scratch, scratch[n:], sel, part, part, part, part,
-        n, 1, 1, chunk, clip_low, clip_high, lb, ub, 0.0, *split_ratio(ratio),
-        MODE=int(clip_mode), LOSS=False, AGG=0, ACC64=log_prob.dtype == torch.float64, HAS_OFFSET=offset is not None,
+        n, 1, 1, chunk, clip_low, clip_high, lb, ub, 0.0, *split_ratio(ratio), 0.0, 0.0, 1.0,
+        MODE=int(clip_mode), LOSS=False, AGG=0, HAS_IW=False, ACC64=log_prob.dtype == torch.float64, HAS_OFFSET=offset is not None,
         P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS),
     )
     return sel, stats_[:N_STATS]
@@ -816,9 +841,9 @@ def top_values_fused(values: torch.Tensor, mask: torch.Tensor, ratio: float) -> 
     sel = torch.empty(values.shape, dtype=torch.bool, device=dev)
     _launch_fused(
         programs, dev,
-        values, values, values, mask, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, scratch, scratch[n:], sel, ctrl, ctrl,
-        ctrl, ctrl, n, 1, 1, chunk, 0.0, 0.0, 0.0, 0.0, 0.0, *split_ratio(ratio),
-        MODE=2, LOSS=False, AGG=0, ACC64=False, HAS_OFFSET=False, P_BLOCK=_p_block(programs), BLOCK=block,
+        values, values, values, mask, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, scratch, scratch[n:], sel, ctrl, ctrl,
+        ctrl, ctrl, n, 1, 1, chunk, 0.0, 0.0, 0.0, 0.0, 0.0, *split_ratio(ratio), 0.0, 0.0, 1.0,
+        MODE=2, LOSS=False, AGG=0, HAS_IW=False, ACC64=False, HAS_OFFSET=False, P_BLOCK=_p_block(programs), BLOCK=block,
         num_warps=_warps(block, FUSED_MAX_WARPS),
     )
     return sel

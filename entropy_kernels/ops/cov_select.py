@@ -30,9 +30,6 @@ if _backend.triton_available():
 else:  # pragma: no cover
     _kernels = None
 
-AGG_CODES = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2}
-
-
 def _reference_keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, clip_low, clip_high, lb, ub, seed, offset):
     if clip_mode:
         uniform = _uniform_reference(seed, offset, 1, log_prob.numel(), log_prob.device).reshape(log_prob.shape)
@@ -82,19 +79,18 @@ def cov_select(
 def cov_policy_loss(
     old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
     selected: torch.Tensor, stats: torch.Tensor, row_count: Optional[torch.Tensor], clip_mode: bool, agg: int,
-    clip_low: float, clip_high: float, kl_coef: float,
+    clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor], given: float, mult: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, metrics [pg_clipfrac, ppo_kl] fp32, coef [B, T])`` with ``coef = ∂loss/∂log_prob``
-    (saved for the backward); ``row_count`` = :func:`row_count` (required by the seq-mean modes,
-    ``agg`` 1 and 2). Internal: use :mod:`entropy_kernels.training.policy_loss`."""
+    (saved for the backward). ``agg, given, mult``: the reduction and denominator of
+    ``reference.policy_loss.agg_normalization``; ``row_count`` = :func:`row_count` (required by
+    the seq-mean reductions, ``agg`` 1 and 2); ``weights``: verl's rollout_is_weights (constants)
+    or None. Internal: use :mod:`entropy_kernels.training.policy_loss`."""
+    args = (old_log_prob, log_prob, advantages, mask, selected, stats)
+    tail = (clip_mode, agg, clip_low, clip_high, kl_coef, weights, given, mult)
     if _backend.use_triton(log_prob):
-        return _kernels.policy_loss(
-            old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef
-        )
-    mode = next(name for name, code in AGG_CODES.items() if code == agg)
-    return R.cov_loss_parts_reference(
-        old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode, mode, clip_low, clip_high, kl_coef
-    )
+        return _kernels.policy_loss(*args, row_count, *tail)
+    return R.cov_loss_parts_reference(*args, *tail)
 
 
 def _loss_setup_context(ctx, inputs, output):
@@ -107,8 +103,8 @@ def _loss_setup_context(ctx, inputs, output):
 def _loss_backward(ctx, grad_loss, _grad_metrics, _grad_coef):
     (coef,) = ctx.saved_tensors
     grad_lp = (coef * grad_loss).to(ctx.lp_dtype)
-    # old log-probs, advantages and the mask are data (verl treats them as constants)
-    return None, grad_lp, None, None, None, None, None, None, None, None, None, None
+    # old log-probs, advantages, the mask and the weights are data (verl treats them as constants)
+    return (None, grad_lp) + (None,) * 13
 
 
 cov_policy_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
@@ -130,10 +126,13 @@ _CovPolicyLossFunction = _eager.autograd_function(
 
 def policy_loss_parts(
     old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode: bool, agg: int,
-    clip_low: float, clip_high: float, kl_coef: float,
+    clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor], given: float, mult: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`cov_policy_loss` (same arguments and results), launched directly in eager mode."""
-    args = (old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef)
+    args = (
+        old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef,
+        weights, given, mult,
+    )
     if _backend.launch_triton_directly(log_prob):
         return _CovPolicyLossFunction.apply(*args)
     return cov_policy_loss(*args)
@@ -145,10 +144,10 @@ class _FusedCovLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, old_log_prob, log_prob, advantages, mask, row_count, clip_mode, agg, ratio, clip_low, clip_high,
-                lb, ub, kl_coef, seed, offset):
+                lb, ub, kl_coef, seed, offset, weights, given, mult):
         loss, metrics, count, coef = _kernels.fused(
             old_log_prob, log_prob, advantages, mask, row_count, clip_mode, agg, ratio, clip_low, clip_high, lb, ub,
-            kl_coef, seed, offset,
+            kl_coef, seed, offset, weights, given, mult,
         )
         ctx.mark_non_differentiable(metrics, count)
         ctx.save_for_backward(coef)
@@ -158,13 +157,13 @@ class _FusedCovLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_metrics, _grad_count):
         (coef,) = ctx.saved_tensors
-        return (None, (coef * grad_loss).to(ctx.lp_dtype)) + (None,) * 13
+        return (None, (coef * grad_loss).to(ctx.lp_dtype)) + (None,) * 16
 
 
 def row_count(mask: torch.Tensor, agg: int) -> Optional[torch.Tensor]:
-    """Σ m per sequence (fp32 ``[B]``) for the seq-mean modes (``agg`` 1 and 2: the sequences
-    with a valid token are the denominator, and seq-mean-token-mean divides by each sequence's
-    Σ m); None for token-mean.
+    """Σ m per sequence (fp32 ``[B]``) for the seq-mean reductions (``agg`` 1 and 2: the
+    sequences with a valid token are the denominator, and seq-mean-token-mean divides by each
+    sequence's Σ m); None for the token reduction (token-mean, token-sum).
 
     Example
     -------
@@ -179,7 +178,8 @@ def row_count(mask: torch.Tensor, agg: int) -> Optional[torch.Tensor]:
 def fused_policy_loss(
     old_log_prob, log_prob, advantages, mask, clip_mode: bool, agg: int, ratio: float,
     clip_low: float, clip_high: float, lb: float, ub: float, kl_coef: float,
-    seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
+    seed: Optional[torch.Tensor], offset: Optional[torch.Tensor], weights: Optional[torch.Tensor] = None,
+    given: float = 0.0, mult: float = 1.0,
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``(loss, metrics [pg_clipfrac, ppo_kl, pg_clipfrac_lower], n_selected)`` from the one-launch
     selection + loss kernel, or None where it does not apply: while tracing (torch.compile takes
@@ -190,7 +190,7 @@ def fused_policy_loss(
     try:
         return _FusedCovLossFunction.apply(
             old_log_prob, log_prob, advantages, mask, row_count(mask, agg), clip_mode, agg, ratio, clip_low, clip_high, lb, ub,
-            kl_coef, seed, offset,
+            kl_coef, seed, offset, weights, given, mult,
         )
     except _kernels.FusedLaunchUnavailable as e:  # pragma: no cover - depends on the device
         warnings.warn(f"entropy_kernels: one-launch Clip-Cov/KL-Cov kernel unavailable ({e}); using one launch per phase")

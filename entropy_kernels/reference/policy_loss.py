@@ -23,11 +23,15 @@ Conventions shared with the kernels (``kernels/cov_select.py``):
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "token-sum", "seq-mean-token-sum-norm")
+
+# the three reductions the kernels implement (``AGG``): every mode is one of them with a denominator
+TOKEN_SUM_REDUCTION, SEQ_TOKEN_SUM_REDUCTION, SEQ_TOKEN_MEAN_REDUCTION = 0, 1, 2
 
 
 def masked_stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -138,23 +142,92 @@ def sequence_count(w: torch.Tensor) -> torch.Tensor:
     return (w.sum(-1) > 0).sum().clamp_min(1).to(w.dtype)
 
 
-def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:
-    """verl's ``agg_loss`` (single process) with mask weights: token-mean = Σ w·loss / Σ w;
-    the seq-mean modes average over the sequences that have a valid token (a fully masked
-    sequence counts in neither sum nor denominator); a zero denominator gives 0, not nan."""
+def _check_count(name: str, value, minimum: float) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a Python number, not a tensor (reading a device tensor would be a host sync)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def agg_normalization(
+    loss_agg_mode: str, horizon: int, dp_size: int = 1, batch_num_tokens=None, global_batch_size=None,
+    loss_scale_factor=None,
+) -> Tuple[int, float, float]:
+    """verl's ``agg_loss`` arguments (its ``config.global_batch_info``) as ``(reduction, given,
+    mult)``: the loss is ``S / (D·mult)`` where ``S`` is the reduction's numerator -- Σ w·loss
+    (0), Σ over sequences of Σ w·loss (1) or of Σ w·loss / Σ w (2) -- and ``D`` is ``given``
+    when it is > 0, else the local denominator (Σ w for 0, the sequences with a valid token for
+    1 and 2). With ``dp_size > 1`` verl needs the global count and multiplies by ``dp_size`` (data
+    parallelism averages the ranks' gradients): ``D = batch_num_tokens / dp_size`` (token-mean),
+    ``global_batch_size / dp_size`` (seq-mean modes), ``1 / dp_size`` (token-sum).
+    ``seq-mean-token-sum-norm`` also divides by ``loss_scale_factor`` (default: the horizon T).
+    A given count of 0 (an empty global batch) counts as not given, so the loss is 0, not nan.
+
+    Example
+    -------
+    >>> agg_normalization("token-mean", 512, dp_size=4, batch_num_tokens=10_000)
+    (0, 2500.0, 1.0)
+    >>> agg_normalization("seq-mean-token-sum-norm", 512)
+    (1, 0.0, 512.0)
+    """
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
+    if isinstance(dp_size, bool) or not isinstance(dp_size, int) or dp_size < 1:
+        raise ValueError(f"dp_size must be an int >= 1, got {dp_size!r}")
+    tokens = _check_count("batch_num_tokens", batch_num_tokens, 0)
+    seqs = _check_count("global_batch_size", global_batch_size, 0)
+    factor = _check_count("loss_scale_factor", loss_scale_factor, 0)
+    if factor == 0:
+        raise ValueError("loss_scale_factor must be > 0")
+    if loss_agg_mode == "token-sum":
+        return TOKEN_SUM_REDUCTION, 1.0 / dp_size, 1.0
+    if loss_agg_mode == "token-mean":
+        if tokens is None and dp_size > 1:
+            raise ValueError("(global) batch_num_tokens is required when dp_size > 1 (as in verl's agg_loss)")
+        return TOKEN_SUM_REDUCTION, (tokens or 0.0) / dp_size, 1.0
+    if seqs is None and dp_size > 1:
+        raise ValueError("global_batch_size is required when dp_size > 1 (as in verl's agg_loss)")
+    given = (seqs or 0.0) / dp_size
+    if loss_agg_mode == "seq-mean-token-mean":
+        return SEQ_TOKEN_MEAN_REDUCTION, given, 1.0
+    mult = 1.0
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        mult = float(horizon) if factor is None else factor
+    return SEQ_TOKEN_SUM_REDUCTION, given, mult
+
+
+def reduce_loss(loss_mat: torch.Tensor, w: torch.Tensor, reduction: int, given: float, mult: float) -> torch.Tensor:
+    """``S / (D·mult)`` of :func:`agg_normalization` for ``loss_mat`` already zero where ``w``
+    is (``w`` = the mask weights, 0 at invalid tokens)."""
+    if reduction == TOKEN_SUM_REDUCTION:
+        num, local = loss_mat.sum(), w.sum()
+        local = torch.where(local > 0, local, 1.0)
+    else:
+        seq = loss_mat.sum(-1)
+        if reduction == SEQ_TOKEN_MEAN_REDUCTION:
+            den = w.sum(-1)
+            seq = seq / torch.where(den > 0, den, 1.0)
+        num, local = seq.sum(), sequence_count(w)
+    return num / ((given if given > 0 else local) * mult)
+
+
+def aggregate(
+    loss_mat: torch.Tensor, mask: torch.Tensor, loss_agg_mode: str, dp_size: int = 1, batch_num_tokens=None,
+    global_batch_size=None, loss_scale_factor=None,
+) -> torch.Tensor:
+    """verl's ``agg_loss`` with mask weights and its global-batch arguments
+    (:func:`agg_normalization`): token-mean = Σ w·loss / Σ w; the seq-mean modes average over
+    the sequences that have a valid token (a fully masked sequence counts in neither sum nor
+    denominator); a zero denominator gives 0, not nan; masked positions never contribute."""
+    reduction, given, mult = agg_normalization(
+        loss_agg_mode, loss_mat.shape[-1], dp_size, batch_num_tokens, global_batch_size, loss_scale_factor
+    )
     valid = mask > 0
     w = torch.where(valid, mask.to(loss_mat.dtype), 0.0)
-    masked = torch.where(valid, loss_mat * w, 0.0)
-    if loss_agg_mode == "token-mean":
-        den = w.sum()
-        return masked.sum() / torch.where(den > 0, den, 1.0)
-    seq = masked.sum(-1)
-    if loss_agg_mode == "seq-mean-token-sum":
-        return seq.sum() / sequence_count(w)
-    if loss_agg_mode == "seq-mean-token-mean":
-        den = w.sum(-1)
-        return (seq / torch.where(den > 0, den, 1.0)).sum() / sequence_count(w)
-    raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
+    return reduce_loss(torch.where(valid, loss_mat * w, 0.0), w, reduction, given, mult)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -162,13 +235,16 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def clip_cov_loss_reference(
-    old_log_prob, log_prob, advantages, mask, selected, loss_agg_mode="token-mean", clip_low=0.2, clip_high=0.2
+    old_log_prob, log_prob, advantages, mask, selected, loss_agg_mode="token-mean", clip_low=0.2, clip_high=0.2,
+    rollout_is_weights=None, **global_batch_info,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Clip-Cov loss given the selection: ``max(L1, L2)·(1 − selected)``, aggregated; autograd
-    through plain torch ops (the oracle for the op's analytic gradient)."""
+    """Clip-Cov loss given the selection: ``max(L1, L2)·(1 − selected)`` (times
+    ``rollout_is_weights``), aggregated as :func:`aggregate` with ``global_batch_info``;
+    autograd through plain torch ops (the oracle for the op's analytic gradient)."""
     _, l1, l2 = ppo_surrogates(old_log_prob, log_prob, advantages, clip_low, clip_high)
     corr = 1.0 - selected.to(l1.dtype)
-    loss = aggregate(torch.maximum(l1, l2) * corr, mask, loss_agg_mode)
+    tok = _weighted(torch.maximum(l1, l2) * corr, rollout_is_weights)
+    loss = aggregate(tok, mask, loss_agg_mode, **global_batch_info)
     d = (log_prob.detach() - old_log_prob).to(l1.dtype)
     metrics = {
         "pg_clipfrac": _masked_mean(selected.to(l1.dtype), mask),
@@ -178,13 +254,16 @@ def clip_cov_loss_reference(
 
 
 def kl_cov_loss_reference(
-    old_log_prob, log_prob, advantages, mask, selected, loss_agg_mode="token-mean", ppo_kl_coef=0.1
+    old_log_prob, log_prob, advantages, mask, selected, loss_agg_mode="token-mean", ppo_kl_coef=0.1,
+    rollout_is_weights=None, **global_batch_info,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """KL-Cov loss given the selection: ``−A·exp(d) + selected·β·|d|``, aggregated."""
+    """KL-Cov loss given the selection: ``−A·exp(d) + selected·β·|d|`` (times
+    ``rollout_is_weights``), aggregated."""
     dt = compute_dtype(log_prob)
     d = log_prob.to(dt) - old_log_prob.to(dt)
     l1 = -advantages.to(dt) * torch.exp(d)
-    loss = aggregate(torch.where(selected, l1 + ppo_kl_coef * d.abs(), l1), mask, loss_agg_mode)
+    tok = _weighted(torch.where(selected, l1 + ppo_kl_coef * d.abs(), l1), rollout_is_weights)
+    loss = aggregate(tok, mask, loss_agg_mode, **global_batch_info)
     metrics = {
         "pg_clipfrac": torch.zeros((), dtype=dt, device=log_prob.device),
         "ppo_kl": _masked_mean(d.detach().abs(), mask),
@@ -192,12 +271,20 @@ def kl_cov_loss_reference(
     return loss, metrics
 
 
+def _weighted(loss_mat: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """verl's rollout correction: the per-token loss times the (constant) importance weights."""
+    return loss_mat if weights is None else loss_mat * weights.detach().to(loss_mat.dtype)
+
+
 def cov_loss_parts_reference(
-    old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode: bool, loss_agg_mode: str,
-    clip_low: float, clip_high: float, kl_coef: float,
+    old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode: bool, reduction: int,
+    clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor] = None,
+    given: float = 0.0, mult: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, metrics [pg_clipfrac, ppo_kl], coef)`` with ``coef = ∂loss/∂log_prob`` written
-    out analytically — the CPU path of ``entropy_kernels::cov_policy_loss``. ``stats[2]`` is Σ m."""
+    out analytically -- the CPU path of ``entropy_kernels::cov_policy_loss``. ``stats[2]`` is
+    Σ m; ``reduction, given, mult`` as :func:`agg_normalization` returns them; ``weights``:
+    verl's ``rollout_is_weights`` (constants multiplying each token's loss)."""
     dt = compute_dtype(log_prob)
     valid = mask > 0
     w = torch.where(valid, mask.to(dt), 0.0)
@@ -214,20 +301,28 @@ def cov_loss_parts_reference(
         tok = torch.where(selected, l1 + kl_coef * d.abs(), l1)
         grad = torch.where(selected, l1 + kl_coef * torch.sign(d), l1)
         kl = d.abs()
+    tok, grad = _weighted(tok, weights), _weighted(grad, weights)
     den_all = stats[2].to(dt)
     den_all = torch.where(den_all > 0, den_all, 1.0)
-    if loss_agg_mode == "token-mean":
-        scale = w / den_all
-    elif loss_agg_mode == "seq-mean-token-sum":
-        scale = w / sequence_count(w)
-    else:
-        n_b = w.sum(-1, keepdim=True)
-        scale = w / (sequence_count(w) * torch.where(n_b > 0, n_b, 1.0))
-    loss = torch.where(valid, scale * tok, 0.0).sum()
-    coef = torch.where(valid, scale * grad, 0.0)
+    # the loss is linear in the per-token terms: ∂loss/∂lp = the same reduction of ``grad``
+    loss = reduce_loss(torch.where(valid, w * tok, 0.0), w, reduction, given, mult)
+    coef = reduce_loss_weights(w, reduction, given, mult) * torch.where(valid, grad, 0.0)
     clipfrac = torch.where(valid & selected, w, 0.0).sum() / den_all if clip_mode else torch.zeros((), dtype=dt, device=lp.device)
     ppo_kl = torch.where(valid, w * kl, 0.0).sum() / den_all
     return loss, torch.stack([clipfrac, ppo_kl]).float(), coef.float() if dt != torch.float64 else coef
+
+
+def reduce_loss_weights(w: torch.Tensor, reduction: int, given: float, mult: float) -> torch.Tensor:
+    """The ``[B, T]`` factors ``c`` with ``reduce_loss(w·x) = Σ c·x`` for every ``x``."""
+    if reduction == TOKEN_SUM_REDUCTION:
+        local = w.sum()
+        local = torch.where(local > 0, local, 1.0)
+    else:
+        local = sequence_count(w)
+        if reduction == SEQ_TOKEN_MEAN_REDUCTION:
+            n_b = w.sum(-1, keepdim=True)
+            w = w / torch.where(n_b > 0, n_b, 1.0)
+    return w / ((given if given > 0 else local) * mult)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,22 +9,45 @@ and top-k over every rank's batch), as the paper describes.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 
 from .. import _validation
 from ..ops import cov_select as _ops
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
-from ..reference.policy_loss import LOSS_AGG_MODES
+from ..reference.policy_loss import agg_normalization
 
 Metrics = Dict[str, torch.Tensor]
 
 
-def _check_mode(loss_agg_mode: str) -> int:
-    if loss_agg_mode not in LOSS_AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
-    return _ops.AGG_CODES[loss_agg_mode]
+class _Aggregation(NamedTuple):
+    """How the per-token losses become the loss: the kernels' reduction and denominator
+    (``reference.policy_loss.agg_normalization``) and the per-token weights."""
+
+    reduction: int
+    given: float
+    mult: float
+    weights: Optional[torch.Tensor]
+
+
+GLOBAL_BATCH_INFO = ("dp_size", "batch_num_tokens", "global_batch_size", "loss_scale_factor")
+
+
+def _aggregation(log_prob, loss_agg_mode, rollout_is_weights, global_batch_info) -> _Aggregation:
+    unknown = sorted(set(global_batch_info) - set(GLOBAL_BATCH_INFO))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown}; the global-batch arguments are {GLOBAL_BATCH_INFO}")
+    reduction, given, mult = agg_normalization(loss_agg_mode, log_prob.shape[-1], **global_batch_info)
+    weights = None
+    if rollout_is_weights is not None:
+        _validation.check_tensor("rollout_is_weights", rollout_is_weights)
+        _validation.check_float_dtype("rollout_is_weights", rollout_is_weights)
+        if tuple(rollout_is_weights.shape) != tuple(log_prob.shape):
+            raise ValueError(f"rollout_is_weights shape {tuple(rollout_is_weights.shape)} must equal log_prob's {tuple(log_prob.shape)}")
+        _validation.check_same_device("rollout_is_weights", rollout_is_weights, "log_prob", log_prob)
+        weights = rollout_is_weights.detach().contiguous()
+    return _Aggregation(reduction, given, mult, weights)
 
 
 def _check_selection(selection, log_prob) -> torch.Tensor:
@@ -43,18 +66,20 @@ def _metrics(pg_clipfrac, ppo_kl, pg_clipfrac_lower, n_selected) -> Metrics:
     return {"pg_clipfrac": pg_clipfrac, "ppo_kl": ppo_kl, "pg_clipfrac_lower": pg_clipfrac_lower, "n_selected": n_selected}
 
 
-def _loss(old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode, agg, low, high, coef) -> Tuple[torch.Tensor, Metrics]:
+def _loss(old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode, agg: _Aggregation, low, high, coef) -> Tuple[torch.Tensor, Metrics]:
     loss, metrics, _ = _ops.policy_loss_parts(
-        old_log_prob, log_prob, advantages, mask, selected, stats, _ops.row_count(mask, agg), clip_mode, agg, low, high, coef
+        old_log_prob, log_prob, advantages, mask, selected, stats, _ops.row_count(mask, agg.reduction), clip_mode,
+        agg.reduction, low, high, coef, agg.weights, agg.given, agg.mult,
     )
     lower = torch.zeros((), dtype=metrics.dtype, device=metrics.device)
     return loss, _metrics(metrics[0], metrics[1], lower, selected.sum())
 
 
-def _fused(old_log_prob, log_prob, advantages, mask, clip_mode, agg, ratio, low, high, lb, ub, coef, seed, offset):
+def _fused(old_log_prob, log_prob, advantages, mask, clip_mode, agg: _Aggregation, ratio, low, high, lb, ub, coef, seed, offset):
     """The one-launch path (``ops.cov_select.fused_policy_loss``), or None where it does not apply."""
     out = _ops.fused_policy_loss(
-        old_log_prob, log_prob, advantages, mask, clip_mode, agg, ratio, low, high, lb, ub, coef, seed, offset
+        old_log_prob, log_prob, advantages, mask, clip_mode, agg.reduction, ratio, low, high, lb, ub, coef, seed, offset,
+        agg.weights, agg.given, agg.mult,
     )
     if out is None:
         return None
@@ -80,6 +105,8 @@ def clip_cov_policy_loss(
     offset: Optional[torch.Tensor] = None,
     selection: Optional[torch.Tensor] = None,
     process_group=None,
+    rollout_is_weights: Optional[torch.Tensor] = None,
+    **global_batch_info,
 ) -> Tuple[torch.Tensor, Metrics]:
     """Clip-Cov: the PPO-clip loss ``max(L1, L2)`` with a random sample of high-covariance tokens
     detached (their loss is multiplied by 0, so they get exactly zero gradient).
@@ -93,8 +120,9 @@ def clip_cov_policy_loss(
     ----------
     old_log_prob, log_prob, advantages, response_mask : Tensor ``[B, T]``
         As in verl; only ``log_prob`` receives a gradient.
-    loss_agg_mode : "token-mean" | "seq-mean-token-sum" | "seq-mean-token-mean"
-        Without any valid token the loss and the metrics are 0 (not nan), with zero gradient.
+    loss_agg_mode : "token-mean" | "seq-mean-token-sum" | "seq-mean-token-mean" | "token-sum" |
+        "seq-mean-token-sum-norm" -- verl's ``agg_loss``. Without any valid token the loss and the
+        metrics are 0 (not nan), with zero gradient.
     clip_ratio, clip_ratio_low, clip_ratio_high, clip_cov_ratio, clip_cov_lb, clip_cov_ub
         verl's arguments and defaults (0.2, = clip_ratio, = clip_ratio, 2e-4, 1.0, 5.0).
     generator, seed, offset
@@ -103,6 +131,11 @@ def clip_cov_policy_loss(
         Use this selection instead of sampling one (e.g. to reproduce another implementation).
     process_group : optional
         Global selection across data-parallel ranks; the loss stays per rank.
+    rollout_is_weights : Tensor ``[B, T]``, optional
+        verl's rollout correction: each token's loss (and gradient) times this constant weight.
+    **global_batch_info : ``dp_size``, ``batch_num_tokens``, ``global_batch_size``, ``loss_scale_factor``
+        verl's ``config.global_batch_info`` (Python numbers): normalise by the global batch
+        instead of the micro-batch, as verl's ``agg_loss`` (``reference.policy_loss.agg_normalization``).
 
     Returns
     -------
@@ -124,7 +157,7 @@ def clip_cov_policy_loss(
     (True, True)
     """
     old_log_prob, log_prob, advantages, mask = _ops.check_inputs(old_log_prob, log_prob, advantages, response_mask)
-    agg = _check_mode(loss_agg_mode)
+    agg = _aggregation(log_prob, loss_agg_mode, rollout_is_weights, global_batch_info)
     low, high = _ops.clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high)
     ratio = _ops.check_fraction("clip_cov_ratio", clip_cov_ratio)
     lb, ub = _ops.check_band(clip_cov_lb, clip_cov_ub)
@@ -159,6 +192,8 @@ def kl_cov_policy_loss(
     ppo_kl_coef: float = 0.1,
     selection: Optional[torch.Tensor] = None,
     process_group=None,
+    rollout_is_weights: Optional[torch.Tensor] = None,
+    **global_batch_info,
 ) -> Tuple[torch.Tensor, Metrics]:
     """KL-Cov: the unclipped policy-gradient loss ``−A·exp(d)``, ``d = lp − old_lp``, plus
     ``ppo_kl_coef·|d|`` on the ``k = max(1, int(kl_cov_ratio·#valid))`` valid tokens of largest
@@ -170,7 +205,7 @@ def kl_cov_policy_loss(
     loss_agg_mode : as :func:`clip_cov_policy_loss`
     kl_cov_ratio : float in (0, 1] (verl's default 2e-4; the paper uses 2e-3 for 7B models)
     ppo_kl_coef : float ≥ 0 (verl's ``PolicyLossConfig`` default 0.1; the paper's runs use 1)
-    selection, process_group : as :func:`clip_cov_policy_loss`
+    selection, process_group, rollout_is_weights, global_batch_info : as :func:`clip_cov_policy_loss`
 
     Returns
     -------
@@ -192,7 +227,7 @@ def kl_cov_policy_loss(
     tensor(0.1000)
     """
     old_log_prob, log_prob, advantages, mask = _ops.check_inputs(old_log_prob, log_prob, advantages, response_mask)
-    agg = _check_mode(loss_agg_mode)
+    agg = _aggregation(log_prob, loss_agg_mode, rollout_is_weights, global_batch_info)
     ratio = _ops.check_fraction("kl_cov_ratio", kl_cov_ratio)
     coef = _ops.check_nonneg("ppo_kl_coef", ppo_kl_coef)
     if selection is not None:

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
-from ..reference.policy_loss import LOSS_AGG_MODES, aggregate
+from ..reference.policy_loss import LOSS_AGG_MODES, aggregate  # noqa: F401  (re-exported by training)
 
 
 def response_logprobs_and_entropy(
@@ -52,29 +52,36 @@ def response_logprobs_and_entropy(
     )
 
 
-def aggregate_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str = "token-mean") -> torch.Tensor:
-    """Reduce a ``[B, T]`` per-token loss to a scalar, verl's ``loss_agg_mode`` semantics.
+def aggregate_loss(
+    loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str = "token-mean", **global_batch_info
+) -> torch.Tensor:
+    """Reduce a ``[B, T]`` per-token loss to a scalar, verl's ``agg_loss`` semantics.
 
     - ``token-mean``: Σ loss·mask / Σ mask over the whole batch;
+    - ``token-sum``: Σ loss·mask;
     - ``seq-mean-token-sum``: mean of each sequence's Σ loss·mask;
-    - ``seq-mean-token-mean``: mean of each sequence's masked mean.
+    - ``seq-mean-token-mean``: mean of each sequence's masked mean;
+    - ``seq-mean-token-sum-norm``: ``seq-mean-token-sum / loss_scale_factor`` (default T).
 
     The seq-mean modes average over the sequences with at least one valid token, as verl's
     ``agg_loss`` does (a fully masked sequence is left out, not counted as a zero); masked
     positions never contribute, even if their loss is nan; an empty batch gives 0.
+    ``global_batch_info`` -- ``dp_size``, ``batch_num_tokens``, ``global_batch_size``,
+    ``loss_scale_factor`` -- normalises by the global batch as verl does
+    (:func:`entropy_kernels.reference.policy_loss.agg_normalization`).
 
     Example
     -------
     >>> loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
     >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     >>> [round(aggregate_loss(loss, mask, m).item(), 3) for m in LOSS_AGG_MODES]
-    [2.333, 3.5, 2.75]
+    [2.333, 3.5, 2.75, 7.0, 1.167]
+    >>> aggregate_loss(loss, mask, "token-mean", dp_size=2, batch_num_tokens=7)  # 7 / (7/2)
+    tensor(2.)
     """
-    if loss_agg_mode not in LOSS_AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
     if loss_mat.shape != loss_mask.shape or loss_mat.dim() != 2:
         raise ValueError(f"loss_mat and loss_mask must both be [B, T]; got {tuple(loss_mat.shape)} and {tuple(loss_mask.shape)}")
-    return aggregate(loss_mat, loss_mask, loss_agg_mode)
+    return aggregate(loss_mat, loss_mask, loss_agg_mode, **global_batch_info)
 
 
 def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, loss_agg_mode: str = "token-mean") -> torch.Tensor:
