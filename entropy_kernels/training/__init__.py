@@ -12,6 +12,7 @@ from .policy_loss import clip_cov_policy_loss, kl_cov_policy_loss, linear_cov_po
 from .rl import LOSS_AGG_MODES, aggregate_loss, entropy_bonus, response_logprobs_and_entropy
 from .transformers_patch import SUPPORTED as SUPPORTED_CAUSAL_LMS
 from .transformers_patch import patch_causal_lm, unpatch_causal_lm
+from .verl_adapter import register_with_verl
 
 __all__ = [
     "LinearCrossEntropyLoss",
@@ -25,4 +26,5 @@ __all__ = [
     "clip_cov_policy_loss",
     "kl_cov_policy_loss",
     "linear_cov_policy_loss",
+    "register_with_verl",
 ]
