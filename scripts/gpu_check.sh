@@ -12,7 +12,8 @@
 #
 # It leaves at most 8 files in $OUT (the device tool returns up to 8).
 #
-# Peers (cut-cross-entropy, liger-kernel, dfloat11) are picked up from ./.peers if present
+# Peers (cut-cross-entropy, liger-kernel, dfloat11; verl for the policy-loss comparison tests) are
+# picked up from ./.peers if present
 # (wheels unpacked with `pip install --target .peers`); they are optional.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,8 @@ Ours is timed called eagerly (each call pays the Python and launch cost of its k
 dominates at these sizes) and replayed from a CUDA graph (the GPU time; what a step captured in a
 graph or compiled with ``mode="reduce-overhead"`` pays -- possible because the selection never
 synchronises with the host); on CUDA both with the one-launch kernel (the default) and with one
-launch per phase (``EK_COV_FUSED=0``). Baselines: the verl-style implementation of :mod:`entropy_kernels.reference.policy_loss`
+launch per phase (``EK_COV_FUSED=0``), and eagerly with verl's ``rollout_is_weights`` and a
+data-parallel ``global_batch_info`` (one more ``[B, T]`` read). Baselines: the verl-style implementation of :mod:`entropy_kernels.reference.policy_loss`
 (``nonzero``, ``randperm``, ``.item()``, a copy to the CPU), measured in the same run. Floor: a
 device copy of the four ``[B, T]`` inputs (read once, written once).
 """
@@ -54,15 +55,19 @@ def _phase_launches(fn):
     return run
 
 
-def _ours(loss: str, graph: bool = False, one_launch: bool = True) -> Provider:
+def _ours(loss: str, graph: bool = False, one_launch: bool = True, verl_extras: bool = False) -> Provider:
     def setup(case: Case):
         old, lp, adv, mask = _inputs(case)
+        extra = {}
+        if verl_extras:  # what verl passes with rollout correction and dp_size 2
+            weights = torch.rand(lp.shape, device=case.device, generator=torch.Generator(case.device).manual_seed(1)) * 2
+            extra = dict(rollout_is_weights=weights, dp_size=2, batch_num_tokens=2 * lp.numel())
         if loss == "clip_cov":
             seed = torch.tensor([1], device=case.device)
             off = torch.tensor([0], device=case.device)
-            fn = lambda: clip_cov_policy_loss(old, lp, adv, mask, seed=seed, offset=off)[0].backward()  # noqa: E731
+            fn = lambda: clip_cov_policy_loss(old, lp, adv, mask, seed=seed, offset=off, **extra)[0].backward()  # noqa: E731
         else:
-            fn = lambda: kl_cov_policy_loss(old, lp, adv, mask)[0].backward()  # noqa: E731
+            fn = lambda: kl_cov_policy_loss(old, lp, adv, mask, **extra)[0].backward()  # noqa: E731
         if not one_launch:
             fn = _phase_launches(fn)
         if graph:
@@ -70,6 +75,7 @@ def _ours(loss: str, graph: bool = False, one_launch: bool = True) -> Provider:
         return fn, [lp]
 
     tags = ([] if one_launch else ["phase launches"]) + (["CUDA graph"] if graph else [])
+    tags += ["rollout weights, dp 2"] if verl_extras else []
     name = f"entropy_kernels {loss}" + (f" ({', '.join(tags)})" if tags else "")
     on_cuda = lambda case: case.device.type == "cuda"  # noqa: E731
     return Provider(name, "ours", setup, available=on_cuda if graph or not one_launch else (lambda case: True))
@@ -99,7 +105,7 @@ def policy_loss_cases(size: str, device: torch.device) -> List[Case]:
         case.providers = [
             *(p for loss in ("clip_cov", "kl_cov") for p in (
                 _ours(loss), _ours(loss, graph=True), _ours(loss, one_launch=False),
-                _ours(loss, graph=True, one_launch=False), _verl(loss),
+                _ours(loss, graph=True, one_launch=False), _ours(loss, verl_extras=True), _verl(loss),
             )),
             Provider("floor: copy inputs", "floor", _copy_floor),
         ]
