@@ -1,6 +1,8 @@
 """Global Clip-Cov / KL-Cov selection over torch.distributed (gloo, 2 CPU processes): each rank
 holds half of the batch and must select exactly the tokens that one process selects on the
-concatenated batch; the per-rank loss is the loss of its slice with that selection."""
+concatenated batch; the per-rank loss is the loss of its slice with that selection; and with
+verl's global_batch_info (dp_size, global counts) the ranks' losses summed and their gradients
+averaged, as data parallelism does, equal one process's loss and gradient on the whole batch."""
 
 import contextlib
 
@@ -11,6 +13,7 @@ import torch.multiprocessing as mp
 
 import entropy_kernels as ek
 from entropy_kernels import _backend
+from entropy_kernels.reference.policy_loss import LOSS_AGG_MODES
 from entropy_kernels.training import clip_cov_policy_loss, kl_cov_policy_loss
 
 
@@ -58,6 +61,34 @@ def _check(rank, world):
         ref, _ = fn(old[rows], y, adv[rows], mask[rows], "seq-mean-token-mean", selection=select()[rows], **extra)
         ref.backward()
         assert torch.allclose(loss, ref, rtol=1e-6, atol=1e-7) and torch.allclose(x.grad, y.grad, rtol=1e-6, atol=1e-9)
+    _check_data_parallel_invariance(rank, world, old, lp, adv, mask, rows, group, seed, off)
+
+
+def _check_data_parallel_invariance(rank, world, old, lp, adv, mask, rows, group, seed, off):
+    weights = torch.rand(lp.shape) * 2  # the same on every rank (same seed)
+    info = dict(dp_size=world, batch_num_tokens=int(mask.sum()), global_batch_size=int((mask.sum(-1) > 0).sum()))
+    selections = {
+        kl_cov_policy_loss: ek.kl_cov_select(lp, adv, mask, kl_cov_ratio=0.1),
+        clip_cov_policy_loss: ek.clip_cov_select(old, lp, adv, mask, clip_cov_ratio=0.1, clip_cov_lb=0.2, seed=seed, offset=off),
+    }
+    options = {kl_cov_policy_loss: dict(kl_cov_ratio=0.1, ppo_kl_coef=1.0),
+               clip_cov_policy_loss: dict(clip_cov_ratio=0.1, clip_cov_lb=0.2, seed=seed, offset=off)}
+    for mode in LOSS_AGG_MODES:
+        for fn, selected in selections.items():
+            x = lp[rows].clone().requires_grad_()
+            loss, _ = fn(old[rows], x, adv[rows], mask[rows], mode, process_group=group, rollout_is_weights=weights[rows],
+                         **options[fn], **info)
+            loss.backward()
+            total = loss.detach().clone()
+            dist.all_reduce(total)  # the ranks' losses averaged: the loss of the global batch
+            y = lp.clone().requires_grad_()
+            kw = {k: v for k, v in options[fn].items() if k == "ppo_kl_coef"}
+            ref, _ = fn(old, y, adv, mask, mode, selection=selected, rollout_is_weights=weights, **kw)
+            ref.backward()
+            assert torch.allclose(total / world, ref, rtol=1e-5, atol=1e-6), f"rank {rank}: {fn.__name__} {mode}"
+            # data parallelism averages the ranks' parameter gradients: each token counts with
+            # its rank's gradient / world, which must be the whole-batch gradient
+            assert torch.allclose(x.grad / world, y.grad[rows], rtol=1e-5, atol=1e-8), f"rank {rank}: {fn.__name__} {mode}"
 
 
 @pytest.mark.parametrize("interpreted", [False, pytest.param(True, marks=pytest.mark.interpreter)], ids=["reference", "interpreter"])
