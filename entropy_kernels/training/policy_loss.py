@@ -3,8 +3,11 @@ the token selection on the device: no ``nonzero``, ``randperm``, ``.item()`` or 
 so a whole training step can be captured in a CUDA graph.
 
 Semantics and defaults follow verl (SPEC §2.5). The loss is aggregated over the local
-micro-batch with ``loss_agg_mode``; with ``process_group`` only the *selection* is global (means
-and top-k over every rank's batch), as the paper describes.
+micro-batch with ``loss_agg_mode``, or with the global denominators of verl's
+``global_batch_info`` (``dp_size``, ``batch_num_tokens``, ``global_batch_size``,
+``loss_scale_factor``) when given; ``process_group`` makes the *selection* global (means and
+top-k over every rank's batch), as the paper describes. verl's own calling convention:
+:mod:`entropy_kernels.training.verl_adapter`.
 """
 
 from __future__ import annotations
