@@ -377,10 +377,14 @@ def test_torch_compile_fullgraph(device):
     old, lp, adv, mask = make_batch(4, 100, device, scale=2.0)
     seed, off = torch.tensor([5], device=device), torch.tensor([0], device=device)
 
+    weights = torch.rand(4, 100, device=device)
+
     def step(x):
         a, _ = clip_cov_policy_loss(old, x, adv, mask, clip_cov_ratio=0.05, clip_cov_lb=0.1, seed=seed, offset=off)
         b, _ = kl_cov_policy_loss(old, x, adv, mask, "seq-mean-token-mean", kl_cov_ratio=0.05)
-        return a + b
+        c, _ = kl_cov_policy_loss(old, x, adv, mask, "seq-mean-token-sum-norm", kl_cov_ratio=0.05, rollout_is_weights=weights,
+                                  dp_size=2, global_batch_size=9)
+        return a + b + c
 
     x1, x2 = lp.clone().requires_grad_(), lp.clone().requires_grad_()
     step(x1).backward()
