@@ -77,13 +77,25 @@ def cases(tokens: int, vocab: int):
 
     c = DFloatTensor.compress((torch.randn(65536) * 0.02).to(torch.bfloat16))
     buf = torch.empty(c.numel, dtype=torch.bfloat16)
+    hooks = _compressed_block_hooks(7)
     return {
         f"clip_cov_policy_loss fwd+bwd, {tokens} tokens": clip,
         f"kl_cov_policy_loss fwd+bwd, {tokens} tokens": kl,
         f"top_h_sample, 4 x {vocab}": lambda: ek.top_h_sample(logits, 0.4, seed=seed, offset=off),
         f"entropy fwd+bwd, 4 x {vocab}": entropy,
         "DFloatTensor.decompress(out=), 65536 values": lambda: c.decompress(out=buf),
+        "compressed model: decode hooks of 7 weights": lambda: [hook(None, ()) for hook in hooks],
     }
+
+
+def _compressed_block_hooks(n: int):
+    """The forward pre-hooks that a compressed model runs before a block of ``n`` Linear layers
+    (``decoding.compress_model``): one weight decode each, into the shared buffer."""
+    from entropy_kernels.decoding import compress_model
+
+    block = torch.nn.Sequential(*[torch.nn.Linear(256, 256, bias=False, dtype=torch.bfloat16) for _ in range(n)])
+    compress_model(torch.nn.Sequential(block), group_by="module", min_numel=0, progress=False)
+    return [hook for m in block.modules() for hook in m._forward_pre_hooks.values()]
 
 
 def median_us(fn, reps: int, rounds: int = 7) -> float:

@@ -328,6 +328,21 @@ def test_eager_fast_path_equals_the_registered_ops(device, monkeypatch):
         assert torch.equal(y.view(-1).view(torch.int16).cpu(), x.view(-1).view(torch.int16))
 
 
+def test_replaced_payload_arrays_are_checked_again():
+    """DFloatTensor computes the decoder's arguments once; replacing an array must check the
+    payload again (a truncated one is refused before any decode) and decode from the new one."""
+    x = INPUTS["normal 1e-3"]
+    c = DFloatTensor.compress(x)
+    assert torch.equal(c.decompress(), x)
+    original = c.raw
+    c.raw = original[:-1].clone()
+    with pytest.raises(ValueError, match="raw must have"):
+        c.decompress()
+    c.raw = original.clone()  # same values, new memory: the decoder must read the new array
+    original.zero_()
+    assert torch.equal(c.decompress().view(torch.int16), x.view(torch.int16))
+
+
 def test_bad_op_arguments_raise_clear_errors():
     c = DFloatTensor.compress(INPUTS["normal 1e-3"])
     ops = torch.ops.entropy_kernels

@@ -73,6 +73,26 @@ def test_block_grouping_uses_one_buffer_for_all_blocks():
     assert buf.numel() == max(block, 320 * 64)  # the largest block, or the embedding / LM head
 
 
+def test_decode_hooks_reuse_one_view_per_weight():
+    """Every forward decodes each block's weights into the same shared-buffer slices: the
+    weight attributes are set once and stay the same tensors, blocks share the memory, and the
+    outputs stay bit-identical forward after forward."""
+    model = tiny_llama(False)
+    ids = torch.randint(0, 320, (2, 9))
+    with torch.no_grad():
+        ref = model(ids).logits
+    compress_model(model, min_numel=4096, progress=False)
+    layers = model.model.layers
+    seen = []
+    for _ in range(2):
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, ref)
+        seen.append([layer.mlp.up_proj.weight for layer in layers])
+    assert all(a is b for a, b in zip(*seen))
+    assert len({w.data_ptr() for w in seen[0]}) == 1  # one buffer slice for that weight of every block
+    assert seen[0][0].shape == (128, 64)
+
+
 def test_errors():
     with pytest.raises(TypeError, match="nn.Module"):
         compress_model("model")

@@ -107,12 +107,19 @@ def _group_layout(members: List[nn.Module]) -> Tuple[List[int], int]:
 
 def _make_hook(members: List[nn.Module], buffers: _DecodeBuffers):
     offsets, _ = _group_layout(members)
+    views: Dict[int, torch.Tensor] = {}  # id(member) -> its weight-shaped slice of the buffer
 
     def decode_group(module, args):
         for m, off in zip(members, offsets):
             c: DFloatTensor = m._ekdf_weight
-            buf = buffers.get(c.device)
-            m.weight = c.decompress(out=buf[off:off + c.numel])
+            view = views.get(id(m))
+            if view is None or view.device != c.device:
+                view = views[id(m)] = buffers.get(c.device)[off:off + c.numel].view(c.shape)
+            c.decompress(out=view)
+            # the slice and the attribute are set once (nn.Module.__setattr__ costs µs per
+            # weight per step); every forward decodes into the same memory again
+            if m.__dict__.get("weight") is not view:
+                m.weight = view
         return None
 
     return decode_group

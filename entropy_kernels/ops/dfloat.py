@@ -79,38 +79,68 @@ def check_payload(words, gaps, block_starts, lut, raw, numel: int, total_bits: i
         if lut.data_ptr() % 16 or raw.data_ptr() % 8 or words.data_ptr() % 4:
             raise ValueError("payload tensors must be aligned (lut 16 B, raw 8 B, words 4 B); pass freshly allocated tensors")
     if out is not None:
-        if not isinstance(out, torch.Tensor) or out.dtype != torch.bfloat16:
-            raise TypeError(f"out must be a bfloat16 tensor, got {getattr(out, 'dtype', type(out).__name__)}")
-        if out.numel() != numel or not out.is_contiguous():
-            raise ValueError(f"out must be contiguous with {numel} elements, got shape {tuple(out.shape)}")
-        if out.device != device:
-            raise ValueError(f"out must be on the payload's device {device}, got {out.device}")
-        if device.type == "cuda" and not _is_fake(out) and out.data_ptr() % 16:
-            raise ValueError("out must be 16-byte aligned (the decoder writes 16-byte vectors)")
+        check_out(out, numel, device)
+
+
+def check_out(out, numel: int, device: torch.device) -> None:
+    """Raise unless ``out`` can receive a decode of ``numel`` values on ``device``: bf16,
+    contiguous, ``numel`` elements (any shape), on ``device``, 16-byte aligned on CUDA.
+
+    Example
+    -------
+    >>> check_out(torch.empty(3, dtype=torch.float32), 3, torch.device("cpu"))
+    Traceback (most recent call last):
+    TypeError: out must be a bfloat16 tensor, got torch.float32
+    """
+    if not isinstance(out, torch.Tensor) or out.dtype != torch.bfloat16:
+        raise TypeError(f"out must be a bfloat16 tensor, got {getattr(out, 'dtype', type(out).__name__)}")
+    if out.numel() != numel or not out.is_contiguous():
+        raise ValueError(f"out must be contiguous with {numel} elements, got shape {tuple(out.shape)}")
+    if out.device != device:
+        raise ValueError(f"out must be on the payload's device {device}, got {out.device}")
+    if device.type == "cuda" and not _is_fake(out) and out.data_ptr() % 16:
+        raise ValueError("out must be 16-byte aligned (the decoder writes 16-byte vectors)")
 
 
 def _is_fake(t: torch.Tensor) -> bool:
     return isinstance(t, torch._subclasses.fake_tensor.FakeTensor) or t.device.type == "meta"
 
 
-def _launch(out, words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int) -> None:
-    if numel == 0:
+def launch_args(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int) -> tuple:
+    """The decoders' arguments but the output and the stream -- raw pointers and sizes of a
+    payload that :func:`check_payload` accepted. A ``DFloatTensor`` computes them once: a call
+    then costs the output's checks and the launch, not twenty tensor-attribute reads."""
+    return (words.data_ptr(), words.numel(), block_starts.data_ptr(), block_starts.numel() - 1, gaps.data_ptr(),
+            gaps.numel(), lut.data_ptr(), raw.data_ptr(), numel, total_bits, max_block_values)
+
+
+# the current stream's handle without building a torch.cuda.Stream object (µs per call)
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _stream_handle(device: torch.device) -> int:
+    if _raw_stream is not None:
+        return _raw_stream(device.index)
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def launch(out: torch.Tensor, args: tuple) -> None:
+    """Decode into ``out`` (checked by :func:`check_out`) with the :func:`launch_args` of its
+    payload: the C++ decoder on CPU, the CUDA kernel on torch's current stream of ``out``'s device."""
+    if args[8] == 0:  # numel
         return
     C = _backend.native()
     if C is None:
         raise RuntimeError(f"entropy_kernels._C failed to import: {_backend.native_error()}")
-    args = (words.data_ptr(), words.numel(), block_starts.data_ptr(), block_starts.numel() - 1, gaps.data_ptr(),
-            gaps.numel(), lut.data_ptr(), raw.data_ptr(), numel)
     if out.device.type == "cuda":
         if not hasattr(C, "dfloat_decode_cuda"):
             raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
         # switch devices only when needed: the context manager costs µs on every call
         same = out.device.index == torch.cuda.current_device()
         with contextlib.nullcontext() if same else torch.cuda.device(out.device):
-            C.dfloat_decode_cuda(*args, total_bits, max_block_values, out.data_ptr(),
-                                 torch.cuda.current_stream().cuda_stream, DECODER)
+            C.dfloat_decode_cuda(*args, out.data_ptr(), _stream_handle(out.device), DECODER)
     else:
-        C.dfloat_decode_cpu(*args, out.data_ptr())
+        C.dfloat_decode_cpu(*args[:9], out.data_ptr())
 
 
 def _decode(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int,
@@ -120,7 +150,7 @@ def _decode(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, ma
     check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
     if out is None:
         out = torch.empty((numel,), dtype=torch.bfloat16, device=words.device)
-    _launch(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
+    launch(out, launch_args(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values))
     return out
 
 
