@@ -4,9 +4,11 @@ validation, safetensors I/O, the ops under opcheck / torch.compile, and the CUDA
 The oracle for every round trip is the input's own bit pattern (lossless means bit-identical);
 the format itself is checked by an independent pure-Python decoder (reference.dfloat)."""
 
+import copy
 import heapq
 import math
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -341,6 +343,23 @@ def test_replaced_payload_arrays_are_checked_again():
     c.raw = original.clone()  # same values, new memory: the decoder must read the new array
     original.zero_()
     assert torch.equal(c.decompress().view(torch.int16), x.view(torch.int16))
+
+
+def test_copies_and_swapped_storage_decode_from_their_own_memory():
+    """A copy (deepcopy, pickle) of a DFloatTensor that has decoded, and an array whose storage
+    was swapped in place, must decode from their own memory, not from cached pointers."""
+    x = INPUTS["normal 1e-3"]
+    c = DFloatTensor.compress(x)
+    c.decompress()
+    copies = [copy.deepcopy(c), pickle.loads(pickle.dumps(c))]
+    old_words = c.words.data
+    c.words.data = old_words.clone()
+    old_words.zero_()  # what a stale pointer would read
+    assert torch.equal(c.decompress().view(torch.int16), x.view(torch.int16))
+    for t in c.payload():
+        t.zero_()
+    for d in copies:
+        assert torch.equal(d.decompress().view(torch.int16), x.view(torch.int16))
 
 
 def test_bad_op_arguments_raise_clear_errors():

@@ -169,6 +169,28 @@ def test_global_batch_info_and_rollout_weights_vs_oracle(backend, mode, info):
 
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_counts_as_tensors_equal_counts_as_numbers(backend, mode):
+    """batch_num_tokens / global_batch_size as one-element tensors (read by the kernels on the
+    device) give the same losses and gradients as the same Python numbers; a count of 0 means
+    "not given" both ways."""
+    old, lp, adv, mask = make_batch(3, 40, backend.device, scale=2.0)
+    seed, off = torch.tensor([2], device=backend.device), torch.tensor([0], device=backend.device)
+    for tokens, seqs in ((1234, 9), (0, 0), (77, 2)):
+        results = []
+        for as_tensor in (False, True):
+            wrap = (lambda v: torch.tensor(v, device=backend.device)) if as_tensor else (lambda v: v)  # noqa: E731
+            info = dict(dp_size=2, batch_num_tokens=wrap(tokens), global_batch_size=wrap(seqs))
+            x = lp.clone().requires_grad_()
+            a, _ = run(backend, clip_cov_policy_loss, old, x, adv, mask, mode, clip_cov_ratio=0.1, clip_cov_lb=0.05,
+                       seed=seed, offset=off, **info)
+            b, _ = run(backend, kl_cov_policy_loss, old, x, adv, mask, mode, kl_cov_ratio=0.1, **info)
+            (a + 2 * b).backward()
+            results.append([a, b, x.grad])
+        for by_number, by_tensor in zip(*results):
+            assert torch.allclose(by_tensor.detach(), by_number.detach(), rtol=1e-6, atol=0), (tokens, seqs)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 def test_kl_cov_equals_verl_style_baseline(backend, mode):
     old, lp, adv, mask = make_batch(4, 120, backend.device)
     x = lp.clone().requires_grad_()
@@ -342,11 +364,13 @@ def test_opcheck(backend):
         stats = ops.cov_stats.default(lp, adv, mask)
         rows = mask.float().sum(-1)
         weights = torch.rand(2, 37, device=backend.device)
-        cases = ((True, 0, None, None, 0.0, 1.0), (False, 1, rows, weights, 0.0, 37.0), (True, 2, rows, None, 3.5, 1.0),
-                 (False, 2, rows, weights, 0.0, 1.0), (False, 0, None, weights, 0.5, 1.0))
-        for clip, agg, rc, w, given, mult in cases:
+        den = torch.tensor(6.5, dtype=torch.float64, device=backend.device)
+        cases = ((True, 0, None, None, None, 0.0, 1.0), (False, 1, rows, weights, None, 0.0, 37.0),
+                 (True, 2, rows, None, None, 3.5, 1.0), (False, 2, rows, weights, den, 0.0, 1.0),
+                 (False, 0, None, weights, None, 0.5, 1.0), (True, 1, rows, None, den, 0.0, 3.0))
+        for clip, agg, rc, w, d, given, mult in cases:
             torch.library.opcheck(ops.cov_policy_loss.default, (
-                old, lp.clone().requires_grad_(), adv, mask, sel, stats, rc, clip, agg, 0.2, 0.28, 0.7, w, given, mult,
+                old, lp.clone().requires_grad_(), adv, mask, sel, stats, rc, clip, agg, 0.2, 0.28, 0.7, w, d, given, mult,
             ))
 
 
@@ -392,6 +416,35 @@ def test_torch_compile_fullgraph(device):
     assert torch.allclose(x1.grad, x2.grad, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["ints", "tensors"])
+def test_torch_compile_with_counts_that_change_every_step(device, as_tensor):
+    """verl's batch_num_tokens / global_batch_size change every mini-batch: a compiled step must
+    follow them (ints become symbolic after the first change; tensors never recompile)."""
+    torch._dynamo.reset()
+    old, lp, adv, mask = make_batch(4, 60, device, scale=2.0)
+
+    def step(x, tokens, seqs):
+        a, _ = kl_cov_policy_loss(old, x, adv, mask, "token-mean", kl_cov_ratio=0.05, dp_size=2, batch_num_tokens=tokens)
+        b, _ = kl_cov_policy_loss(old, x, adv, mask, "seq-mean-token-mean", kl_cov_ratio=0.05, dp_size=2,
+                                  global_batch_size=seqs)
+        return a + b
+
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(step, fullgraph=True, backend=counter)
+    for tokens, seqs in ((400, 8), (333, 7), (512, 9)):
+        args = (torch.tensor(tokens, device=device), torch.tensor(seqs, device=device)) if as_tensor else (tokens, seqs)
+        x1, x2 = lp.clone().requires_grad_(), lp.clone().requires_grad_()
+        want = step(x1, tokens, seqs)
+        want.backward()
+        got = compiled(x2, *args)
+        got.backward()
+        assert torch.allclose(got, want, rtol=1e-6) and torch.allclose(x2.grad, x1.grad, rtol=1e-6, atol=1e-9)
+    assert counter.frame_count == (1 if as_tensor else 2)  # ints: one recompile, then symbolic
+
+
 def _x(b=2, t=5):
     return torch.randn(b, t)
 
@@ -403,8 +456,10 @@ def _x(b=2, t=5):
         (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), dp_size=2), ValueError, "batch_num_tokens"),
         (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), "seq-mean-token-mean", dp_size=2), ValueError,
          "global_batch_size"),
-        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), batch_num_tokens=torch.tensor(9)), TypeError,
-         "host sync"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), batch_num_tokens=torch.ones(2)), TypeError,
+         "one real number"),
+        (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), "seq-mean-token-sum-norm",
+                                    loss_scale_factor=torch.tensor(3.0)), TypeError, "loss_scale_factor"),
         (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), dp_size=0), ValueError, "dp_size"),
         (lambda: kl_cov_policy_loss(_x(), _x(), _x(), torch.ones(2, 5), "seq-mean-token-sum-norm", loss_scale_factor=0),
          ValueError, "loss_scale_factor"),
@@ -471,6 +526,36 @@ def test_cuda_graph_capture_of_a_whole_loss_step():
     want = list(step()) + [x.grad]
     for g, w in zip(got, want):
         assert torch.allclose(g, w, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_reads_the_current_global_counts():
+    """Counts passed as device tensors and updated in place between replays: the captured step
+    uses the current value (a Python number would be baked into the graph)."""
+    old, lp, adv, mask = make_batch(16, 512, "cuda", scale=2.0)
+    x = lp.clone().requires_grad_()
+    tokens = torch.tensor(10_000, device="cuda")
+
+    def step():
+        x.grad = None
+        loss, _ = kl_cov_policy_loss(old, x, adv, mask, kl_cov_ratio=2e-3, dp_size=2, batch_num_tokens=tokens)
+        loss.backward()
+        return loss.detach()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+        grad = x.grad
+    tokens.fill_(4_321)
+    graph.replay()
+    got, got_grad = out.clone(), grad.clone()
+    want = step()
+    assert torch.allclose(got, want, rtol=1e-6) and torch.allclose(got_grad, x.grad, rtol=1e-6, atol=1e-12)
 
 
 @pytest.mark.gpu

@@ -113,7 +113,7 @@ def _make_hook(members: List[nn.Module], buffers: _DecodeBuffers):
         for m, off in zip(members, offsets):
             c: DFloatTensor = m._ekdf_weight
             view = views.get(id(m))
-            if view is None or view.device != c.device:
+            if view is None or view.device != c.device or view.shape != c.shape:
                 view = views[id(m)] = buffers.get(c.device)[off:off + c.numel].view(c.shape)
             c.decompress(out=view)
             # the slice and the attribute are set once (nn.Module.__setattr__ costs µs per

@@ -200,14 +200,23 @@ class DFloatTensor:
 
     def _launch_args(self) -> tuple:
         """``ops.dfloat.launch_args`` of the payload, computed (and the payload checked) again
-        only when one of the five arrays has been replaced since the last call."""
+        only when one of the five arrays has been replaced or moved to other memory since the
+        last call (its identity or its data pointer changed: a copy of this object, a ``.data``
+        swap, ``share_memory_()``)."""
         payload = self.payload()
+        pointers = tuple(t.data_ptr() for t in payload)
         cached = self.__dict__.get("_launch_cache")
-        if cached is None or any(a is not b for a, b in zip(cached[0], payload)):
+        if cached is None or cached[1] != pointers or any(a is not b for a, b in zip(cached[0], payload)):
             _ops.check_payload(*payload, *self.sizes())
-            cached = (payload, _ops.launch_args(*payload, *self.sizes()))
+            cached = (payload, pointers, _ops.launch_args(*payload, *self.sizes()))
             self._launch_cache = cached
-        return cached[1]
+        return cached[2]
+
+    def __getstate__(self) -> dict:
+        # pickle / deepcopy / torch.save: the cached raw pointers belong to this object's memory
+        state = dict(self.__dict__)
+        state.pop("_launch_cache", None)
+        return state
 
     def verify(self, decoded: torch.Tensor) -> bool:
         """True when ``decoded`` has the XOR checksum of the original bytes (a host sync).

@@ -125,46 +125,49 @@ def _cov_configs(C):
     for dt in ("fp32", "bf16", "fp64"):
         for clip in (False, True):
             for agg in (0, 1, 2):
-                yield (f"cov_loss[{dt},clip={clip},agg={agg},iw={agg == 1}]", C._loss_kernel, {
+                yield (f"cov_loss[{dt},clip={clip},agg={agg},iw={agg == 1},den={agg == 2}]", C._loss_kernel, {
                     "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "sel_ptr": "*i1",
-                    "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "iw_ptr": "*fp32",
+                    "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "iw_ptr": "*fp32", "den_ptr": "*fp64",
                     "coef_ptr": "*fp64" if dt == "fp64" else "*fp32", "part_ptr": "*fp64", "N": "i32", "T": "i32",
                     "B": "i32", "chunk": "i32", "clip_low": "fp32", "clip_high": "fp32", "kl_coef": "fp32", **den,
-                }, {"CLIP": clip, "AGG": agg, "HAS_IW": agg == 1, "ACC64": dt == "fp64", "BLOCK": 1024})
+                }, {"CLIP": clip, "AGG": agg, "HAS_IW": agg == 1, "DEN_PTR": agg == 2, "ACC64": dt == "fp64", "BLOCK": 1024})
         for clip in (False, True):
             for agg in (0, 2):
-                yield (f"cov_fused[{dt},clip={clip},agg={agg},iw={agg == 2}]", C._fused_kernel, {
+                yield (f"cov_fused[{dt},clip={clip},agg={agg},iw={agg == 2},den={agg == 2}]", C._fused_kernel, {
                     "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "seed_ptr": "*i64",
-                    "offset_ptr": "*i64", "rowcnt_ptr": "*fp32", "iw_ptr": "*fp32", "part_ptr": "*fp64", "stats_ptr": "*fp64",
+                    "offset_ptr": "*i64", "rowcnt_ptr": "*fp32", "iw_ptr": "*fp32", "den_ptr": "*fp64", "part_ptr": "*fp64",
+                    "stats_ptr": "*fp64",
                     "ctrl_ptr": "*i32", "key_ptr": "*i32", "rows_ptr": "*i32", "sel_ptr": "*i1",
                     "coef_ptr": "*fp64" if dt == "fp64" else "*fp32", "loss_ptr": "*fp64" if dt == "fp64" else "*fp32",
                     "metrics_ptr": "*fp32", "count_ptr": "*i64", "N": "i32", "T": "i32", "B": "i32", "chunk": "i32",
                     "clip_low": "fp32", "clip_high": "fp32", "lb": "fp32", "ub": "fp32", "kl_coef": "fp32", **ratio, **den,
-                }, {"MODE": int(clip), "LOSS": True, "AGG": agg, "HAS_IW": agg == 2, "ACC64": dt == "fp64", "HAS_OFFSET": False,
+                }, {"MODE": int(clip), "LOSS": True, "AGG": agg, "HAS_IW": agg == 2, "DEN_PTR": agg == 2, "ACC64": dt == "fp64",
+                    "HAS_OFFSET": False,
                     "P_BLOCK": 256, "BLOCK": 1024})
         for clip in (False, True):  # selection only (clip_cov_select / kl_cov_select)
             yield (f"cov_fused[{dt},clip={clip},select]", C._fused_kernel, {
                 "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "seed_ptr": "*i64",
-                "offset_ptr": "*i64", **{name: "*fp64" for name in ("rowcnt_ptr", "iw_ptr", "part_ptr", "stats_ptr")},
+                "offset_ptr": "*i64", **{name: "*fp64" for name in ("rowcnt_ptr", "iw_ptr", "den_ptr", "part_ptr", "stats_ptr")},
                 "ctrl_ptr": "*i32", "key_ptr": "*i32", "rows_ptr": "*i32", "sel_ptr": "*i1",
                 **{name: "*fp64" for name in ("coef_ptr", "loss_ptr", "metrics_ptr", "count_ptr")},
                 "N": "i32", "T": "i32", "B": "i32", "chunk": "i32", "clip_low": "fp32", "clip_high": "fp32",
                 "lb": "fp32", "ub": "fp32", "kl_coef": "fp32", **ratio, **den,
-            }, {"MODE": int(clip), "LOSS": False, "AGG": 0, "HAS_IW": False, "ACC64": dt == "fp64", "HAS_OFFSET": True,
+            }, {"MODE": int(clip), "LOSS": False, "AGG": 0, "HAS_IW": False, "DEN_PTR": False, "ACC64": dt == "fp64",
+                "HAS_OFFSET": True,
                 "P_BLOCK": 256, "BLOCK": 1024})
         if dt != "fp64":
             yield (f"cov_fused[{dt},top_values]", C._fused_kernel, {
                 "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1",
-                **{name: "*i32" for name in ("seed_ptr", "offset_ptr", "rowcnt_ptr", "iw_ptr", "part_ptr", "stats_ptr",
-                                             "ctrl_ptr", "key_ptr", "rows_ptr")},
+                **{name: "*i32" for name in ("seed_ptr", "offset_ptr", "rowcnt_ptr", "iw_ptr", "den_ptr", "part_ptr",
+                                             "stats_ptr", "ctrl_ptr", "key_ptr", "rows_ptr")},
                 "sel_ptr": "*i1", **{name: "*i32" for name in ("coef_ptr", "loss_ptr", "metrics_ptr", "count_ptr")},
                 "N": "i32", "T": "i32", "B": "i32", "chunk": "i32", "clip_low": "fp32",
                 "clip_high": "fp32", "lb": "fp32", "ub": "fp32", "kl_coef": "fp32", **ratio, **den,
-            }, {"MODE": 2, "LOSS": False, "AGG": 0, "HAS_IW": False, "ACC64": False, "HAS_OFFSET": False, "P_BLOCK": 256, "BLOCK": 1024})
+            }, {"MODE": 2, "LOSS": False, "AGG": 0, "HAS_IW": False, "DEN_PTR": False, "ACC64": False, "HAS_OFFSET": False, "P_BLOCK": 256, "BLOCK": 1024})
         yield (f"cov_loss_combine[{dt}]", C._loss_combine_kernel, {
-            "part_ptr": "*fp64", "n_parts": "i32", "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "loss_ptr": "*fp64" if dt == "fp64" else "*fp32",
-            "metrics_ptr": "*fp32", "B": "i32", **den,
-        }, {"CLIP": True, "AGG": 1, "P_BLOCK": 512})
+            "part_ptr": "*fp64", "n_parts": "i32", "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "den_ptr": "*fp64",
+            "loss_ptr": "*fp64" if dt == "fp64" else "*fp32", "metrics_ptr": "*fp32", "B": "i32", **den,
+        }, {"CLIP": True, "AGG": 1, "DEN_PTR": True, "P_BLOCK": 512})
 
 
 def compile_all(archs: List[int], num_warps: int = 8) -> List[Tuple[str, int, str]]:

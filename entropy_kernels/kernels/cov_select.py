@@ -342,9 +342,10 @@ def _write_phase(
 
 @triton.jit
 def _loss_phase(
-    old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, iw_ptr, coef_ptr, part_ptr,
+    old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, iw_ptr, den_ptr, coef_ptr, part_ptr,
     N, T, B, chunk, clip_low, clip_high, kl_coef, den_hi, den_lo, den_mult,
-    CLIP: tl.constexpr, AGG: tl.constexpr, HAS_IW: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr,
+    CLIP: tl.constexpr, AGG: tl.constexpr, HAS_IW: tl.constexpr, DEN_PTR: tl.constexpr, ACC64: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Per-token loss and ``coef = ∂loss/∂lp``; partials (Σ w·loss, Σ m·kl, Σ m over the selected)
     in columns 4-6 of the program's row of ``part_ptr``. AGG (the reduction of
@@ -354,7 +355,8 @@ def _loss_phase(
     rollout_is_weights)."""
     pid = tl.program_id(0)
     DT: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    scale_all = (1.0 / _loss_denominator(stats_ptr, rowcnt_ptr, B, den_hi, den_lo, den_mult, AGG, BLOCK)).to(DT)
+    den = _loss_denominator(stats_ptr, rowcnt_ptr, den_ptr, B, den_hi, den_lo, den_mult, AGG, DEN_PTR, BLOCK)
+    scale_all = (1.0 / den).to(DT)
     base = pid.to(tl.int64) * chunk
     offs = tl.arange(0, BLOCK)
     acc_loss = tl.zeros((BLOCK,), DT)
@@ -414,11 +416,17 @@ def _n_sequences(rowcnt_ptr, B, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _loss_denominator(stats_ptr, rowcnt_ptr, B, den_hi, den_lo, den_mult, AGG: tl.constexpr, BLOCK: tl.constexpr):
-    """fp64 ``D·mult``: D = the given denominator ``den_hi + den_lo`` (two fp32 words: a global
-    token count needs more than fp32's 24 bits) when > 0, else the local one: Σ m (AGG 0; 1 when it is 0)
-    or the sequences with a valid token (AGG 1, 2)."""
-    given = tl.cast(den_hi, tl.float64) + tl.cast(den_lo, tl.float64)
+def _loss_denominator(stats_ptr, rowcnt_ptr, den_ptr, B, den_hi, den_lo, den_mult, AGG: tl.constexpr,
+                      DEN_PTR: tl.constexpr, BLOCK: tl.constexpr):
+    """fp64 ``D·mult``: D = the given denominator when > 0 -- ``den_ptr[0]`` (fp64, DEN_PTR: a
+    count that changes per step stays a device tensor, so compiled and graph-captured steps read
+    the current one) or ``den_hi + den_lo`` (two fp32 words: a global token count needs more than
+    fp32's 24 bits) -- else the local one: Σ m (AGG 0; 1 when it is 0) or the sequences with a
+    valid token (AGG 1, 2)."""
+    if DEN_PTR:
+        given = tl.load(den_ptr, volatile=True).to(tl.float64)
+    else:
+        given = tl.cast(den_hi, tl.float64) + tl.cast(den_lo, tl.float64)
     if AGG == 0:
         sm = tl.load(stats_ptr + 2, volatile=True)
         local = tl.where(sm > 0, sm, 1.0)
@@ -428,8 +436,8 @@ def _loss_denominator(stats_ptr, rowcnt_ptr, B, den_hi, den_lo, den_mult, AGG: t
 
 
 @triton.jit
-def _combine_phase(part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_ptr, B, den_hi, den_lo, den_mult,
-                   CLIP: tl.constexpr, AGG: tl.constexpr, P_BLOCK: tl.constexpr):
+def _combine_phase(part_ptr, n_parts, stats_ptr, rowcnt_ptr, den_ptr, loss_ptr, metrics_ptr, B, den_hi, den_lo,
+                   den_mult, CLIP: tl.constexpr, AGG: tl.constexpr, DEN_PTR: tl.constexpr, P_BLOCK: tl.constexpr):
     """The loss and the metrics ``[pg_clipfrac, ppo_kl]`` from the loss partials."""
     rows = tl.arange(0, P_BLOCK)
     s0 = tl.zeros((P_BLOCK,), tl.float64)
@@ -443,7 +451,9 @@ def _combine_phase(part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_p
         s2 += tl.load(part_ptr + r * 8 + 6, mask=ok, other=0.0, volatile=True)
     sm = tl.load(stats_ptr + 2, volatile=True)
     den = tl.where(sm > 0, sm, 1.0)  # the metrics are local means, as verl logs them
-    loss = tl.sum(s0, 0) / _loss_denominator(stats_ptr, rowcnt_ptr, B, den_hi, den_lo, den_mult, AGG, P_BLOCK)
+    loss = tl.sum(s0, 0) / _loss_denominator(
+        stats_ptr, rowcnt_ptr, den_ptr, B, den_hi, den_lo, den_mult, AGG, DEN_PTR, P_BLOCK
+    )
     tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
     if CLIP:
         tl.store(metrics_ptr + 0, (tl.sum(s2, 0) / den).to(metrics_ptr.dtype.element_ty))
@@ -469,11 +479,11 @@ _loss_combine_kernel = _combine_phase
 
 @triton.jit
 def _fused_kernel(
-    old_ptr, lp_ptr, adv_ptr, mask_ptr, seed_ptr, offset_ptr, rowcnt_ptr, iw_ptr,
+    old_ptr, lp_ptr, adv_ptr, mask_ptr, seed_ptr, offset_ptr, rowcnt_ptr, iw_ptr, den_ptr,
     part_ptr, stats_ptr, ctrl_ptr, key_ptr, rows_ptr, sel_ptr, coef_ptr, loss_ptr, metrics_ptr, count_ptr,
     N, T, B, chunk, clip_low, clip_high, lb, ub, kl_coef, r_hi, r_mid, r_lo, den_hi, den_lo, den_mult,
-    MODE: tl.constexpr, LOSS: tl.constexpr, AGG: tl.constexpr, HAS_IW: tl.constexpr, ACC64: tl.constexpr,
-    HAS_OFFSET: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+    MODE: tl.constexpr, LOSS: tl.constexpr, AGG: tl.constexpr, HAS_IW: tl.constexpr, DEN_PTR: tl.constexpr,
+    ACC64: tl.constexpr, HAS_OFFSET: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """The selection -- and with LOSS the loss, ``coef``, the metrics and the count -- in one
     launch: the phases above separated by grid barriers. Needs every program resident at once
@@ -496,14 +506,15 @@ def _fused_kernel(
         CLIP: tl.constexpr = MODE == CLIP_COV
         tl.debug_barrier()  # the loss phase reads back this program's selection
         _loss_phase(
-            old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, iw_ptr, coef_ptr, part_ptr,
-            N, T, B, chunk, clip_low, clip_high, kl_coef, den_hi, den_lo, den_mult, CLIP, AGG, HAS_IW, ACC64, BLOCK,
+            old_ptr, lp_ptr, adv_ptr, mask_ptr, sel_ptr, stats_ptr, rowcnt_ptr, iw_ptr, den_ptr, coef_ptr, part_ptr,
+            N, T, B, chunk, clip_low, clip_high, kl_coef, den_hi, den_lo, den_mult, CLIP, AGG, HAS_IW, DEN_PTR, ACC64,
+            BLOCK,
         )
         _grid_barrier(ctrl_ptr + BARRIERS + 4)
         if tl.program_id(0) == 0:
             _combine_phase(
-                part_ptr, n_parts, stats_ptr, rowcnt_ptr, loss_ptr, metrics_ptr, B, den_hi, den_lo, den_mult, CLIP, AGG,
-                P_BLOCK,
+                part_ptr, n_parts, stats_ptr, rowcnt_ptr, den_ptr, loss_ptr, metrics_ptr, B, den_hi, den_lo, den_mult,
+                CLIP, AGG, DEN_PTR, P_BLOCK,
             )
             tl.store(metrics_ptr + 2, 0.0)  # pg_clipfrac_lower: 0, as verl logs it for these losses
             tl.store(count_ptr, _k_eff(stats_ptr, ctrl_ptr, r_hi, r_mid, r_lo, MODE).to(tl.int64))
@@ -633,24 +644,29 @@ def _check_row_count(row_count: Optional[torch.Tensor], agg: int) -> None:
         raise ValueError("the seq-mean loss_agg_modes need row_count (Σ mask per sequence)")
 
 
-def _loss_tail(weights: Optional[torch.Tensor], given: float, mult: float) -> Tuple[tuple, bool]:
-    """The kernels' ``(den_hi, den_lo, den_mult)`` arguments and HAS_IW. ``den_hi + den_lo``
-    holds 48 bits of ``given`` (Triton passes Python floats as fp32): exact for any count."""
+def _loss_tail(weights: Optional[torch.Tensor], given, mult: float) -> Tuple[tuple, Optional[torch.Tensor], bool]:
+    """The kernels' ``(den_hi, den_lo, den_mult)`` arguments, the given-denominator tensor (or
+    None) and HAS_IW. A Python ``given`` travels as ``den_hi + den_lo``: 48 bits (Triton passes
+    Python floats as fp32), exact for integer counts below 2**48 and rounded beyond that (e.g. a
+    count / dp_size that is not an integer). ``mult`` is one fp32 word: exact for integer
+    factors below 2**24 (verl's ``loss_scale_factor`` is an int)."""
+    if isinstance(given, torch.Tensor):
+        return (0.0, 0.0, float(mult)), given, weights is not None
     hi, lo, _ = split_ratio(float(given))
-    return (hi, lo, float(mult)), weights is not None
+    return (hi, lo, float(mult)), None, weights is not None
 
 
 def policy_loss(
     old_log_prob, log_prob, advantages, mask, selected, stats_, row_count: Optional[torch.Tensor], clip_mode: bool,
     agg: int, clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor] = None,
-    given: float = 0.0, mult: float = 1.0,
+    given=0.0, mult: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, metrics [2], coef [B, T])``; ``coef = ∂loss/∂log_prob``. ``agg, given, mult``:
     the reduction and denominator of ``reference.policy_loss.agg_normalization``; ``row_count``
     (Σ m per sequence, ``ops.cov_select.row_count``) is required by the seq-mean reductions
     (``agg`` 1, 2); ``weights``: per-token factors of the loss (verl's rollout_is_weights)."""
     _check_row_count(row_count, agg)
-    den, has_iw = _loss_tail(weights, given, mult)
+    den, den_t, has_iw = _loss_tail(weights, given, mult)
     b, t = log_prob.shape
     n = log_prob.numel()
     dev = log_prob.device
@@ -664,12 +680,14 @@ def policy_loss(
     metrics = torch.empty((2,), dtype=torch.float32, device=dev)
     launcher(_loss_kernel, log_prob)[(programs,)](
         old_log_prob, log_prob, advantages, mask, selected, stats_, row_count if row_count is not None else stats_,
-        weights if has_iw else stats_, coef, part, n, t, b, chunk, clip_low, clip_high, kl_coef, *den,
-        CLIP=clip_mode, AGG=agg, HAS_IW=has_iw, ACC64=acc64, BLOCK=block, num_warps=_warps(block),
+        weights if has_iw else stats_, den_t if den_t is not None else stats_, coef, part, n, t, b, chunk, clip_low,
+        clip_high, kl_coef, *den,
+        CLIP=clip_mode, AGG=agg, HAS_IW=has_iw, DEN_PTR=den_t is not None, ACC64=acc64, BLOCK=block,
+        num_warps=_warps(block),
     )
     launcher(_loss_combine_kernel, log_prob)[(1,)](
-        part, programs, stats_, row_count if row_count is not None else stats_, loss, metrics, b, *den, CLIP=clip_mode,
-        AGG=agg, P_BLOCK=_p_block(programs),
+        part, programs, stats_, row_count if row_count is not None else stats_, den_t if den_t is not None else stats_,
+        loss, metrics, b, *den, CLIP=clip_mode, AGG=agg, DEN_PTR=den_t is not None, P_BLOCK=_p_block(programs),
         num_warps=_warps(block),
     )
     return loss, metrics, coef
@@ -731,14 +749,14 @@ def fused(
     old_log_prob, log_prob, advantages, mask, row_count: Optional[torch.Tensor], clip_mode: bool, agg: int,
     ratio: float, clip_low: float, clip_high: float, lb: float, ub: float, kl_coef: float,
     seed: Optional[torch.Tensor], offset: Optional[torch.Tensor], weights: Optional[torch.Tensor] = None,
-    given: float = 0.0, mult: float = 1.0,
+    given=0.0, mult: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The selection and the policy loss in one launch: ``(loss, metrics fp32 [3] = (pg_clipfrac,
     ppo_kl, pg_clipfrac_lower), n_selected int64 [], coef [B, T])``, ``coef = ∂loss/∂log_prob``;
     the same values as :func:`select` followed by :func:`policy_loss` (tests check it bit for bit).
     Raises :class:`FusedLaunchUnavailable` if the device refuses the cooperative launch."""
     _check_row_count(row_count, agg)
-    den, has_iw = _loss_tail(weights, given, mult)
+    den, den_t, has_iw = _loss_tail(weights, given, mult)
     b, t = log_prob.shape
     n = b * t
     dev = log_prob.device
@@ -760,9 +778,9 @@ def fused(
         programs, dev,
         old_log_prob, log_prob, advantages, mask, seed if clip_mode else dummy,
         offset if clip_mode and offset is not None else dummy, row_count if row_count is not None else dummy,
-        weights if has_iw else dummy, part, stats_, ctrl, scratch, rows, sel, coef, loss, metrics, count,
-        n, t, b, chunk, clip_low, clip_high, lb, ub, kl_coef, *split_ratio(ratio), *den,
-        MODE=int(clip_mode), LOSS=True, AGG=agg, HAS_IW=has_iw, ACC64=acc64, HAS_OFFSET=offset is not None,
+        weights if has_iw else dummy, den_t if den_t is not None else dummy, part, stats_, ctrl, scratch, rows, sel,
+        coef, loss, metrics, count, n, t, b, chunk, clip_low, clip_high, lb, ub, kl_coef, *split_ratio(ratio), *den,
+        MODE=int(clip_mode), LOSS=True, AGG=agg, HAS_IW=has_iw, DEN_PTR=den_t is not None, ACC64=acc64, HAS_OFFSET=offset is not None,
         P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS),
     )
     return loss, metrics, count, coef
@@ -786,10 +804,10 @@ def select_fused(
     _launch_fused(
         programs, dev,
         old_log_prob if clip_mode else log_prob, log_prob, advantages, mask, seed if clip_mode else part,
-        offset if clip_mode and offset is not None else part, part, part,
+        offset if clip_mode and offset is not None else part, part, part, part,
         part, stats_, ctrl, scratch, scratch[n:], sel, part, part, part, part,
         n, 1, 1, chunk, clip_low, clip_high, lb, ub, 0.0, *split_ratio(ratio), 0.0, 0.0, 1.0,
-        MODE=int(clip_mode), LOSS=False, AGG=0, HAS_IW=False, ACC64=log_prob.dtype == torch.float64, HAS_OFFSET=offset is not None,
+        MODE=int(clip_mode), LOSS=False, AGG=0, HAS_IW=False, DEN_PTR=False, ACC64=log_prob.dtype == torch.float64, HAS_OFFSET=offset is not None,
         P_BLOCK=_p_block(programs), BLOCK=block, num_warps=_warps(block, FUSED_MAX_WARPS),
     )
     return sel, stats_[:N_STATS]
@@ -841,9 +859,9 @@ def top_values_fused(values: torch.Tensor, mask: torch.Tensor, ratio: float) -> 
     sel = torch.empty(values.shape, dtype=torch.bool, device=dev)
     _launch_fused(
         programs, dev,
-        values, values, values, mask, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, scratch, scratch[n:], sel, ctrl, ctrl,
-        ctrl, ctrl, n, 1, 1, chunk, 0.0, 0.0, 0.0, 0.0, 0.0, *split_ratio(ratio), 0.0, 0.0, 1.0,
-        MODE=2, LOSS=False, AGG=0, HAS_IW=False, ACC64=False, HAS_OFFSET=False, P_BLOCK=_p_block(programs), BLOCK=block,
+        values, values, values, mask, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, ctrl, scratch, scratch[n:], sel, ctrl,
+        ctrl, ctrl, ctrl, n, 1, 1, chunk, 0.0, 0.0, 0.0, 0.0, 0.0, *split_ratio(ratio), 0.0, 0.0, 1.0,
+        MODE=2, LOSS=False, AGG=0, HAS_IW=False, DEN_PTR=False, ACC64=False, HAS_OFFSET=False, P_BLOCK=_p_block(programs), BLOCK=block,
         num_warps=_warps(block, FUSED_MAX_WARPS),
     )
     return sel

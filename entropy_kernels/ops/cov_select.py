@@ -79,18 +79,19 @@ def cov_select(
 def cov_policy_loss(
     old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
     selected: torch.Tensor, stats: torch.Tensor, row_count: Optional[torch.Tensor], clip_mode: bool, agg: int,
-    clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor], given: float, mult: float,
+    clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor], den: Optional[torch.Tensor],
+    given: float, mult: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, metrics [pg_clipfrac, ppo_kl] fp32, coef [B, T])`` with ``coef = ∂loss/∂log_prob``
     (saved for the backward). ``agg, given, mult``: the reduction and denominator of
-    ``reference.policy_loss.agg_normalization``; ``row_count`` = :func:`row_count` (required by
-    the seq-mean reductions, ``agg`` 1 and 2); ``weights``: verl's rollout_is_weights (constants)
-    or None. Internal: use :mod:`entropy_kernels.training.policy_loss`."""
-    args = (old_log_prob, log_prob, advantages, mask, selected, stats)
-    tail = (clip_mode, agg, clip_low, clip_high, kl_coef, weights, given, mult)
-    if _backend.use_triton(log_prob):
-        return _kernels.policy_loss(*args, row_count, *tail)
-    return R.cov_loss_parts_reference(*args, *tail)
+    ``reference.policy_loss.agg_normalization``, the given denominator as the 0-dim fp64 tensor
+    ``den`` instead when it is one; ``row_count`` = :func:`row_count` (required by the seq-mean
+    reductions, ``agg`` 1 and 2); ``weights``: verl's rollout_is_weights (constants) or None.
+    Internal: use :mod:`entropy_kernels.training.policy_loss`."""
+    return _loss_implementation(
+        old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high,
+        kl_coef, weights, den, given, mult,
+    )
 
 
 def _loss_setup_context(ctx, inputs, output):
@@ -103,8 +104,8 @@ def _loss_setup_context(ctx, inputs, output):
 def _loss_backward(ctx, grad_loss, _grad_metrics, _grad_coef):
     (coef,) = ctx.saved_tensors
     grad_lp = (coef * grad_loss).to(ctx.lp_dtype)
-    # old log-probs, advantages, the mask and the weights are data (verl treats them as constants)
-    return (None, grad_lp) + (None,) * 13
+    # old log-probs, advantages, the mask, the weights and the counts are data (constants to verl)
+    return (None, grad_lp) + (None,) * 14
 
 
 cov_policy_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
@@ -115,8 +116,14 @@ cov_policy_loss.register_autograd(_loss_backward, setup_context=_loss_setup_cont
 # the loss through an autograd.Function twin of cov_policy_loss (ops/_eager.py)
 
 
-def _loss_implementation(*args):
-    return _kernels.policy_loss(*args)
+def _loss_implementation(old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low,
+                         clip_high, kl_coef, weights, den, given, mult):
+    """The body of :func:`cov_policy_loss` (and of its eager twin)."""
+    args = (old_log_prob, log_prob, advantages, mask, selected, stats)
+    tail = (clip_mode, agg, clip_low, clip_high, kl_coef, weights, den if den is not None else given, mult)
+    if _backend.use_triton(log_prob):
+        return _kernels.policy_loss(*args, row_count, *tail)
+    return R.cov_loss_parts_reference(*args, *tail)
 
 
 _CovPolicyLossFunction = _eager.autograd_function(
@@ -126,12 +133,14 @@ _CovPolicyLossFunction = _eager.autograd_function(
 
 def policy_loss_parts(
     old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode: bool, agg: int,
-    clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor], given: float, mult: float,
+    clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor], given, mult: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`cov_policy_loss` (same arguments and results), launched directly in eager mode."""
+    """:func:`cov_policy_loss`, launched directly in eager mode; ``given`` is a float or a 0-dim
+    fp64 tensor (the op's ``den``)."""
+    den = given if isinstance(given, torch.Tensor) else None
     args = (
         old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef,
-        weights, given, mult,
+        weights, den, 0.0 if den is not None else given, mult,
     )
     if _backend.launch_triton_directly(log_prob):
         return _CovPolicyLossFunction.apply(*args)
@@ -179,7 +188,7 @@ def fused_policy_loss(
     old_log_prob, log_prob, advantages, mask, clip_mode: bool, agg: int, ratio: float,
     clip_low: float, clip_high: float, lb: float, ub: float, kl_coef: float,
     seed: Optional[torch.Tensor], offset: Optional[torch.Tensor], weights: Optional[torch.Tensor] = None,
-    given: float = 0.0, mult: float = 1.0,
+    given=0.0, mult: float = 1.0,
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``(loss, metrics [pg_clipfrac, ppo_kl, pg_clipfrac_lower], n_selected)`` from the one-launch
     selection + loss kernel, or None where it does not apply: while tracing (torch.compile takes

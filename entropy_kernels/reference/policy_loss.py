@@ -24,7 +24,7 @@ Conventions shared with the kernels (``kernels/cov_select.py``):
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 
@@ -142,11 +142,25 @@ def sequence_count(w: torch.Tensor) -> torch.Tensor:
     return (w.sum(-1) > 0).sum().clamp_min(1).to(w.dtype)
 
 
-def _check_count(name: str, value, minimum: float) -> Optional[float]:
+Count = Union[float, torch.Tensor]
+
+
+def _check_count(name: str, value, minimum: float, tensor_ok: bool = True) -> Optional[Count]:
+    """A Python number (checked), or a one-element tensor (a 0-dim fp64 tensor, not read: a
+    count that changes every step stays on the device, so a compiled or graph-captured step
+    uses the current value); under ``torch.compile`` a number becomes such a tensor (a count
+    that changes every step is symbolic there, and must not be compared on the host)."""
     if value is None:
         return None
+    if tensor_ok and not isinstance(value, torch.Tensor) and torch.compiler.is_compiling():
+        # an int that changes between compiled calls is symbolic there: keep it a graph value
+        value = torch.scalar_tensor(value, dtype=torch.float64)
     if isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a Python number, not a tensor (reading a device tensor would be a host sync)")
+        if not tensor_ok:
+            raise TypeError(f"{name} must be a Python number, got a tensor")
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} as a tensor must hold one real number, got {value.dtype} with {value.numel()} elements")
+        return value.detach().reshape(()).to(torch.float64)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
     return float(value)
@@ -155,7 +169,7 @@ def _check_count(name: str, value, minimum: float) -> Optional[float]:
 def agg_normalization(
     loss_agg_mode: str, horizon: int, dp_size: int = 1, batch_num_tokens=None, global_batch_size=None,
     loss_scale_factor=None,
-) -> Tuple[int, float, float]:
+) -> Tuple[int, Count, float]:
     """verl's ``agg_loss`` arguments (its ``config.global_batch_info``) as ``(reduction, given,
     mult)``: the loss is ``S / (D·mult)`` where ``S`` is the reduction's numerator -- Σ w·loss
     (0), Σ over sequences of Σ w·loss (1) or of Σ w·loss / Σ w (2) -- and ``D`` is ``given``
@@ -165,6 +179,9 @@ def agg_normalization(
     ``global_batch_size / dp_size`` (seq-mean modes), ``1 / dp_size`` (token-sum).
     ``seq-mean-token-sum-norm`` also divides by ``loss_scale_factor`` (default: the horizon T).
     A given count of 0 (an empty global batch) counts as not given, so the loss is 0, not nan.
+    The counts may be one-element tensors (then ``given`` is a 0-dim fp64 tensor, never read on
+    the host): what a step that is compiled or captured in a CUDA graph needs for counts that
+    change every step.
 
     Example
     -------
@@ -179,7 +196,7 @@ def agg_normalization(
         raise ValueError(f"dp_size must be an int >= 1, got {dp_size!r}")
     tokens = _check_count("batch_num_tokens", batch_num_tokens, 0)
     seqs = _check_count("global_batch_size", global_batch_size, 0)
-    factor = _check_count("loss_scale_factor", loss_scale_factor, 0)
+    factor = _check_count("loss_scale_factor", loss_scale_factor, 0, tensor_ok=False)
     if factor == 0:
         raise ValueError("loss_scale_factor must be > 0")
     if loss_agg_mode == "token-sum":
@@ -187,10 +204,10 @@ def agg_normalization(
     if loss_agg_mode == "token-mean":
         if tokens is None and dp_size > 1:
             raise ValueError("(global) batch_num_tokens is required when dp_size > 1 (as in verl's agg_loss)")
-        return TOKEN_SUM_REDUCTION, (tokens or 0.0) / dp_size, 1.0
+        return TOKEN_SUM_REDUCTION, 0.0 if tokens is None else tokens / dp_size, 1.0
     if seqs is None and dp_size > 1:
         raise ValueError("global_batch_size is required when dp_size > 1 (as in verl's agg_loss)")
-    given = (seqs or 0.0) / dp_size
+    given = 0.0 if seqs is None else seqs / dp_size
     if loss_agg_mode == "seq-mean-token-mean":
         return SEQ_TOKEN_MEAN_REDUCTION, given, 1.0
     mult = 1.0
@@ -199,7 +216,7 @@ def agg_normalization(
     return SEQ_TOKEN_SUM_REDUCTION, given, mult
 
 
-def reduce_loss(loss_mat: torch.Tensor, w: torch.Tensor, reduction: int, given: float, mult: float) -> torch.Tensor:
+def reduce_loss(loss_mat: torch.Tensor, w: torch.Tensor, reduction: int, given: Count, mult: float) -> torch.Tensor:
     """``S / (D·mult)`` of :func:`agg_normalization` for ``loss_mat`` already zero where ``w``
     is (``w`` = the mask weights, 0 at invalid tokens)."""
     if reduction == TOKEN_SUM_REDUCTION:
@@ -211,7 +228,14 @@ def reduce_loss(loss_mat: torch.Tensor, w: torch.Tensor, reduction: int, given: 
             den = w.sum(-1)
             seq = seq / torch.where(den > 0, den, 1.0)
         num, local = seq.sum(), sequence_count(w)
-    return num / ((given if given > 0 else local) * mult)
+    return num / (_denominator(given, local) * mult)
+
+
+def _denominator(given: Count, local: torch.Tensor) -> torch.Tensor:
+    """``given`` when > 0, else ``local`` -- without reading a tensor ``given`` on the host."""
+    if isinstance(given, torch.Tensor):
+        return torch.where(given > 0, given.to(local.dtype), local)
+    return given if given > 0 else local
 
 
 def aggregate(
@@ -279,7 +303,7 @@ def _weighted(loss_mat: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.
 def cov_loss_parts_reference(
     old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode: bool, reduction: int,
     clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor] = None,
-    given: float = 0.0, mult: float = 1.0,
+    given: Count = 0.0, mult: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, metrics [pg_clipfrac, ppo_kl], coef)`` with ``coef = ∂loss/∂log_prob`` written
     out analytically -- the CPU path of ``entropy_kernels::cov_policy_loss``. ``stats[2]`` is
@@ -312,7 +336,7 @@ def cov_loss_parts_reference(
     return loss, torch.stack([clipfrac, ppo_kl]).float(), coef.float() if dt != torch.float64 else coef
 
 
-def reduce_loss_weights(w: torch.Tensor, reduction: int, given: float, mult: float) -> torch.Tensor:
+def reduce_loss_weights(w: torch.Tensor, reduction: int, given: Count, mult: float) -> torch.Tensor:
     """The ``[B, T]`` factors ``c`` with ``reduce_loss(w·x) = Σ c·x`` for every ``x``."""
     if reduction == TOKEN_SUM_REDUCTION:
         local = w.sum()
@@ -322,7 +346,7 @@ def reduce_loss_weights(w: torch.Tensor, reduction: int, given: float, mult: flo
         if reduction == SEQ_TOKEN_MEAN_REDUCTION:
             n_b = w.sum(-1, keepdim=True)
             w = w / torch.where(n_b > 0, n_b, 1.0)
-    return w / ((given if given > 0 else local) * mult)
+    return w / (_denominator(given, local) * mult)
 
 
 # --------------------------------------------------------------------------------------------

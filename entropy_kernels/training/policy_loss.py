@@ -12,7 +12,7 @@ top-k over every rank's batch), as the paper describes. verl's own calling conve
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -29,7 +29,7 @@ class _Aggregation(NamedTuple):
     (``reference.policy_loss.agg_normalization``) and the per-token weights."""
 
     reduction: int
-    given: float
+    given: Union[float, torch.Tensor]
     mult: float
     weights: Optional[torch.Tensor]
 
@@ -42,6 +42,8 @@ def _aggregation(log_prob, loss_agg_mode, rollout_is_weights, global_batch_info)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s) {unknown}; the global-batch arguments are {GLOBAL_BATCH_INFO}")
     reduction, given, mult = agg_normalization(loss_agg_mode, log_prob.shape[-1], **global_batch_info)
+    if isinstance(given, torch.Tensor):
+        given = given.to(log_prob.device)
     weights = None
     if rollout_is_weights is not None:
         _validation.check_tensor("rollout_is_weights", rollout_is_weights)
@@ -137,8 +139,11 @@ def clip_cov_policy_loss(
     rollout_is_weights : Tensor ``[B, T]``, optional
         verl's rollout correction: each token's loss (and gradient) times this constant weight.
     **global_batch_info : ``dp_size``, ``batch_num_tokens``, ``global_batch_size``, ``loss_scale_factor``
-        verl's ``config.global_batch_info`` (Python numbers): normalise by the global batch
-        instead of the micro-batch, as verl's ``agg_loss`` (``reference.policy_loss.agg_normalization``).
+        verl's ``config.global_batch_info``: normalise by the global batch instead of the
+        micro-batch, as verl's ``agg_loss`` (``reference.policy_loss.agg_normalization``). The
+        counts may be Python numbers or one-element tensors: pass tensors (updated in place)
+        when a step that changes them is captured in a CUDA graph -- a Python number is baked
+        into the graph -- or compiled (a new number would recompile).
 
     Returns
     -------

@@ -11,8 +11,10 @@ return the same metric names; :func:`register_with_verl` puts them in the regist
 
 Differences from verl's own functions, all deliberate:
 
-- no host synchronisation: the metrics are detached 0-dim tensors, not Python floats (verl's
-  ``Metric`` accepts both; it reads them when it aggregates the step's metrics);
+- no host synchronisation in the loss: the metrics are detached 0-dim tensors, not Python
+  floats (verl's ``ppo_loss`` wraps them in its ``Metric``, which reads them with ``.item()``
+  right away -- one sync per metric there, as with verl's own losses -- while a step captured
+  in a CUDA graph or a caller of its own can keep them on the device);
 - Clip-Cov's random choice comes from counter-based keys on the device (seeded from torch's
   default generator of the device), not from ``torch.randperm`` on the CPU: the same
   distribution, a different draw;
@@ -75,7 +77,7 @@ def compute_policy_loss_clip_cov(
     >>> lp = (old + 0.1 * torch.randn(2, 64)).requires_grad_()
     >>> loss, metrics = compute_policy_loss_clip_cov(old, lp, torch.randn(2, 64), torch.ones(2, 64), config=config)
     >>> loss.backward(); sorted(metrics)
-    ['actor/pg_clipfrac', 'actor/pg_clipfrac_lower', 'actor/ppo_kl']
+    ['actor/pg_clipfrac', 'actor/ppo_kl']
     """
     _check_config(config)
     policy = _field(config, "policy_loss")
@@ -91,11 +93,7 @@ def compute_policy_loss_clip_cov(
         rollout_is_weights=rollout_is_weights,
         **_global_batch_info(config),
     )
-    return loss, {
-        "actor/pg_clipfrac": metrics["pg_clipfrac"].detach(),
-        "actor/ppo_kl": metrics["ppo_kl"].detach(),
-        "actor/pg_clipfrac_lower": metrics["pg_clipfrac_lower"].detach(),
-    }
+    return loss, {"actor/pg_clipfrac": metrics["pg_clipfrac"].detach(), "actor/ppo_kl": metrics["ppo_kl"].detach()}
 
 
 def compute_policy_loss_kl_cov(
@@ -157,7 +155,7 @@ def register_with_verl(loss_modes: Iterable[str] = LOSS_MODES, prefix: str = "ek
     for mode in loss_modes:
         if mode not in POLICY_LOSSES:
             raise ValueError(f"loss_modes must be among {tuple(POLICY_LOSSES)}, got {mode!r}")
-        names = [prefix + mode] + ([mode] if replace else [])
+        names = list(dict.fromkeys([prefix + mode] + ([mode] if replace else [])))  # prefix "" + replace: once
         for name in names:
             replaced[name] = core_algos.POLICY_LOSS_REGISTRY.get(name)
             core_algos.register_policy_loss(name)(POLICY_LOSSES[mode])
