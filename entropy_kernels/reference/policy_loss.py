@@ -216,19 +216,19 @@ def agg_normalization(
     return SEQ_TOKEN_SUM_REDUCTION, given, mult
 
 
-def reduce_loss(loss_mat: torch.Tensor, w: torch.Tensor, reduction: int, given: Count, mult: float) -> torch.Tensor:
-    """``S / (D·mult)`` of :func:`agg_normalization` for ``loss_mat`` already zero where ``w``
-    is (``w`` = the mask weights, 0 at invalid tokens)."""
+def reduce_loss_weights(w: torch.Tensor, reduction: int, given: Count, mult: float) -> torch.Tensor:
+    """The ``[B, T]`` factors ``c`` of the reduction: the loss of per-token terms ``x`` (zero at
+    invalid tokens) is ``Σ c·x``, i.e. ``S / (D·mult)`` of :func:`agg_normalization` (``w`` = the
+    mask weights, 0 at invalid tokens); being linear in ``x``, the same ``c`` is ∂loss/∂x."""
     if reduction == TOKEN_SUM_REDUCTION:
-        num, local = loss_mat.sum(), w.sum()
+        local = w.sum()
         local = torch.where(local > 0, local, 1.0)
     else:
-        seq = loss_mat.sum(-1)
+        local = sequence_count(w)
         if reduction == SEQ_TOKEN_MEAN_REDUCTION:
-            den = w.sum(-1)
-            seq = seq / torch.where(den > 0, den, 1.0)
-        num, local = seq.sum(), sequence_count(w)
-    return num / (_denominator(given, local) * mult)
+            n_b = w.sum(-1, keepdim=True)
+            w = w / torch.where(n_b > 0, n_b, 1.0)
+    return w / (_denominator(given, local) * mult)
 
 
 def _denominator(given: Count, local: torch.Tensor) -> torch.Tensor:
@@ -251,7 +251,7 @@ def aggregate(
     )
     valid = mask > 0
     w = torch.where(valid, mask.to(loss_mat.dtype), 0.0)
-    return reduce_loss(torch.where(valid, loss_mat * w, 0.0), w, reduction, given, mult)
+    return (reduce_loss_weights(w, reduction, given, mult) * torch.where(valid, loss_mat, 0.0)).sum()
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -329,24 +329,12 @@ def cov_loss_parts_reference(
     den_all = stats[2].to(dt)
     den_all = torch.where(den_all > 0, den_all, 1.0)
     # the loss is linear in the per-token terms: ∂loss/∂lp = the same reduction of ``grad``
-    loss = reduce_loss(torch.where(valid, w * tok, 0.0), w, reduction, given, mult)
-    coef = reduce_loss_weights(w, reduction, given, mult) * torch.where(valid, grad, 0.0)
+    c = reduce_loss_weights(w, reduction, given, mult)
+    loss = (c * torch.where(valid, tok, 0.0)).sum()
+    coef = c * torch.where(valid, grad, 0.0)
     clipfrac = torch.where(valid & selected, w, 0.0).sum() / den_all if clip_mode else torch.zeros((), dtype=dt, device=lp.device)
     ppo_kl = torch.where(valid, w * kl, 0.0).sum() / den_all
     return loss, torch.stack([clipfrac, ppo_kl]).float(), coef.float() if dt != torch.float64 else coef
-
-
-def reduce_loss_weights(w: torch.Tensor, reduction: int, given: Count, mult: float) -> torch.Tensor:
-    """The ``[B, T]`` factors ``c`` with ``reduce_loss(w·x) = Σ c·x`` for every ``x``."""
-    if reduction == TOKEN_SUM_REDUCTION:
-        local = w.sum()
-        local = torch.where(local > 0, local, 1.0)
-    else:
-        local = sequence_count(w)
-        if reduction == SEQ_TOKEN_MEAN_REDUCTION:
-            n_b = w.sum(-1, keepdim=True)
-            w = w / torch.where(n_b > 0, n_b, 1.0)
-    return w / (_denominator(given, local) * mult)
 
 
 # --------------------------------------------------------------------------------------------
