@@ -2,24 +2,37 @@
 
     entropy-kernels info                 versions, build, GPU, backend of every op
     entropy-kernels bench --quick        small shapes (CPU or GPU), prints a table, writes files
-    entropy-kernels bench --full         the ANCHORS.md shapes (GPU)
+    entropy-kernels bench --full         the production-size shapes (GPU)
     entropy-kernels compress IN OUT      EKDF-code the bf16 tensors of a safetensors file / model dir
     entropy-kernels decompress IN OUT    back to plain safetensors, bit-identical
     entropy-kernels inspect PATH         per-tensor size, bits per value, entropy bound
+
+Errors are one line on stderr, ``entropy-kernels: error: ...``, with exit status 2 for a usage
+error (bad arguments, OUT that is IN or already exists), 1 for a failure while running (missing or
+corrupted input, I/O error) and 130 for Ctrl-C; ``--debug`` adds the traceback. ``compress`` and
+``decompress`` write OUT all-or-nothing (see ``docs/cli.md``).
+
+Example
+-------
+>>> main(["inspect", "/nonexistent/model"])  # stderr: entropy-kernels: error: /nonexistent/model: path does not exist
+1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
 
 def _info(_args) -> int:
+    import torch
+
     from . import __version__, _backend
     from .ops import OPS
 
@@ -60,19 +73,52 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
+class UsageError(ValueError):
+    """A bad command line (exit status 2, like argparse's own errors)."""
+
+
+def _error_line(message: str) -> None:
+    """The one line every failure prints (a multi-line message is joined into it); results
+    already on stdout come first."""
+    sys.stdout.flush()
+    print(f"entropy-kernels: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def _check_out_dir(out: Path) -> None:
+    """Fail before a long benchmark run, not after it, when its results could not be written."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"bench --out {str(out)!r}: {str(probe)!r} exists and is not a directory")
+
+
 def _bench(args) -> int:
+    import torch
+
     from .benchmarking import cases_for, environment, run_cases, write_results
+    from .benchmarking.cases import CASES
     from .benchmarking.report import markdown_table
 
+    unknown = [name for name in args.ops or [] if name not in CASES]
+    if unknown:
+        raise UsageError(f"bench --ops: unknown op(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no GPU", file=sys.stderr)
-        return 2
+        raise UsageError("bench --device cuda: torch sees no GPU")
+    _check_out_dir(Path(args.out))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size = "full" if args.full else "quick"
     if size == "full" and device.type != "cuda":
-        print("warning: --full shapes are meant for a GPU; running them on CPU will be slow", file=sys.stderr)
+        print("entropy-kernels: warning: --full shapes are meant for a GPU; running them on CPU will be slow", file=sys.stderr)
     cases = cases_for(args.ops, size, device)
-    providers = args.providers.split(",") if args.providers else None
+    providers = None
+    if args.providers is not None:
+        providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+        known = {n for c in cases for p in c.providers for n in (p.name, p.name.split(":")[0])}
+        bad = [p for p in providers if p not in known]
+        if bad or not providers:
+            raise UsageError(f"bench --providers: unknown provider(s) {', '.join(bad) or repr(args.providers)}; "
+                             f"known: {', '.join(sorted(known))}")
     print(f"running {len(cases)} case(s) on {device} ({size})")
     results = run_cases(cases, providers, log=print if args.verbose else (lambda s: None))
     env = environment(device)
@@ -81,13 +127,19 @@ def _bench(args) -> int:
     print()
     print(markdown_table(results))
     print(f"\nwrote {paths['json']} and {paths['markdown']}")
-    return 1 if any(r.error for r in results if r.kind == "ours") else 0
+    failed = [r for r in results if r.kind == "ours" and r.error]
+    if failed:
+        _error_line(f"{len(failed)} of our measurement(s) failed, first: {failed[0].error} "
+                    f"(the table's error column has each)")
+        return 1
+    return 0
 
 
 def _compress(args) -> int:
     from .decoding.dfloat_files import compress_path
 
-    t = compress_path(args.src, args.dst, min_numel=args.min_numel, threads=args.threads, progress=not args.quiet)
+    t = compress_path(args.src, args.dst, min_numel=args.min_numel, threads=args.threads, progress=not args.quiet,
+                      overwrite=args.overwrite)
     print(f"{args.src} -> {args.dst}: {t['tensors_compressed']} of {t['tensors']} tensors EKDF-coded in "
           f"{t['seconds']:.1f} s; size {t['compressed_bytes'] / 2**20:.1f} MiB of {t['original_bytes'] / 2**20:.1f} MiB "
           f"({100 * t['ratio']:.2f}%)")
@@ -101,7 +153,7 @@ def _compress(args) -> int:
 def _decompress(args) -> int:
     from .decoding.dfloat_files import decompress_path
 
-    t = decompress_path(args.src, args.dst, progress=not args.quiet)
+    t = decompress_path(args.src, args.dst, progress=not args.quiet, overwrite=args.overwrite)
     print(f"{args.src} -> {args.dst}: {t['tensors']} tensors restored in {t['seconds']:.1f} s")
     return 0
 
@@ -121,17 +173,43 @@ def _inspect(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="entropy-kernels", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (raised as :class:`UsageError`) instead of usage + exit."""
 
-    p_info = sub.add_parser("info", help="versions, build, GPU and the backend of each op")
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="entropy-kernels", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    # also accepted after the subcommand; SUPPRESS keeps a subcommand from resetting the global flag
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="print the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p_info = sub.add_parser("info", parents=[debug], help="versions, build, GPU and the backend of each op")
     p_info.set_defaults(fn=_info)
 
-    p_bench = sub.add_parser("bench", help="benchmark ours vs torch eager vs torch.compile vs floors")
+    p_bench = sub.add_parser("bench", parents=[debug], help="benchmark ours vs torch eager vs torch.compile vs floors")
     size = p_bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small shapes, CPU-friendly (default)")
-    size.add_argument("--full", action="store_true", help="the ANCHORS.md shapes (GPU)")
+    size.add_argument("--full", action="store_true", help="the production-size shapes (GPU)")
     p_bench.add_argument("--ops", nargs="*", help="ops to benchmark (default: all)")
     p_bench.add_argument("--providers", help="comma-separated provider names, e.g. entropy_kernels,torch,floor (default: all)")
     p_bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
@@ -139,29 +217,109 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("-v", "--verbose", action="store_true", help="print each measurement as it finishes")
     p_bench.set_defaults(fn=_bench)
 
-    p_comp = sub.add_parser("compress", help="EKDF-code the bf16 tensors of a safetensors file or model directory")
+    overwrite = dict(action="store_true", dest="overwrite",
+                     help="replace an existing OUT (only once the new one is complete)")
+    p_comp = sub.add_parser("compress", parents=[debug],
+                            help="EKDF-code the bf16 tensors of a safetensors file or model directory")
     p_comp.add_argument("src", help="a .safetensors file or a directory (other files are copied)")
-    p_comp.add_argument("dst", help="output file or directory")
-    p_comp.add_argument("--min-numel", type=int, default=65536, help="smaller tensors stay plain (default 65536)")
-    p_comp.add_argument("--threads", type=int, default=0, help="encoder threads (default: all cores)")
+    p_comp.add_argument("dst", help="output file or directory: must not exist (see --overwrite), nor be or lie in src")
+    p_comp.add_argument("--min-numel", type=_count(0), default=65536, help="smaller tensors stay plain (default 65536)")
+    p_comp.add_argument("--threads", type=_count(0), default=0, help="encoder threads (default: all cores)")
+    p_comp.add_argument("--overwrite", "--force", **overwrite)
     p_comp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p_comp.set_defaults(fn=_compress)
 
-    p_dec = sub.add_parser("decompress", help="restore plain safetensors from EKDF-coded ones (bit-identical)")
-    p_dec.add_argument("src")
-    p_dec.add_argument("dst")
+    p_dec = sub.add_parser("decompress", parents=[debug],
+                           help="restore plain safetensors from EKDF-coded ones (bit-identical)")
+    p_dec.add_argument("src", help="a compressed .safetensors file or a directory")
+    p_dec.add_argument("dst", help="output file or directory: must not exist (see --overwrite), nor be or lie in src")
+    p_dec.add_argument("--overwrite", "--force", **overwrite)
     p_dec.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p_dec.set_defaults(fn=_decompress)
 
-    p_insp = sub.add_parser("inspect", help="per-tensor size, bits per value and entropy bound of a (compressed) file")
+    p_insp = sub.add_parser("inspect", parents=[debug],
+                            help="per-tensor size, bits per value and entropy bound of a (compressed) file")
     p_insp.add_argument("path", help="a .safetensors file or a directory")
     p_insp.set_defaults(fn=_inspect)
     return parser
 
 
+def _expected_errors() -> tuple:
+    """What a user can cause (bad paths, damaged files, full disks, out of memory): one line, no
+    traceback. Anything else is a defect in this package and gets a hint to report it."""
+    kinds = [OSError, ValueError, TypeError, RuntimeError, MemoryError, ImportError, json.JSONDecodeError]
+    try:
+        from safetensors import SafetensorError
+
+        kinds.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        pass
+    return tuple(kinds)
+
+
+def _path_text(path) -> str:
+    return os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)  # may be a descriptor
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        where = _path_text(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {_path_text(exc.filename2)}"
+        text = f"{where}: {exc.strerror}"
+    else:
+        text = str(exc)
+        if isinstance(exc, KeyError) or not text:  # KeyError's str is just the quoted key
+            text = f"{type(exc).__name__}: {text}".rstrip(": ")
+    return text
+
+
+def _fail(exc: BaseException, debug: bool) -> int:
+    if debug:
+        sys.stdout.flush()
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    if isinstance(exc, KeyboardInterrupt):
+        _error_line("interrupted")
+        return 130
+    from .decoding.dfloat_files import OutputPathError
+
+    if isinstance(exc, (UsageError, OutputPathError)):
+        _error_line(_describe(exc))
+        return 2
+    if isinstance(exc, _expected_errors()):
+        _error_line(_describe(exc))
+        return 1
+    hint = "" if debug else "; rerun with --debug for the traceback"
+    _error_line(f"unexpected {type(exc).__name__}: {_describe(exc)}{hint}")
+    return 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.fn(args)
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit status.
+
+    Never raises: errors print one line to stderr (see the module docstring).
+
+    Example
+    -------
+    >>> main(["bench", "--ops", "nope"])  # stderr: entropy-kernels: error: bench --ops: unknown op(s) nope; known: ...
+    2
+    """
+    debug = False
+    try:
+        args = build_parser().parse_args(argv)
+        debug = bool(getattr(args, "debug", False))
+        return args.fn(args)
+    except SystemExit as exc:  # --help and --version exit through argparse
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as other tools do
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and an exit status
+        return _fail(exc, debug)
 
 
 if __name__ == "__main__":

@@ -67,8 +67,8 @@ def test_compress_decompress_inspect_a_model_directory(tmp_path, capsys):
                                                                 v.view(-1).view(torch.uint8))
 
 
-def test_compress_reports_missing_input(tmp_path):
-    import pytest
-
-    with pytest.raises(FileNotFoundError):
-        cli.main(["compress", str(tmp_path / "nope.safetensors"), str(tmp_path / "out.safetensors")])
+def test_compress_reports_missing_input(tmp_path, capsys):
+    code = cli.main(["compress", str(tmp_path / "nope.safetensors"), str(tmp_path / "out.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("entropy-kernels: error: ") and "nope.safetensors" in err
+    assert not (tmp_path / "out.safetensors").exists()
