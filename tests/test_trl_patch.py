@@ -244,7 +244,8 @@ def test_grpo_entropy_mask_is_ours(tmp_path, monkeypatch):
     seen = []
     real = trl_patch.high_entropy_mask
 
-    def spy(entropy, mask, top_fraction):
+    def spy(entropy, mask, top_fraction, process_group=None):
+        assert process_group is None  # one process
         out = real(entropy, mask, top_fraction)
         seen.append((entropy.detach().clone(), mask.clone(), top_fraction, out))
         return out

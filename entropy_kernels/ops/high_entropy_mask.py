@@ -17,7 +17,9 @@ import torch
 from torch.library import triton_op
 
 from .. import _backend, _validation
-from ..reference.high_entropy import high_entropy_mask_reference
+from ..reference.high_entropy import high_entropy_count, high_entropy_mask_reference
+from ..reference.policy_loss import float_key
+from .distributed_select import global_select_top
 
 if _backend.triton_available():
     from ..kernels import cov_select as _kernels
@@ -44,7 +46,30 @@ def _eager(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float) -> to
     return _kernels.top_values(entropy, mask, top_fraction)
 
 
-def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float = 0.2) -> torch.Tensor:
+def _distributed(group) -> bool:
+    """Whether ``group`` spans more than one process (``None`` or a group of one: local)."""
+    if group is None:
+        return False
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("process_group was given but torch.distributed is not initialised")
+    return dist.get_world_size(group) > 1
+
+
+def _global_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float, group) -> torch.Tensor:
+    """The mask over every rank's tokens: global count, then the shared radix select."""
+    import torch.distributed as dist
+
+    valid = mask != 0
+    n_valid = valid.sum().reshape(1)
+    dist.all_reduce(n_valid, op=dist.ReduceOp.SUM, group=group)
+    key = torch.where(valid, float_key(entropy), 0)
+    return global_select_top(key, high_entropy_count(n_valid.reshape(()), top_fraction), group)
+
+
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float = 0.2,
+                      process_group=None) -> torch.Tensor:
     """Bool mask of the ``k = ceil(top_fraction · n_valid)`` valid tokens with the highest entropy.
 
     Parameters
@@ -52,6 +77,12 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: f
     entropy : Tensor ``[...]`` floating (e.g. from :func:`linear_logprob_entropy`; detached here).
     mask : Tensor ``[...]`` bool (or 0/1) of valid tokens (nonzero = valid), same shape and device.
     top_fraction : float in (0, 1]
+    process_group : torch.distributed group, optional
+        Select over every rank's tokens together: ``n_valid`` and the threshold are global, and
+        each rank gets its part of the mask that one process would compute on the ranks'
+        tensors concatenated (rank order; sizes may differ). Constant-size collectives
+        (``ops.distributed_select``), no gather of the entropies, no host synchronisation; runs
+        eagerly (not under ``torch.compile``).
 
     Returns
     -------
@@ -82,9 +113,11 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: f
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
     if entropy.numel() >= 2**31:
         raise ValueError(f"at most 2**31 - 1 tokens per call, got {entropy.numel()}")
-    if entropy.numel() == 0:
+    if entropy.numel() == 0 and not _distributed(process_group):
         return torch.zeros(entropy.shape, dtype=torch.bool, device=entropy.device)
     entropy, mask, top_fraction = entropy.detach().contiguous(), mask.contiguous(), float(top_fraction)
+    if _distributed(process_group):
+        return _global_mask(entropy, mask, top_fraction, process_group)
     if _backend.launch_triton_directly(entropy):
         return _eager(entropy, mask, top_fraction)
     return high_entropy_mask_op(entropy, mask, top_fraction)

@@ -18,8 +18,8 @@ The entropy mask differs from TRL's in one documented way: TRL keeps every valid
 entropy is ``>= torch.quantile(valid_entropies, 1 - ρ)`` (linear interpolation, all ties
 kept); :func:`entropy_kernels.high_entropy_mask` keeps exactly ``k = ceil(ρ·n)`` tokens (ties
 broken by position). Without ties the two agree whenever the fractional part of ``ρ·n`` is 0
-or at least ``ρ``; otherwise ours keeps one token more. On more than one process the patched
-method calls TRL's own until the kernel takes a process group (the threshold must be global).
+or at least ``ρ``; otherwise ours keeps one token more. On more than one process the count and
+the threshold are global (constant-size collectives instead of TRL's gather of every entropy).
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ class LogProbEntropyHead:
 def get_high_entropy_mask(trainer, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
     """``GRPOTrainer.get_high_entropy_mask`` on :func:`entropy_kernels.high_entropy_mask`: the
     ``ρ = 1 - threshold`` highest-entropy valid tokens (``k = ceil(ρ·n)``), selected on the
-    device without gathering entropies. Falls back to TRL's method on several processes (until
-    the kernel takes a process group) and for ``ρ <= 0``.
+    device without gathering entropies. On several processes the count and the threshold are
+    global over all of them (the processes TRL's own method gathers from). ``ρ <= 0`` goes to
+    TRL's method.
 
     Example
     -------
@@ -120,10 +121,15 @@ def get_high_entropy_mask(trainer, entropies: torch.Tensor, mask: torch.Tensor, 
     tensor([[False,  True, False,  True]])
     """
     top_fraction = 1.0 - float(threshold)
-    num_processes = getattr(getattr(trainer, "accelerator", None), "num_processes", 1)
-    if num_processes != 1 or not 0.0 < top_fraction <= 1.0:
+    if not 0.0 < top_fraction <= 1.0:
         return trainer._ek_trl_original_mask(entropies, mask, threshold)
-    return high_entropy_mask(entropies, mask, top_fraction)
+    num_processes = getattr(getattr(trainer, "accelerator", None), "num_processes", 1)
+    group = None
+    if num_processes > 1:
+        import torch.distributed as dist
+
+        group = dist.group.WORLD
+    return high_entropy_mask(entropies, mask, top_fraction, process_group=group)
 
 
 class TRLPatch:

@@ -1,0 +1,75 @@
+"""Exact top-``k`` selection over the concatenation of every data-parallel rank's tensor, with
+constant-size collectives and no host synchronisation.
+
+A radix select over 32-bit keys, one 8-bit digit per pass from the most significant: each rank
+histograms the digit of its remaining candidates (a 256-bin ``scatter_add_``), the histograms
+are all-reduced, and every rank picks the same digit — the one at which the count of larger keys
+reaches ``k``. After four passes every rank knows the ``k``-th largest key ``T``; keys above it
+are selected, and the ties at ``T`` are given to the lowest global positions (rank order, then
+flattened index) from one all-gather of the ranks' tie counts. So the result is bit for bit the
+single-process selection of the concatenated tensor, whatever each rank's size, and the traffic
+is 4 × 256 int64 all-reduces plus one int64 per rank, independent of the number of tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DIGIT_BITS = 8
+_PASSES = tuple(range(32 - DIGIT_BITS, -1, -DIGIT_BITS))  # 24, 16, 8, 0
+
+
+def global_select_top(key: torch.Tensor, k: torch.Tensor, group) -> torch.Tensor:
+    """Bool mask (``key``'s shape) of this rank's part of the ``k`` largest keys over all ranks.
+
+    Parameters
+    ----------
+    key : int64 Tensor ``[...]``; candidates have keys in ``[1, 2**32)``, ``0`` marks a
+        non-candidate (as :func:`entropy_kernels.reference.policy_loss.float_key` makes them).
+    k : 0-dim int64 Tensor on ``key``'s device: the global count (clamped to the number of
+        candidates); the same on every rank.
+    group : a ``torch.distributed`` process group (every rank calls this together).
+
+    Ties at the threshold go to the lower global position: rank 0's elements first, each rank's
+    in flattened order — exactly ``select_top`` of the ranks' tensors concatenated.
+
+    Example
+    -------
+    >>> import torch, torch.distributed as dist, tempfile, os
+    >>> f = os.path.join(tempfile.mkdtemp(), "init")
+    >>> dist.init_process_group("gloo", init_method=f"file://{f}", rank=0, world_size=1)
+    >>> global_select_top(torch.tensor([5, 0, 9, 5, 7]), torch.tensor(3), dist.group.WORLD)
+    tensor([ True, False,  True, False,  True])
+    >>> dist.destroy_process_group()
+    """
+    import torch.distributed as dist
+
+    flat = key.reshape(-1)
+    device = flat.device
+    candidate = flat > 0
+    total = candidate.sum().reshape(1)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    remaining = torch.minimum(k.to(device=device, dtype=torch.int64).reshape(()), total.reshape(()))
+    prefix = torch.zeros((), dtype=torch.int64, device=device)
+    bins = torch.arange(1 << DIGIT_BITS, device=device, dtype=torch.int64)
+    for shift in _PASSES:
+        digit = (flat >> shift) & ((1 << DIGIT_BITS) - 1)
+        hist = torch.zeros(1 << DIGIT_BITS, dtype=torch.int64, device=device)
+        hist.scatter_add_(0, digit, candidate.to(torch.int64))
+        dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=group)
+        at_or_above = hist.flip(0).cumsum(0).flip(0)  # [d]: candidates whose digit is >= d
+        # the largest digit at which the count from the top reaches what is still needed
+        chosen = torch.where(at_or_above >= remaining, bins, 0).max()
+        remaining = remaining - (at_or_above[chosen] - hist[chosen])
+        prefix = prefix | (chosen << shift)
+        candidate = candidate & (digit == chosen)
+    # `prefix` is the k-th largest key (with k = 0 no digit is short, so it ends at 2**32 - 1,
+    # above every key, and `remaining` is 0: nothing is selected).
+    ties = (flat == prefix) & (flat > 0)
+    tie_count = ties.sum().reshape(1)
+    counts = [torch.empty_like(tie_count) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, tie_count, group=group)
+    before = torch.cat(counts[: dist.get_rank(group)] + [torch.zeros_like(tie_count)]).sum()
+    allowed = torch.clamp(remaining - before, min=0)
+    chosen_ties = ties & (torch.cumsum(ties.to(torch.int64), 0) <= allowed)
+    return ((flat > prefix) | chosen_ties).reshape(key.shape)
