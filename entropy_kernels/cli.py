@@ -98,6 +98,7 @@ def _bench(args) -> int:
 
     from .benchmarking import cases_for, environment, run_cases, write_results
     from .benchmarking.cases import CASES
+    from .benchmarking.progress import run_with_progress
     from .benchmarking.report import markdown_table
 
     unknown = [name for name in args.ops or [] if name not in CASES]
@@ -106,6 +107,11 @@ def _bench(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("bench --device cuda: torch sees no GPU")
     _check_out_dir(Path(args.out))
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401 - checked before minutes of measuring, used at the end
+        except ImportError:
+            raise UsageError("bench --plot needs matplotlib: pip install 'entropy_kernels[plot]'") from None
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size = "full" if args.full else "quick"
     if size == "full" and device.type != "cuda":
@@ -119,14 +125,25 @@ def _bench(args) -> int:
         if bad or not providers:
             raise UsageError(f"bench --providers: unknown provider(s) {', '.join(bad) or repr(args.providers)}; "
                              f"known: {', '.join(sorted(known))}")
+    if device.type != "cuda":
+        print("entropy-kernels: note: no GPU here, so these rows time the CPU reference paths (the correctness "
+              "fallbacks), not the GPU kernels: expect them to lose to torch.")
     print(f"running {len(cases)} case(s) on {device} ({size})")
-    results = run_cases(cases, providers, log=print if args.verbose else (lambda s: None))
+    results = run_with_progress(cases, providers, run_cases, log=print if args.verbose else None)
     env = environment(device)
     stem = f"{_slug(env['gpu'] or 'cpu')}_{size}" + (f"_{'-'.join(args.ops)}" if args.ops else "")
     paths = write_results(results, env, Path(args.out), stem)
     print()
     print(markdown_table(results))
     print(f"\nwrote {paths['json']} and {paths['markdown']}")
+    if args.plot:
+        from .benchmarking.plots import plot_results
+
+        pngs = plot_results(results, Path(args.out) / f"{stem}_plots", title=str(env["gpu"] or env["cpu"]))
+        print(f"wrote {len(pngs)} chart(s) into {Path(args.out) / f'{stem}_plots'}")
+    if device.type != "cuda":
+        print("GPU numbers: the README's table and benchmarks/results/ (committed GPU runs); to measure the kernels, "
+              "run `entropy-kernels bench --full` or `bash scripts/gpu_check.sh` on a CUDA machine.")
     failed = [r for r in results if r.kind == "ours" and r.error]
     if failed:
         _error_line(f"{len(failed)} of our measurement(s) failed, first: {failed[0].error} "
@@ -215,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p_bench.add_argument("--out", default="ek-results", help="directory for JSON + markdown (default: ek-results)")
     p_bench.add_argument("-v", "--verbose", action="store_true", help="print each measurement as it finishes")
+    p_bench.add_argument("--plot", action="store_true", help="also write PNG charts per op (needs matplotlib: the [plot] extra)")
     p_bench.set_defaults(fn=_bench)
 
     overwrite = dict(action="store_true", dest="overwrite",

@@ -16,8 +16,14 @@ def test_info_lists_versions_and_backends(capsys):
 
 def test_bench_quick_writes_json_and_markdown(tmp_path, capsys):
     code = cli.main(["bench", "--quick", "--device", "cpu", "--ops", "entropy", "--providers", "entropy_kernels,torch,floor",
-                     "--out", str(tmp_path)])
+                     "--out", str(tmp_path), "--plot"])
     assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    # without a GPU the first line says what the CPU rows are, the last where GPU numbers are
+    assert "no GPU" in out[0] and "reference paths" in out[0]
+    assert out[-1].startswith("GPU numbers:") and "benchmarks/results/" in out[-1]
+    png = tmp_path / "cpu_quick_entropy_plots" / "entropy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((tmp_path / "cpu_quick_entropy.json").read_text())
     providers = {r["provider"] for r in data["results"]}
     assert {"entropy_kernels", "torch", "floor: copy"} <= providers
@@ -72,3 +78,37 @@ def test_compress_reports_missing_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("entropy-kernels: error: ") and "nope.safetensors" in err
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_bench_progress_shows_case_and_eta():
+    import io
+
+    import torch
+
+    from entropy_kernels.benchmarking import cases_for, run_cases
+    from entropy_kernels.benchmarking.progress import run_with_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    cases = cases_for(["entropy"], "quick", torch.device("cpu"))[:2]
+    stream = Terminal()
+    rows = run_with_progress(cases, ["floor"], run_cases, stream=stream)
+    text = stream.getvalue()
+    assert len(rows) == 2 and all(r.provider.startswith("floor") for r in rows)
+    assert cases[0].label in text and cases[1].label in text
+    piped = io.StringIO()
+    run_with_progress(cases, ["floor"], run_cases, stream=piped)
+    assert piped.getvalue() == ""  # nothing in logs
+
+
+def test_plots_leave_failed_rows_out(tmp_path):
+    from entropy_kernels.benchmarking.plots import group_by_op, plot_results
+
+    rows = [dict(op="top_h", mode="fwd", shape="B=1", dtype="bfloat16", provider=p, kind=k, p50_ms=t,
+                 peak_mem_bytes=m, error=e)
+            for p, k, t, m, e in (("entropy_kernels", "ours", 0.2, 100, None), ("warper", "baseline", float("nan"), None, "boom"),
+                                  ("floor: read", "floor", 0.01, 0, None))]
+    assert [r["provider"] for r in group_by_op(rows)["top_h"]["fwd B=1 bfloat16"]] == ["entropy_kernels", "floor: read"]
+    assert [p.name for p in plot_results(rows, tmp_path)] == ["top-h.png"]
