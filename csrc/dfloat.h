@@ -19,8 +19,11 @@
 // with the raw bytes into the output.
 //
 // Decoding one code at bit position p: e = lut[next 12 bits at p], len = e >> 8 (1..12),
-// exponent = e & 0xff. Every decoder bounds every read and write by the array sizes, so a
-// corrupted payload can decode to wrong values but never reads or writes out of bounds.
+// exponent = e & 0xff. Every decoder bounds every read and write by the array sizes and writes
+// every one of the n output values, so a corrupted payload can decode to wrong values (or to
+// kUndecodable) but never reads or writes out of bounds nor leaves an output value unwritten.
+// The CPU decoder also checks that the index agrees with the stream (see decode_cpu): a payload
+// it accepts decodes to the same values on every decoder.
 #pragma once
 #include <cstdint>
 
@@ -32,6 +35,22 @@ constexpr int kLutSize = 1 << kMaxCodeLen;
 constexpr int kSegmentBits = 256;
 constexpr int kBlockSegments = 256;
 constexpr int64_t kBlockBits = int64_t(kSegmentBits) * kBlockSegments;
+// The value a decoder writes where it cannot decode (a bf16 quiet NaN): a block whose index
+// disagrees with its stream on the GPU, every value after a failed check on the CPU.
+constexpr uint16_t kUndecodable = 0x7fc0;
+// More threads than this is a caller's mistake, not a speed-up; the encoder and decoder use at
+// most this many (and fewer, down to the calling thread alone, when the system cannot start them).
+constexpr int kMaxThreads = 1024;
+
+// What decode_cpu / decode_block_emulated return (0: every value decoded).
+enum DecodeStatus : int {
+  kDecodeOk = 0,
+  kBadSizes = 1,         // array sizes disagree with n / total_bits, or the output is too small
+  kBadBlockStarts = 2,   // block_starts is not a non-decreasing range from 0 to n
+  kBlockTooLarge = 3,    // a block holds more than max_block_values values
+  kBadLut = 4,           // the decode table is not a prefix-code table
+  kStreamMismatch = 5,   // the codes do not start where gaps / block_starts / total_bits say
+};
 
 // Histogram of the 256 exponent values of `n` BF16 words (multithreaded).
 void exponent_histogram(const uint16_t* values, int64_t n, int64_t* hist, int threads);
@@ -54,25 +73,40 @@ int64_t stream_bits(const uint16_t* values, int64_t n, const uint8_t* lengths, i
 uint32_t encode(const uint16_t* values, int64_t n, const uint8_t* lengths, int64_t total_bits, uint32_t* words,
                 uint8_t* gaps, int64_t* block_starts, uint8_t* raw, int64_t* max_block_values, int threads);
 
-// CPU decoder (multithreaded over blocks).
-void decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
-                const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                uint16_t* out, int threads);
+// CPU decoder (multithreaded over blocks) of n values into out[0, n) (out_capacity elements).
+// It decodes the stream sequentially from each block's first code and checks on the way that the
+// index describes that stream exactly: block_starts rises from 0 to n with at most
+// max_block_values values per block, each segment's gap is where its first code starts (or no
+// code starts in it), each block ends where the next one's first code starts, the last code ends
+// at total_bits, and the table gives the same entries to the GPU's two lookup paths. Those are
+// the facts the GPU decoders rely on, so a payload accepted here decodes identically there.
+// Returns kDecodeOk, or a DecodeStatus after filling out[0, n) with kUndecodable (nothing is
+// written when n > out_capacity).
+int decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
+               const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
+               int64_t total_bits, int64_t max_block_values, uint16_t* out, int64_t out_capacity, int threads);
 
 // The GPU block algorithm of decoder variant 2 (dfloat_block.h) run thread by thread on the CPU,
-// for tests: same shared-memory layout, same per-thread steps, sequentially.
-void decode_block_emulated(const uint32_t* words, int64_t num_words, const int64_t* block_starts,
-                           int64_t num_blocks, const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut,
-                           const uint8_t* raw, int64_t n, int64_t total_bits, int64_t max_block_values,
-                           uint16_t* out);
+// for tests: same shared-memory layout, same per-thread steps, sequentially, and the same rule
+// for an index that disagrees with the stream (the block's values become kUndecodable).
+// Returns kDecodeOk, or kBadSizes (nothing written) when out_capacity < n or n > 0 without blocks.
+int decode_block_emulated(const uint32_t* words, int64_t num_words, const int64_t* block_starts,
+                          int64_t num_blocks, const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut,
+                          const uint8_t* raw, int64_t n, int64_t total_bits, int64_t max_block_values,
+                          uint16_t* out, int64_t out_capacity);
 
 #ifdef EK_WITH_CUDA
-// GPU decoder on `stream` (cudaStream_t as integer). Asynchronous; returns 0 or a cudaError_t.
-// `max_block_values` sizes the shared-memory exponent buffer (values beyond it are not written).
-// `decoder` picks the kernel variant (1 or 2, see dfloat_decode.cu).
+// GPU decoder on `stream` (cudaStream_t as integer). Asynchronous; returns 0 or a cudaError_t
+// (cudaErrorInvalidValue, nothing launched, when n > out_capacity or n > 0 without blocks).
+// `max_block_values` sizes the shared-memory exponent buffer. Reading the index would need a
+// host sync, so the kernel checks what it can on the device: a block whose value range (from
+// block_starts, the first block starting at 0 and the last ending at n) holds more values than
+// max_block_values or than the codes starting in its segments writes kUndecodable over that
+// range. Every one of the n values is written. `decoder` picks the kernel variant (1 or 2).
 int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
                 const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                int64_t total_bits, int64_t max_block_values, uint16_t* out, uintptr_t stream, int decoder);
+                int64_t total_bits, int64_t max_block_values, uint16_t* out, int64_t out_capacity,
+                uintptr_t stream, int decoder);
 #endif
 
 }  // namespace dfloat

@@ -2,7 +2,10 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <atomic>
+#include <new>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -14,12 +17,14 @@ namespace dfloat {
 namespace {
 
 int resolve_threads(int threads) {
-  if (threads > 0) return threads;
+  if (threads > 0) return std::min(threads, kMaxThreads);
   const unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : static_cast<int>(hw);
+  return hw == 0 ? 1 : static_cast<int>(std::min<unsigned>(hw, kMaxThreads));
 }
 
-// Runs fn(begin, end) over [0, count) split into `threads` contiguous ranges.
+// Runs fn(begin, end) over [0, count) split into `threads` contiguous ranges. When the system
+// refuses a thread (std::system_error: no memory for its stack, a process limit), the ranges that
+// did not get one run on the calling thread: fewer threads, same result, never std::terminate.
 void parallel_for(int64_t count, int threads, const std::function<void(int64_t, int64_t)>& fn) {
   threads = static_cast<int>(std::min<int64_t>(resolve_threads(threads), std::max<int64_t>(count, 1)));
   if (threads <= 1) {
@@ -27,11 +32,17 @@ void parallel_for(int64_t count, int threads, const std::function<void(int64_t, 
     return;
   }
   std::vector<std::thread> pool;
-  pool.reserve(threads);
-  for (int t = 0; t < threads; ++t) {
-    const int64_t b = count * t / threads, e = count * (t + 1) / threads;
-    pool.emplace_back([&fn, b, e] { fn(b, e); });
+  int started = 0;
+  try {
+    pool.reserve(threads);
+    for (; started < threads; ++started) {
+      const int64_t b = count * started / threads, e = count * (started + 1) / threads;
+      pool.emplace_back([&fn, b, e] { fn(b, e); });
+    }
+  } catch (const std::system_error&) {
+  } catch (const std::bad_alloc&) {
   }
+  for (int t = started; t < threads; ++t) fn(count * t / threads, count * (t + 1) / threads);
   for (auto& th : pool) th.join();
 }
 
@@ -233,25 +244,97 @@ uint32_t encode(const uint16_t* values, int64_t n, const uint8_t* lengths, int64
   return xr;
 }
 
-void decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
-                const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                uint16_t* out, int threads) {
-  if (n <= 0 || num_words <= 0) return;
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The array sizes every decoder assumes for n values in total_bits stream bits (dfloat.h).
+bool sizes_agree(int64_t num_words, int64_t num_blocks, int64_t num_gap_bytes, int64_t n, int64_t total_bits) {
+  if (n < 0 || total_bits < 0) return false;
+  if (n == 0) return total_bits == 0 && num_blocks == 0;
+  return total_bits >= n && total_bits <= int64_t(kMaxCodeLen) * n && num_words == ceil_div(total_bits, 32) + 1 &&
+         num_blocks == ceil_div(total_bits, kBlockBits) &&
+         num_gap_bytes == ceil_div(ceil_div(total_bits, kSegmentBits), 2);
+}
+
+// The GPU's variant 2 reads codes of <= 6 bits from a 64-entry table (block::short_entry) and the
+// rest from the full table; both paths give the same entry only if every 64-entry run under a
+// short code repeats that code's entry -- true of any table build_lut makes from a complete code.
+bool lut_paths_agree(const uint16_t* lut) {
+  for (int v = 0; v < block::kShortSize; ++v) {
+    const uint16_t e = block::short_entry(lut, v);
+    if (e == 0) continue;
+    for (int r = 0; r < (1 << (kMaxCodeLen - block::kShortBits)); ++r)
+      if (lut[(v << (kMaxCodeLen - block::kShortBits)) | r] != e) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
+               const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
+               int64_t total_bits, int64_t max_block_values, uint16_t* out, int64_t out_capacity, int threads) {
+  if (n < 0 || out_capacity < n) return kBadSizes;
+  auto fail = [&](int status) {
+    std::fill(out, out + n, kUndecodable);
+    return status;
+  };
+  if (!sizes_agree(num_words, num_blocks, num_gap_bytes, n, total_bits)) return fail(kBadSizes);
+  if (n == 0) return kDecodeOk;
+  // the index, serially (one entry per 65536 stream bits)
+  if (block_starts[0] != 0 || block_starts[num_blocks] != n) return fail(kBadBlockStarts);
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    if (block_starts[b + 1] < block_starts[b]) return fail(kBadBlockStarts);
+    if (block_starts[b + 1] - block_starts[b] > max_block_values) return fail(kBlockTooLarge);
+  }
+  if (!lut_paths_agree(lut)) return fail(kBadLut);
+
+  const int64_t segments = ceil_div(total_bits, kSegmentBits);
+  auto gap_of = [&](int64_t s) { return static_cast<int64_t>((gaps[s >> 1] >> ((s & 1) * 4)) & 15); };
+  auto limit_of = [&](int64_t s) { return std::min<int64_t>(kSegmentBits, total_bits - s * kSegmentBits); };
+  // segments [lo, hi) in which no code may start: the GPU must find nothing to decode there
+  auto all_empty = [&](int64_t lo, int64_t hi) {
+    for (int64_t s = lo; s < hi; ++s)
+      if (gap_of(s) < limit_of(s)) return false;
+    return true;
+  };
   const int64_t last = num_words - 1;
   auto word = [&](int64_t i) -> uint64_t { return words[std::min(std::max<int64_t>(i, 0), last)]; };
-  auto clamp_n = [&](int64_t i) { return std::min(std::max<int64_t>(i, 0), n); };
+  if (gap_of(0) != 0) return fail(kStreamMismatch);  // the first code starts at bit 0
+  std::atomic<int> status{kDecodeOk};
   parallel_for(num_blocks, threads, [&](int64_t bb, int64_t be) {
-    for (int64_t b = bb; b < be; ++b) {
-      const int64_t first = clamp_n(block_starts[b]), stop = std::max(first, clamp_n(block_starts[b + 1]));
-      const int64_t gap_byte = b * kBlockSegments / 2;
-      const int gap = gap_byte < num_gap_bytes ? (gaps[gap_byte] & 15) : 0;
-      const int64_t pos = b * kBlockBits + gap;
+    for (int64_t b = bb; b < be && status.load(std::memory_order_relaxed) == kDecodeOk; ++b) {
+      const int64_t first = block_starts[b], stop = block_starts[b + 1];
+      const int64_t seg_lo = b * kBlockSegments, seg_hi = std::min(seg_lo + kBlockSegments, segments);
+      if (first == stop) {  // no code may start in this block (its bits end a code of the last one)
+        if (!all_empty(seg_lo, seg_hi)) status.store(kStreamMismatch);
+        continue;
+      }
+      int64_t pos = seg_lo * kSegmentBits + gap_of(seg_lo);
+      if (gap_of(seg_lo) >= limit_of(seg_lo)) {
+        status.store(kStreamMismatch);
+        continue;
+      }
       int64_t w = pos >> 5;
       const int off = static_cast<int>(pos & 31);
       uint64_t buf = ((word(w) << 32) | word(w + 1)) << off;
       int nbits = 64 - off;
       w += 2;
+      int64_t next_seg = seg_lo + 1, boundary = next_seg * kSegmentBits;  // next segment to enter
+      bool ok = true;
       for (int64_t i = first; i < stop; ++i) {
+        if (pos >= boundary) {  // the first code starting in segment next_seg: must be at its gap
+          if (next_seg >= seg_hi || pos - boundary != gap_of(next_seg)) {
+            ok = false;
+            break;
+          }
+          boundary = ++next_seg * kSegmentBits;
+        }
+        if (pos >= total_bits) {
+          ok = false;
+          break;
+        }
         if (nbits < 32) {
           buf |= word(w++) << (32 - nbits);
           nbits += 32;
@@ -260,18 +343,30 @@ void decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_s
         const int len = std::max(1, (e >> 8) & 15);  // 1..15 even for a corrupted table
         buf <<= len;
         nbits -= len;
+        pos += len;
         const uint16_t r = raw[i];
         out[i] = static_cast<uint16_t>(((r & 0x80u) << 8) | ((e & 0xffu) << 7) | (r & 0x7fu));
       }
+      // where the next code starts: at the next block's first gap, or the stream ends exactly
+      if (ok) {
+        if (pos < total_bits)
+          ok = pos >= boundary && next_seg == seg_lo + kBlockSegments && next_seg < segments &&
+               pos - boundary == gap_of(next_seg);
+        else
+          ok = pos == total_bits && all_empty(next_seg, seg_hi);
+      }
+      if (!ok) status.store(kStreamMismatch);
     }
   });
+  return status.load() == kDecodeOk ? kDecodeOk : fail(status.load());
 }
 
-void decode_block_emulated(const uint32_t* words, int64_t num_words, const int64_t* block_starts,
-                           int64_t num_blocks, const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut,
-                           const uint8_t* raw, int64_t n, int64_t total_bits, int64_t max_block_values,
-                           uint16_t* out) {
-  if (n <= 0) return;
+int decode_block_emulated(const uint32_t* words, int64_t num_words, const int64_t* block_starts,
+                          int64_t num_blocks, const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut,
+                          const uint8_t* raw, int64_t n, int64_t total_bits, int64_t max_block_values,
+                          uint16_t* out, int64_t out_capacity) {
+  if (n <= 0) return n == 0 ? kDecodeOk : kBadSizes;
+  if (out_capacity < n || num_blocks <= 0) return kBadSizes;
   const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
   std::vector<uint16_t> lut6(block::kShortSize);
   for (int v = 0; v < block::kShortSize; ++v) lut6[v] = block::short_entry(lut, v);
@@ -293,8 +388,11 @@ void decode_block_emulated(const uint32_t* words, int64_t num_words, const int64
       offset[t] = run;
       run += block::walk_segment(t, gap, limit, sw.data(), lut, lut6.data(), [](uint32_t) {});
     }
-    const int64_t first = std::min<int64_t>(std::max<int64_t>(block_starts[b], 0), n);
-    const int64_t stop = std::min<int64_t>(std::max<int64_t>(block_starts[b + 1], first), n);
+    // the block's values: the first block starts at 0 and the last ends at n whatever the index
+    // says, so the blocks' ranges cover [0, n) (see dfloat_decode.cu)
+    const int64_t first = b == 0 ? 0 : std::min<int64_t>(std::max<int64_t>(block_starts[b], 0), n);
+    const int64_t stop =
+        b == num_blocks - 1 ? n : std::min<int64_t>(std::max<int64_t>(block_starts[b + 1], first), n);
     const int lead = static_cast<int>(first & 7);
     for (int t = 0; t < kBlockSegments; ++t) {  // decoding pass
       int gap, limit;
@@ -305,12 +403,16 @@ void decode_block_emulated(const uint32_t* words, int64_t num_words, const int64
         ++q;
       });
     }
-    const int64_t cnt = std::min<int64_t>(stop - first, cap);
-    for (int64_t i = first; i < first + cnt; ++i) {
+    if (stop - first > cap || run != stop - first) {  // the index disagrees with the stream
+      std::fill(out + first, out + stop, kUndecodable);
+      continue;
+    }
+    for (int64_t i = first; i < stop; ++i) {
       const uint32_t r = raw[i], e = sexp[i - first + lead];
       out[i] = static_cast<uint16_t>(((r & 0x80u) << 8) | (e << 7) | (r & 0x7fu));
     }
   }
+  return kDecodeOk;
 }
 
 }  // namespace dfloat

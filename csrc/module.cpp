@@ -45,6 +45,8 @@ void bind_dfloat(py::module_& m) {
   m.attr("DFLOAT_MAX_CODE_LEN") = df::kMaxCodeLen;
   m.attr("DFLOAT_SEGMENT_BITS") = df::kSegmentBits;
   m.attr("DFLOAT_BLOCK_BITS") = df::kBlockBits;
+  m.attr("DFLOAT_MAX_THREADS") = df::kMaxThreads;
+  m.attr("DFLOAT_UNDECODABLE") = df::kUndecodable;
   m.def(
       "dfloat_histogram",
       [](uintptr_t values, int64_t n, uintptr_t hist, int threads) {
@@ -92,44 +94,49 @@ void bind_dfloat(py::module_& m) {
   m.def(
       "dfloat_decode_cpu",
       [](uintptr_t words, int64_t num_words, uintptr_t block_starts, int64_t num_blocks, uintptr_t gaps,
-         int64_t num_gap_bytes, uintptr_t lut, uintptr_t raw, int64_t n, uintptr_t out, int threads) {
+         int64_t num_gap_bytes, uintptr_t lut, uintptr_t raw, int64_t n, int64_t total_bits, int64_t max_block_values,
+         uintptr_t out, int64_t out_capacity, int threads) {
         py::gil_scoped_release release;
-        df::decode_cpu(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts), num_blocks,
-                       ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut), ptr<const uint8_t>(raw), n,
-                       ptr<uint16_t>(out), threads);
+        return df::decode_cpu(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts), num_blocks,
+                              ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut),
+                              ptr<const uint8_t>(raw), n, total_bits, max_block_values, ptr<uint16_t>(out),
+                              out_capacity, threads);
       },
       py::arg("words"), py::arg("num_words"), py::arg("block_starts"), py::arg("num_blocks"), py::arg("gaps"),
-      py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("out"), py::arg("threads") = 0,
-      "Decode n bf16 values into out (CPU, multithreaded over blocks).");
+      py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("total_bits"),
+      py::arg("max_block_values"), py::arg("out"), py::arg("out_capacity"), py::arg("threads") = 0,
+      "Decode n bf16 values into out (CPU, multithreaded over blocks), checking the index against the stream; "
+      "returns 0 or a DecodeStatus (csrc/dfloat.h) after filling out with NaN.");
   m.def(
       "dfloat_decode_emulated",
       [](uintptr_t words, int64_t num_words, uintptr_t block_starts, int64_t num_blocks, uintptr_t gaps,
          int64_t num_gap_bytes, uintptr_t lut, uintptr_t raw, int64_t n, int64_t total_bits, int64_t max_block_values,
-         uintptr_t out) {
+         uintptr_t out, int64_t out_capacity) {
         py::gil_scoped_release release;
-        df::decode_block_emulated(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts), num_blocks,
-                                  ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut),
-                                  ptr<const uint8_t>(raw), n, total_bits, max_block_values, ptr<uint16_t>(out));
+        return df::decode_block_emulated(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts),
+                                         num_blocks, ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut),
+                                         ptr<const uint8_t>(raw), n, total_bits, max_block_values, ptr<uint16_t>(out),
+                                         out_capacity);
       },
       py::arg("words"), py::arg("num_words"), py::arg("block_starts"), py::arg("num_blocks"), py::arg("gaps"),
       py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("total_bits"),
-      py::arg("max_block_values"), py::arg("out"),
-      "CPU emulation of GPU decoder variant 2's block algorithm (for tests).");
+      py::arg("max_block_values"), py::arg("out"), py::arg("out_capacity"),
+      "CPU emulation of GPU decoder variant 2's block algorithm (for tests); returns 0 or a DecodeStatus.");
 #ifdef EK_WITH_CUDA
   m.def(
       "dfloat_decode_cuda",
       [](uintptr_t words, int64_t num_words, uintptr_t block_starts, int64_t num_blocks, uintptr_t gaps,
          int64_t num_gap_bytes, uintptr_t lut, uintptr_t raw, int64_t n, int64_t total_bits, int64_t max_block_values,
-         uintptr_t out, uintptr_t stream, int decoder) {
+         uintptr_t out, int64_t out_capacity, uintptr_t stream, int decoder) {
         const int err = df::decode_cuda(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts),
                                         num_blocks, ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut),
                                         ptr<const uint8_t>(raw), n, total_bits, max_block_values, ptr<uint16_t>(out),
-                                        stream, decoder);
+                                        out_capacity, stream, decoder);
         if (err != 0) throw std::runtime_error("dfloat_decode_cuda: " + ek::cuda_error_string(err));
       },
       py::arg("words"), py::arg("num_words"), py::arg("block_starts"), py::arg("num_blocks"), py::arg("gaps"),
       py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("total_bits"),
-      py::arg("max_block_values"), py::arg("out"), py::arg("stream"), py::arg("decoder") = 1,
+      py::arg("max_block_values"), py::arg("out"), py::arg("out_capacity"), py::arg("stream"), py::arg("decoder") = 1,
       "Asynchronously decode n bf16 values into the device buffer out on `stream` (kernel variant 1 or 2).");
 #endif
 }
@@ -139,6 +146,9 @@ void bind_dfloat(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "entropy_kernels native extension (C++/CUDA launchers; no libtorch)";
   m.def("build_info", &build_info, "How this extension was built: compiler, CUDA, archs.");
+  m.def(
+      "sanitizers", [] { return std::string(EK_SANITIZE_STR); },
+      "The -fsanitize= list the host C++ code was built with (EK_SANITIZE; empty: none).");
   m.def(
       "read_checksum_cpu",
       [](uintptr_t ptr, int64_t nbytes) {

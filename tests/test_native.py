@@ -31,6 +31,17 @@ def test_extension_imports_and_reports_build():
         assert C.cuda_device_count() == torch.cuda.device_count()
 
 
+def test_extension_constants_match_the_python_side():
+    import entropy_kernels._C as C
+    from entropy_kernels.decoding import dfloat
+    from entropy_kernels.ops import dfloat as ops
+
+    assert C.DFLOAT_MAX_THREADS == dfloat.MAX_THREADS and C.DFLOAT_UNDECODABLE == ops.UNDECODABLE
+    assert C.DFLOAT_BLOCK_BITS == ops.BLOCK_BITS and C.DFLOAT_MAX_CODE_LEN == dfloat.MAX_CODE_LEN
+    # the installed build carries no sanitizer (EK_SANITIZE is for tests/test_ekdf_sanitize.py)
+    assert C.sanitizers() == os.environ.get("EK_EXPECT_SANITIZERS", "")
+
+
 @pytest.mark.skipif(os.environ.get("EK_EXPECT_CUDA_BUILD") != "1", reason="set EK_EXPECT_CUDA_BUILD=1 where nvcc was present at build")
 def test_cuda_sources_were_compiled():
     # CI builds on a machine with nvcc and no GPU: the CUDA sources must still be compiled in.

@@ -7,6 +7,11 @@
 //   4. decoding pass: the same walk writes one exponent byte per value to shared memory;
 //   5. output pass: 8 values per thread-step -- an 8-byte load of raw sign|mantissa bytes, an
 //      8-byte shared-memory load of exponents, one 16-byte store (a warp writes 512 contiguous B).
+// Every output value is written whatever the index says (the op is public and reading the index
+// on the host would be a sync): block b writes values [block_starts[b], block_starts[b + 1])
+// clamped to [0, n), block 0 from 0 and the last block up to n, so the blocks cover [0, n) even
+// when block_starts is not monotonic; a block whose range holds more values than its codes
+// (or than max_block_values) writes kUndecodable there instead of stale shared memory.
 // The chains are short (~100 codes per thread) and there are ~64 blocks per million values, so
 // the latency of the dependent shared-memory lookups is hidden by many resident warps.
 //
@@ -124,12 +129,14 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
       warp_sums[w] = run;
       run += v;
     }
+    warp_sums[kThreads / 32] = run;  // the block's number of codes
   }
   __syncthreads();
+  const int codes = warp_sums[kThreads / 32];
 
   // decoding pass: exponent of block value j goes to sexp[lead + j] (lead aligns 8-value groups)
-  const int64_t first = min64(max64(block_starts[b], 0), n);
-  const int64_t stop = min64(max64(block_starts[b + 1], first), n);
+  const int64_t first = b == 0 ? 0 : min64(max64(block_starts[b], 0), n);
+  const int64_t stop = b + 1 == gridDim.x ? n : min64(max64(block_starts[b + 1], first), n);
   const int lead = static_cast<int>(first & 7);
   int q = lead + warp_sums[warp] + incl - count;
   const int q_end = lead + cap;
@@ -147,9 +154,12 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
   }
   __syncthreads();
 
-  // output pass: [first, first + cnt) with a scalar head/tail and 8-value vectors between
-  const int64_t cnt = min64(stop - first, cap);
-  const int64_t end = first + cnt;
+  if (stop - first > cap || codes != stop - first) {  // the index disagrees with the stream
+    for (int64_t i = first + t; i < stop; i += kThreads) out[i] = kUndecodable;
+    return;
+  }
+  // output pass: [first, stop) with a scalar head/tail and 8-value vectors between
+  const int64_t end = stop;
   const int64_t body_begin = min64((first + 7) & ~int64_t(7), end);
   const int64_t body_end = max64(body_begin, end & ~int64_t(7));
   const int64_t shift = first - lead;  // sexp index of value i is i - shift
@@ -183,9 +193,12 @@ int launch(const uint32_t* words, int64_t num_words, const int64_t* block_starts
 
 int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
                 const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
-                int64_t total_bits, int64_t max_block_values, uint16_t* out, uintptr_t stream_int, int decoder) {
-  if (n <= 0 || num_blocks <= 0) return 0;
-  if (num_blocks > 0x7fffffffLL || (decoder != 1 && decoder != 2)) return static_cast<int>(cudaErrorInvalidValue);
+                int64_t total_bits, int64_t max_block_values, uint16_t* out, int64_t out_capacity,
+                uintptr_t stream_int, int decoder) {
+  if (n == 0) return 0;
+  // n values need at least one block to write them, and room for them
+  if (n < 0 || n > out_capacity || num_blocks <= 0 || num_blocks > 0x7fffffffLL || (decoder != 1 && decoder != 2))
+    return static_cast<int>(cudaErrorInvalidValue);
   auto stream = reinterpret_cast<cudaStream_t>(stream_int);
   const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
   if (decoder == 2)

@@ -292,7 +292,7 @@ def load_compressed(path: str, device="cpu", model_class=None, group_by: Optiona
         meta = f.metadata() or {}
     if META_KEY not in meta:
         raise ValueError(f"{weights} has no {META_KEY!r} metadata: not written by save_compressed")
-    info = json.loads(meta[META_KEY])
+    info = _model_info(weights, meta[META_KEY])
     if model_class is None:
         from transformers import AutoModelForCausalLM as model_class
     from transformers import AutoConfig
@@ -316,12 +316,36 @@ def load_compressed(path: str, device="cpu", model_class=None, group_by: Optiona
         mod_name, attr = alias.rsplit(".", 1) if "." in alias else ("", alias)
         t_mod, t_attr = target.rsplit(".", 1) if "." in target else ("", target)
         modules[mod_name]._parameters[attr] = modules[t_mod]._parameters[t_attr]
+    absent = [n for n in info["compressed"] if not isinstance(tensors.get(n), DFloatTensor)]
+    absent += [t for t in info["aliases"].values() if t not in info["compressed"]]
+    if absent:
+        raise ValueError(f"{weights}: compressed weights listed in the metadata are not in the file: {absent[:5]}")
     compressed = {n: tensors[n] for n in info["compressed"]}
     for alias, target in info["aliases"].items():
         compressed[alias] = compressed[target]
     _install(model, compressed, group_by or info.get("group_by", "block"))
     model._ekdf_group_by = group_by or info.get("group_by", "block")
     return model.eval()
+
+
+def _model_info(path: str, text: str) -> dict:
+    """The ``ekdf_model`` metadata of a file written by :func:`save_compressed`, checked for
+    shape (a damaged file raises ValueError naming the field, not a KeyError mid-load)."""
+    try:
+        info = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: malformed {META_KEY!r} metadata: {exc}") from exc
+    kinds = {"compressed": list, "aliases": dict, "param_aliases": dict, "non_persistent_buffers": list}
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: {META_KEY!r} metadata must be an object")
+    for key, kind in kinds.items():
+        value = info.setdefault(key, kind())
+        if not isinstance(value, kind) or not all(isinstance(v, str) for v in value) or (
+                kind is dict and not all(isinstance(v, str) for v in value.values())):
+            raise ValueError(f"{path}: {META_KEY!r} field {key!r} must be a {kind.__name__} of names")
+    if info.get("group_by", "block") not in ("block", "module"):
+        raise ValueError(f"{path}: {META_KEY!r} field 'group_by' must be 'block' or 'module'")
+    return info
 
 
 def _load_compressed_checkpoint(path: str, device, model_class, group_by: str, progress: bool) -> nn.Module:

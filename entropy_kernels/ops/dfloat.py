@@ -7,10 +7,14 @@ asynchronous launch on the current stream, no host sync). The payload layout is 
 ``csrc/dfloat.h`` and :mod:`entropy_kernels.reference.dfloat`; building one is the job of
 :class:`entropy_kernels.decoding.DFloatTensor`, which most users want instead of these ops.
 
-Only the sizes, dtypes, devices and alignment of the arrays are checked here (no data is read):
-the decoders clamp every stream read to the ``words`` array, so a corrupted payload can decode
-to wrong values but never reads or writes out of bounds. Content checks (payload CRC, index
-ranges) belong to ``DFloatTensor.validate``, run once when a payload is built or loaded.
+What the op checks on the host (no data read, so no host sync): the types, sizes, dtypes,
+devices and alignment of the arrays and the integer arguments. Every decoder bounds every read
+and write by the array sizes and writes every one of the ``numel`` output values. The CPU decoder
+also checks the index against the stream as it decodes (``block_starts`` rising from 0 to
+``numel``, the segment ``gaps``, ``total_bits``, the table) and raises :class:`DFloatError` when
+they disagree; the CUDA decoders cannot raise without a sync, so a block whose index disagrees
+with its codes writes NaN (bf16 ``0x7fc0``) there instead. Content checks (payload CRC, header
+CRC, a verifying decode) belong to ``DFloatTensor.validate``, run once when a payload is loaded.
 """
 
 from __future__ import annotations
@@ -31,6 +35,28 @@ BLOCK_BITS = 256 * SEGMENT_BITS  # stream bits per GPU block
 
 _PAYLOAD = (("words", torch.int32), ("gaps", torch.uint8), ("block_starts", torch.int64), ("lut", torch.int16),
             ("raw", torch.uint8))
+MAX_INT = 2**62  # bound of every size argument: products with the 12 bits of a code stay in int64
+UNDECODABLE = 0x7FC0  # bits of what a decoder writes where it cannot decode (bf16 NaN; csrc/dfloat.h)
+
+
+class DFloatError(ValueError):
+    """A compressed payload or its header is malformed, corrupted or truncated.
+
+    Example
+    -------
+    >>> issubclass(DFloatError, ValueError)
+    True
+    """
+
+
+# csrc/dfloat.h DecodeStatus -> what the CPU decoder found
+_STATUS = {
+    1: "array sizes disagree with numel / total_bits, or out is too small",
+    2: "block_starts must rise from 0 to numel",
+    3: "a block holds more values than max_block_values",
+    4: "lut is not the decode table of a prefix code",
+    5: "the code stream does not match gaps / block_starts / total_bits",
+}
 
 
 def payload_sizes(numel: int, total_bits: int) -> dict:
@@ -47,16 +73,49 @@ def payload_sizes(numel: int, total_bits: int) -> dict:
             "lut": LUT_SIZE, "raw": numel}
 
 
+def _check_int(name: str, v, fake: bool) -> bool:
+    """True when ``v`` is a plain int in [0, MAX_INT]; raise otherwise, except for a symbolic
+    int while tracing (``fake``: returns False, the value is checked when the op runs)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        if fake and isinstance(v, torch.SymInt):
+            return False
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if not 0 <= v <= MAX_INT:
+        raise ValueError(f"{name} must be in [0, 2**62], got {v}")
+    return True
+
+
 def check_payload(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int,
-                  out=None) -> None:
-    """Raise ValueError/TypeError unless the arrays are a well-formed EKDF payload by shape."""
-    for name, v in (("numel", numel), ("total_bits", total_bits), ("max_block_values", max_block_values)):
-        if not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-    if numel and not (numel <= total_bits <= 12 * numel):
-        raise ValueError(f"total_bits must be in [numel, 12·numel] (codes are 1-12 bits), got {total_bits}")
-    if max_block_values > BLOCK_BITS:
-        raise ValueError(f"max_block_values must be <= {BLOCK_BITS}, got {max_block_values}")
+                  out=None, *, fake: bool = False) -> None:
+    """Raise ValueError/TypeError unless the arrays are a well-formed EKDF payload by shape.
+
+    ``fake``: called from the ops' fake implementations -- payloads on the ``meta`` device (all of
+    them) are accepted, and symbolic sizes are left for the real call to check.
+
+    Example
+    -------
+    >>> import torch
+    >>> from entropy_kernels.decoding import DFloatTensor
+    >>> c = DFloatTensor.compress(torch.ones(100, dtype=torch.bfloat16))
+    >>> check_payload(*c.payload(), *c.sizes())
+    >>> words, gaps, block_starts, lut, raw = c.payload()
+    >>> check_payload(words, gaps, block_starts, lut, raw[:-1], *c.sizes())
+    Traceback (most recent call last):
+    ValueError: raw must have 100 entries for numel=100, total_bits=100; got 99
+    """
+    concrete = all([_check_int(n, v, fake) for n, v in (("numel", numel), ("total_bits", total_bits),
+                                                         ("max_block_values", max_block_values))])
+    if concrete:
+        if numel and not (numel <= total_bits <= 12 * numel):
+            raise ValueError(f"total_bits must be in [numel, 12·numel] (codes are 1-12 bits), got {total_bits}")
+        if not numel and total_bits:
+            raise ValueError(f"total_bits must be 0 for numel=0, got {total_bits}")
+        blocks = -(-total_bits // BLOCK_BITS)
+        # some block holds at least the average number of values, and none more than its bits
+        low, high = (-(-numel // blocks) if blocks else 0), min(numel, BLOCK_BITS)
+        if not low <= max_block_values <= high:
+            raise ValueError(f"max_block_values must be in [{low}, {high}] for numel={numel}, "
+                             f"total_bits={total_bits}; got {max_block_values}")
     arrays = dict(zip([n for n, _ in _PAYLOAD], (words, gaps, block_starts, lut, raw)))
     device = words.device if isinstance(words, torch.Tensor) else None
     for name, dtype in _PAYLOAD:
@@ -65,15 +124,16 @@ def check_payload(words, gaps, block_starts, lut, raw, numel: int, total_bits: i
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype != dtype:
             raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
-        if t.dim() != 1 or not t.is_contiguous():
+        if t.layout != torch.strided or t.dim() != 1 or not t.is_contiguous():
             raise ValueError(f"{name} must be a contiguous 1-D tensor, got shape {tuple(t.shape)}")
         if t.device != device:
             raise ValueError(f"all payload tensors must be on one device: words on {device}, {name} on {t.device}")
-    for name, size in payload_sizes(numel, total_bits).items():
-        if arrays[name].numel() != size:
-            raise ValueError(f"{name} must have {size} entries for numel={numel}, total_bits={total_bits}; "
-                             f"got {arrays[name].numel()}")
-    if device.type not in ("cpu", "cuda"):
+    if concrete:
+        for name, size in payload_sizes(numel, total_bits).items():
+            if arrays[name].numel() != size:
+                raise ValueError(f"{name} must have {size} entries for numel={numel}, total_bits={total_bits}; "
+                                 f"got {arrays[name].numel()}")
+    if device.type not in ("cpu", "cuda") and not (fake and device.type == "meta"):
         raise ValueError(f"payload must be on cpu or cuda, got {device}")
     if device.type == "cuda" and not _is_fake(words):
         if lut.data_ptr() % 16 or raw.data_ptr() % 8 or words.data_ptr() % 4:
@@ -94,7 +154,9 @@ def check_out(out, numel: int, device: torch.device) -> None:
     """
     if not isinstance(out, torch.Tensor) or out.dtype != torch.bfloat16:
         raise TypeError(f"out must be a bfloat16 tensor, got {getattr(out, 'dtype', type(out).__name__)}")
-    if out.numel() != numel or not out.is_contiguous():
+    n_out = out.numel()  # symbolic while tracing: compared when the op runs
+    if out.layout != torch.strided or not out.is_contiguous() or (type(n_out) is int and type(numel) is int
+                                                                   and n_out != numel):
         raise ValueError(f"out must be contiguous with {numel} elements, got shape {tuple(out.shape)}")
     if out.device != device:
         raise ValueError(f"out must be on the payload's device {device}, got {out.device}")
@@ -132,15 +194,18 @@ def launch(out: torch.Tensor, args: tuple) -> None:
     C = _backend.native()
     if C is None:
         raise RuntimeError(f"entropy_kernels._C failed to import: {_backend.native_error()}")
+    # the decoders get out's own size too: whatever the arguments, they never write past it
     if out.device.type == "cuda":
         if not hasattr(C, "dfloat_decode_cuda"):
             raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
         # switch devices only when needed: the context manager costs µs on every call
         same = out.device.index == torch.cuda.current_device()
         with contextlib.nullcontext() if same else torch.cuda.device(out.device):
-            C.dfloat_decode_cuda(*args, out.data_ptr(), _stream_handle(out.device), DECODER)
+            C.dfloat_decode_cuda(*args, out.data_ptr(), out.numel(), _stream_handle(out.device), DECODER)
     else:
-        C.dfloat_decode_cpu(*args[:9], out.data_ptr())
+        status = C.dfloat_decode_cpu(*args, out.data_ptr(), out.numel())
+        if status:
+            raise DFloatError(f"cannot decode: {_STATUS.get(status, f'decoder status {status}')}")
 
 
 def _decode(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int,
@@ -174,6 +239,9 @@ def dfloat_decompress(words: torch.Tensor, gaps: torch.Tensor, block_starts: tor
 
 @dfloat_decompress.register_fake
 def _dfloat_decompress_fake(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values):
+    # also what runs when one argument is a meta tensor: the dispatcher picks the meta kernel for
+    # the whole call, and an unchecked one would return an empty tensor on the others' device
+    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, fake=True)
     return words.new_empty((numel,), dtype=torch.bfloat16)
 
 
@@ -200,6 +268,7 @@ def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, gaps: torch.T
 
 @dfloat_decompress_into.register_fake
 def _dfloat_decompress_into_fake(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values):
+    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out, fake=True)
     return None
 
 
