@@ -5,7 +5,10 @@ Environment switches (read at build time only):
 - ``EK_SKIP_CUDA=1``      build a CPU-only ``_C`` even when nvcc is present.
 - ``EK_CUDA_ARCHS``       semicolon list of SM versions, default ``80;90``; SASS for each,
                           PTX for the newest so later GPUs can JIT it.
-- ``EK_BUILD_TYPE``       CMake build type, default ``Release``.
+- ``EK_BUILD_TYPE``       CMake build type, default ``Release`` (``RelWithDebInfo`` with EK_SANITIZE).
+- ``EK_SANITIZE``         sanitizers for the host C++ code, e.g. ``address`` (``-fsanitize=address
+                          -fno-omit-frame-pointer``); the module then needs the runtime preloaded:
+                          ``LD_PRELOAD=$(c++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
 - ``MAX_JOBS``            parallel compile jobs (default: CPU count, capped by memory).
 
 No network access and no torch import happen here: the extension does not link libtorch,
@@ -46,7 +49,9 @@ class CMakeBuild(build_ext):
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_dir = Path(self.build_temp).resolve() / ext.name
         build_dir.mkdir(parents=True, exist_ok=True)
-        cfg = os.environ.get("EK_BUILD_TYPE", "Release")
+        sanitize = os.environ.get("EK_SANITIZE", "")
+        # symbols kept (pybind11 strips Release builds) so sanitizer reports name the functions
+        cfg = os.environ.get("EK_BUILD_TYPE", "RelWithDebInfo" if sanitize else "Release")
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
@@ -54,6 +59,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={cfg}",
             f"-DEK_CUDA_ARCHS={os.environ.get('EK_CUDA_ARCHS', '80;90')}",
             f"-DEK_SKIP_CUDA={'ON' if os.environ.get('EK_SKIP_CUDA', '0') == '1' else 'OFF'}",
+            f"-DEK_SANITIZE={sanitize}",
         ]
         if self._have_ninja():
             args.append("-GNinja")
