@@ -1,8 +1,9 @@
 """EKDF measurements for benchmarks/results/: size vs the entropy bound and dfloat11, encoder and
-CPU-decoder throughput, GPU bit-exactness on structured data, GPU decode bandwidth by size and
-stream length, beside dfloat11's kernel and a device copy measured in the same run.
+CPU-decoder throughput, bit-exactness on structured data (CPU, and GPU where there is one). The
+GPU decode speed of each decoder variant, beside dfloat11's kernel and a copy, is the GPU probe's
+``ekdf`` step (``python scripts/perf_probe.py --steps ekdf``; docs/gpu-probe.md).
 
-    python scripts/dfloat_report.py --out ek-results          # GPU machine (CPU-only parts run anywhere)
+    python scripts/dfloat_report.py --out ek-results          # any machine; GPU exactness where there is one
 """
 
 import argparse
@@ -19,8 +20,8 @@ from entropy_kernels.benchmarking.dfloat import (
     dfloat11_encode,
     weights,
 )
+from entropy_kernels.benchmarking.report import environment
 from entropy_kernels.decoding.dfloat import DFloatTensor
-from entropy_kernels.ops import dfloat as ops
 
 
 def bits_equal(a, b):
@@ -68,8 +69,8 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    report = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
-              "cpu_count": os.cpu_count(), "machine": platform.machine()}
+    report = {"environment": environment(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+              "torch": torch.__version__, "cpu_count": os.cpu_count(), "machine": platform.machine()}
 
     x = weights(ANCHOR, "cpu")
     c = DFloatTensor.compress(x)
@@ -78,7 +79,7 @@ def main():
                              "over_bound_pct": 100 * (c.bits_per_value / c.entropy_bound_bits - 1)}
     if dfloat11_available() and device.type == "cuda":
         t = time.perf_counter()
-        decode11, bytes11 = dfloat11_encode(x, device)
+        _, bytes11 = dfloat11_encode(x, device)
         report["dfloat11"] = {"ratio": bytes11 / (2 * ANCHOR), "encode_s": time.perf_counter() - t}
     c = DFloatTensor.compress(x)
     report["encode_Mvalues_per_s"] = {str(t): ANCHOR / timed(lambda: DFloatTensor.compress(x, threads=t), 3) / 1e6
@@ -86,44 +87,6 @@ def main():
     out = torch.empty(ANCHOR, dtype=torch.bfloat16)
     report["cpu_decode_Mvalues_per_s"] = ANCHOR / timed(lambda: c.decompress(out=out)) / 1e6
     report["structured"] = structured(device)
-
-    if device.type == "cuda":
-        import triton.testing as tt
-
-        gpu = {}
-        for n in (262_144, 1_048_576, ANCHOR, 536_870_912):
-            xn = x if n == ANCHOR else weights(n, "cpu", seed=n)
-            xd = xn.to(device)
-            dst = torch.empty_like(xd)
-            copy_us = tt.do_bench(lambda: dst.copy_(xd), return_mode="median") * 1e3
-            row = {"copy_us": copy_us}
-            cn = DFloatTensor.compress(xn).to(device)
-            o = torch.empty(n, dtype=torch.bfloat16, device=device)
-            for decoder in (1, 2):  # the CUDA kernel variants (csrc/cuda/dfloat_decode.cu)
-                ops.DECODER = decoder
-                tag = "" if decoder == 1 else "_v2"
-                o.fill_(float("nan"))
-                cn.decompress(out=o)
-                row["bit_exact" + tag] = bits_equal(o.cpu(), xn)
-                us = tt.do_bench(lambda: cn.decompress(out=o), return_mode="median") * 1e3
-                row["ekdf_us" + tag], row["ekdf_GBps" + tag] = us, 2 * n / us / 1e3
-                # the kernel alone, without the Python op dispatch: a CUDA graph of 20 decodes
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    for _ in range(20):
-                        cn.decompress(out=o)
-                us_graph = tt.do_bench(g.replay, return_mode="median") * 1e3 / 20
-                row["ekdf_graph_us" + tag], row["ekdf_graph_GBps" + tag] = us_graph, 2 * n / us_graph / 1e3
-            ops.DECODER = 1
-            if n == ANCHOR and "dfloat11" in report:
-                o11 = decode11()
-                report["dfloat11"]["bit_exact"] = bits_equal(o11.cpu(), xn)
-                us = tt.do_bench(decode11, return_mode="median") * 1e3
-                row["dfloat11_us"], row["dfloat11_GBps"] = us, 2 * n / us / 1e3
-            gpu[str(n)] = row
-            del xd, dst
-            torch.cuda.empty_cache()
-        report["gpu_decode"] = gpu
 
     with open(os.path.join(args.out, "dfloat_report.json"), "w") as f:
         json.dump(report, f, indent=1)
