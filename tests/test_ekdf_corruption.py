@@ -435,3 +435,41 @@ def test_seeded_fuzz_of_files_and_op_arguments():
     # both ends were reached: damage that is refused, and damage that changes nothing
     assert files.get("error", 0) > cases // 2 and files.get("exact", 0) > 0, files
     assert op_calls.get("error", 0) > 0 and report["ops"]["cases"] >= 60, op_calls
+
+
+# ---- CUDA (not run without a GPU) -----------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decoder", [1, 2])
+@pytest.mark.parametrize("edit", ["starts[1]+5", "starts[-2]-3", "total_bits-3", "numel+5 raw+5", "starts swapped"])
+def test_cuda_decoders_write_every_value_whatever_the_index_says(decoder, edit, monkeypatch):
+    """The CUDA decoders cannot raise without a sync: with an index that disagrees with the
+    stream every output value is still written -- the decodable blocks exactly, the others NaN,
+    as the CPU emulation of the block algorithm does."""
+    monkeypatch.setattr(ops_dfloat, "DECODER", decoder)
+    for n in range(70_000, 70_100):  # a stream whose last word and segment hold > 3 bits
+        x, arrays, sizes = _payload(n)
+        if ops_dfloat.payload_sizes(sizes[0], sizes[1] - 3) == ops_dfloat.payload_sizes(*sizes[:2]):
+            break
+    starts = arrays[2]
+    if edit == "numel+5 raw+5":
+        sizes[0] += 5
+        arrays[4] = torch.cat([arrays[4], torch.zeros(5, dtype=torch.uint8)])
+    elif edit == "total_bits-3":
+        sizes[1] -= 3
+    elif edit == "starts swapped":
+        starts[1], starts[2] = starts[2].clone(), starts[1].clone()
+    else:
+        index, delta = edit[7:].split("]")
+        starts[int(index)] += int(delta)
+    expected = bits(emulated_gpu_decode(*arrays, *sizes))
+    gpu = [t.cuda() for t in arrays]
+    written = []
+    for s in SENTINELS:
+        out = torch.full((sizes[0],), s, dtype=torch.int16, device="cuda")
+        torch.ops.entropy_kernels.dfloat_decompress_into(out.view(torch.bfloat16), *gpu, *sizes)
+        written.append((out != s).cpu())
+        if edit != "starts swapped":  # overlapping ranges: blocks race, any of their values
+            assert torch.equal(out.cpu(), expected)
+    assert bool((written[0] | written[1]).all())
+    assert bool((expected == NAN).any())
