@@ -180,3 +180,30 @@ def test_the_newest_results_file_wins_and_dry_runs_are_ignored(tmp_path):
     assert "| `entropy` fwd, B=1024, V=151936 | 123 µs" in table
     assert "`test-gpu_probe.json` (Test GPU, 2999-01-01)" in table and "9.00 ms" not in table
     assert "| `entropy` fwd, B=64, V=151936 | 99.7 µs" in table  # older file still fills what the new one lacks
+
+
+def test_ncu_counters_are_read_per_decoder_from_nsight_csv(tmp_path, monkeypatch):
+    from entropy_kernels.benchmarking import probe_steps
+
+    head = '"ID","Process ID","Process Name","Host Name","Kernel Name","Metric Name","Metric Unit","Metric Value"'
+    rows = [head]
+    for kid, (us, conflicts) in enumerate(((130.5, "1,234,567"), (66.25, "0"))):
+        rows.append(f'"{kid}","7","python","h","void decode_kernel<{kid + 1}>(...)","gpu__time_duration.sum","usecond","{us}"')
+        rows.append(f'"{kid}","7","python","h","void decode_kernel<{kid + 1}>(...)",'
+                    f'"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum","","{conflicts}"')
+    fake = tmp_path / "ncu"
+    fake.write_text("#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --log-file ] && log=$2; shift; done\n"
+                    "echo '==PROF== Connected to process' > \"$log\"\ncat >> \"$log\" <<'CSV'\n" + "\n".join(rows)
+                    + "\nCSV\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    got = probe_steps.ncu_counters(1024, [1, 2])
+    assert got[1]["gpu__time_duration.sum"] == "130.5 usecond"
+    assert got[2]["gpu__time_duration.sum"] == "66.25 usecond"
+    assert got[1]["l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum"] == "1,234,567"
+
+
+def test_decide_leaves_out_cases_whose_check_failed():
+    rows = [_row("a", 2.0), dict(_row("b", 1.0), check=False), _row("a", 2.0, "B=2"), _row("b", 2.2, "B=2")]
+    line = decide(rows, "a", "b", "SWITCH")[0]
+    assert "1 cases left out" in line and "keep 'a'" in line

@@ -78,12 +78,16 @@ def decide(rows: Sequence[dict], a: str, b: str, switch: str, key=_same_case) ->
     (same ``key``): the geometric-mean time ratio b/a, the wins each way, and the decision the
     rule in docs/gpu-probe.md makes of it."""
     by: Dict[object, Dict[str, float]] = {}
+    failed = set()
     for r in _ok(rows):
         if r.get("variant") in (a, b) and r.get("timing") != "wall":  # host time is not the variant's
             by.setdefault(key(r), {})[r["variant"]] = r["p50_ms"]
-    pairs = [(v[a], v[b]) for v in by.values() if a in v and b in v]
+            if r.get("check") is False:  # a wrong answer wins nothing
+                failed.add(key(r))
+    pairs = [(v[a], v[b]) for k, v in by.items() if a in v and b in v and k not in failed]
+    note = f" ({len(failed)} cases left out: a check failed)" if failed else ""
     if not pairs:
-        return [f"{switch}: no paired rows"]
+        return [f"{switch}: no paired rows{note}"]
     g = _geo([y / x for x, y in pairs])
     wins_b = sum(1 for x, y in pairs if y < x * 0.97)
     wins_a = sum(1 for x, y in pairs if x < y * 0.97)
@@ -94,7 +98,7 @@ def decide(rows: Sequence[dict], a: str, b: str, switch: str, key=_same_case) ->
     else:
         verdict = "-> no clear winner (within 3% or mixed): keep the simpler path"
     return [f"{switch}: {b} / {a} time = {g:.2f}x (geo-mean of {len(pairs)} pairs; {b} faster in {wins_b}, "
-            f"{a} faster in {wins_a}) {verdict}"]
+            f"{a} faster in {wins_a}){note} {verdict}"]
 
 
 def environment_extras(device: torch.device) -> dict:
