@@ -93,6 +93,8 @@ def _load(path: str) -> Dict[str, object]:
     except SafetensorError as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
     except DFloatError as exc:
+        if str(exc).startswith(f"{path}:"):  # load_file already named the file
+            raise
         raise DFloatError(f"{path}: {exc}") from exc
 
 
