@@ -262,3 +262,41 @@ def test_grpo_entropy_mask_is_ours(tmp_path, monkeypatch):
         want = torch.zeros(valid.numel(), dtype=torch.bool)
         want[[i for i in order if valid[i]][:k]] = True
         assert torch.equal(out.flatten().cpu(), want)
+
+
+def test_sft_through_the_fused_head_gives_trls_loss(tmp_path, counted):
+    """SFT asks the fused head for is_top1 (its token-accuracy metric), which our op does not
+    compute: the call must reach TRL's kernel unchanged, so the patched run's loss and
+    gradients are TRL's own."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+
+    words = ["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(V - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    data = Dataset.from_dict({"text": [" ".join(f"w{(i * 5 + j) % (V - 3)}" for j in range(6 + i % 3)) for i in range(8)]})
+
+    def run(patched):
+        args = SFTConfig(output_dir=str(tmp_path / str(patched)), max_steps=2, per_device_train_batch_size=4,
+                         report_to=[], use_cpu=True, logging_steps=1, save_strategy="no", seed=0, optim="sgd",
+                         learning_rate=0.1, bf16=False, disable_tqdm=True)
+        recorder = _Recorder()
+        trainer = SFTTrainer(model=tiny_llama(), args=args, train_dataset=data, processing_class=tokenizer,
+                             callbacks=[recorder])
+        if patched:
+            with trl_patch.patch_trl():
+                trainer.train()
+        else:
+            trainer.train()
+        return [h["loss"] for h in trainer.state.log_history if "loss" in h], recorder.grads
+
+    ref_losses, ref_grads = run(False)
+    losses, grads = run(True)
+    assert not counted, "SFT's is_top1 request must go to TRL's kernel"
+    assert len(losses) == 2 and losses == pytest.approx(ref_losses, rel=1e-6, abs=1e-7)
+    for step, step0 in zip(grads, ref_grads):
+        for name in step0:
+            torch.testing.assert_close(step[name], step0[name], rtol=1e-5, atol=1e-7, msg=name)
