@@ -83,7 +83,16 @@ class Ctx:
     """What a step measures with: the device, dry/warm mode, row output, timers.
 
     In warm mode :meth:`mine` deals cases to processes by compile key and the timers only call
-    the function once."""
+    the function once.
+
+    Example
+    -------
+    >>> ctx = Ctx("demo", torch.device("cpu"), dry=False, out=None)
+    >>> ctx.record(lambda: torch.ones(8).sum(), "wall", op="demo")["status"]
+    'ok'
+    >>> ctx.record(lambda: None, "graph", op="demo")["status"]
+    'skipped: needs CUDA'
+    """
 
     def __init__(self, step: str, device: torch.device, dry: bool, out: Optional[Path], warm: bool = False,
                  shard: int = 0, shards: int = 1):
@@ -316,7 +325,16 @@ def _run_step_in_child(step: Step, out_dir: Path, dry: bool):
 
 
 def read_rows(path: Path) -> List[dict]:
-    """The rows of a ``.jsonl`` step file; a last line cut by a kill is dropped."""
+    """The rows of a ``.jsonl`` step file; a last line cut by a kill is dropped.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "s.jsonl"
+    >>> _ = path.write_text('{"op": "a"}' + chr(10) + '{"op": "b", "cut')
+    >>> read_rows(path)
+    [{'op': 'a'}]
+    """
     rows = []
     if path.exists():
         for line in path.read_text().splitlines():
@@ -330,7 +348,14 @@ def run_steps(names: Sequence[str], out_dir: Path, dry: bool, deadline_s: float,
     """Run each named step in a forked child with timeout ``min(budget·scale, time left)``,
     ``parallel`` at a time (1 when measuring: steps would disturb each other's timings).
     Returns per step ``{"wall_s", "budget_s", "outcome"}``; an over-budget or crashed step gets
-    a row saying so (its earlier rows stay)."""
+    a row saying so (its earlier rows stay).
+
+    Example
+    -------
+    >>> report = run_steps(["entropy"], Path("ek-results"), dry=True, deadline_s=60)  # doctest: +SKIP
+    >>> report["entropy"]["outcome"]                                                  # doctest: +SKIP
+    'ok'
+    """
     steps = _steps()
     (out_dir / "steps").mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -388,7 +413,13 @@ def _append(path: Path, step: str, status: str) -> None:
 
 def run_warm(names: Sequence[str], jobs: int, dry: bool, deadline_s: float, log: Callable[[str], None] = print) -> dict:
     """Compile the probe's kernels: ``jobs`` forked children, each running its share of every
-    step's cases once. Returns ``{"wall_s", "jobs", "finished", "cut"}``."""
+    step's cases once. Returns ``{"wall_s", "jobs", "finished", "cut"}``.
+
+    Example
+    -------
+    >>> run_warm(step_names(), jobs=16, dry=False, deadline_s=120)["cut"]  # doctest: +SKIP
+    0
+    """
     steps = _steps()
     chosen = [steps[n] for n in names]
 
@@ -448,7 +479,13 @@ def _env_in_child(out_dir: Path, dry: bool) -> dict:
 
 
 def slug(name: Optional[str]) -> str:
-    """File-name form of a GPU name. ``slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"``."""
+    """File-name form of a GPU name.
+
+    Example
+    -------
+    >>> slug("NVIDIA H100 80GB HBM3"), slug(None)
+    ('nvidia-h100-80gb-hbm3', 'cpu')
+    """
     out = "".join(c if c.isalnum() else "-" for c in (name or "cpu").lower())
     while "--" in out:
         out = out.replace("--", "-")
@@ -462,7 +499,14 @@ def _fmt_ms(ms) -> str:
 
 
 def markdown_rows(rows: Sequence[dict]) -> str:
-    """Every row as one markdown table (the probe's full record)."""
+    """Every row as one markdown table (the probe's full record).
+
+    Example
+    -------
+    >>> print(markdown_rows([{"step": "s", "op": "o", "mode": "fwd", "shape": "B=1", "dtype": "float32",
+    ...                       "provider": "p", "timing": "graph", "p50_ms": 0.0123, "status": "ok"}]).splitlines()[-1])
+    | s | o | fwd | B=1 | float32 |  | p | graph | 12.3 µs |  |  | ok | {} |
+    """
     lines = ["| step | op | mode | shape | dtype | variant | provider | timing | p50 | p20-p80 | check | status | info |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -478,7 +522,13 @@ def markdown_rows(rows: Sequence[dict]) -> str:
 def summary(rows: Sequence[dict], env: dict, report: Dict[str, dict], names: Sequence[str],
             max_lines: int = 80) -> List[str]:
     """The table printed last: a header, one line per step (wall, outcome, failed checks), then
-    each step's decision lines -- at most ``max_lines`` lines in all."""
+    each step's decision lines -- at most ``max_lines`` lines in all.
+
+    Example
+    -------
+    >>> summary([], {"gpu": "GPU", "torch": "2", "triton": "3", "date": "d"}, {}, ["entropy"])[:2]
+    ['GPU probe: GPU | torch 2 | triton 3 | d', '| step | wall s | outcome | rows | errors | failed checks |']
+    """
     steps = _steps()
     head = [f"GPU probe: {env.get('gpu') or 'CPU (dry run)'} | torch {env.get('torch')} | triton {env.get('triton')} | "
             f"{env.get('date')}",
@@ -507,7 +557,14 @@ def summary(rows: Sequence[dict], env: dict, report: Dict[str, dict], names: Seq
 
 def write_outputs(rows: List[dict], env: dict, report: Dict[str, dict], out_dir: Path, names: Sequence[str],
                   extra: Optional[dict] = None) -> Dict[str, Path]:
-    """``<gpu>_probe.json`` / ``.md`` in ``out_dir``, each stamped with the environment."""
+    """``<gpu>_probe.json`` / ``.md`` in ``out_dir``, each stamped with the environment.
+
+    Example
+    -------
+    >>> paths = write_outputs(rows, env, report, Path("ek-results"), step_names())  # doctest: +SKIP
+    >>> paths["json"].name                                                        # doctest: +SKIP
+    'nvidia-h100-80gb-hbm3_probe.json'
+    """
     stem = f"{slug(env.get('gpu'))}_probe" + ("_dry_run" if env.get("dry_run") else "")
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     doc = {"environment": env, "steps": report, **(extra or {}), "results": rows}

@@ -41,14 +41,25 @@ def sm_multiple_splits(n_tiles: int, sms: int, at_least: int, v_tiles: int) -> i
 
 
 def default_splits(n_tiles: int, v_tiles: int, sms: int) -> int:
-    """The forward launcher's split heuristic (~2 waves, ≥ 8 vocabulary tiles per split)."""
+    """The forward launcher's split heuristic (~2 waves, ≥ 8 vocabulary tiles per split).
+
+    Example
+    -------
+    >>> default_splits(64, 2000, 132)     # 64 token tiles x 5 splits = 320 programs, 2.4 waves
+    5
+    """
     return max(1, min(-(-2 * sms // n_tiles), v_tiles // 8))
 
 
 def lsm_forward_direct(h, w, y, block_n: int, block_v: int, block_d: int, num_stages: int, splits: int,
                        num_warps: int = 8) -> Tuple[torch.Tensor, int, int]:
     """``(stats [N, 4], programs, splits)`` of the linear-softmax forward (no bias, no softcap,
-    T = 1) launched with the given tile, stages and splits; the launcher's arguments otherwise."""
+    T = 1) launched with the given tile, stages and splits; the launcher's arguments otherwise.
+
+    Example
+    -------
+    >>> stats, programs, splits = lsm_forward_direct(h, w, y, 128, 256, 64, 3, 33)  # doctest: +SKIP
+    """
     from ..kernels import linear_softmax as L
     from ..kernels._launch import cdiv, next_pow2
 
@@ -72,7 +83,14 @@ def lsm_forward_direct(h, w, y, block_n: int, block_v: int, block_d: int, num_st
 
 
 def reference_stats(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """fp32 ``[rows, 4]`` (lse, entropy, Σz, z_y) of the rows of ``h`` given."""
+    """fp32 ``[rows, 4]`` (lse, entropy, Σz, z_y) of the rows of ``h`` given.
+
+    Example
+    -------
+    >>> stats, abs_z = reference_stats(torch.eye(2), torch.eye(2), torch.tensor([0, 1]))
+    >>> stats[:, 3].tolist()          # z_y: the label's logit
+    [1.0, 1.0]
+    """
     z = h.float() @ w.float().T
     lse = torch.logsumexp(z, -1)
     ent = lse - (torch.softmax(z, -1) * z).sum(-1)
@@ -80,7 +98,14 @@ def reference_stats(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.
 
 
 def stats_close(got: torch.Tensor, want: torch.Tensor, abs_z: torch.Tensor) -> bool:
-    """lse, entropy and z_y within 1e-2 + 1e-3·|x|; Σz within 1e-5 of Σ|z| (accumulation order)."""
+    """lse, entropy and z_y within 1e-2 + 1e-3·|x|; Σz within 1e-5 of Σ|z| (accumulation order).
+
+    Example
+    -------
+    >>> want, abs_z = reference_stats(torch.eye(2), torch.eye(2), torch.tensor([0, 1]))
+    >>> stats_close(want + 1e-4, want, abs_z), stats_close(want + 1.0, want, abs_z)
+    (True, False)
+    """
     got, want = got.float().cpu(), want.float().cpu()
     cols = [0, 1, 3]
     ok = ((got[:, cols] - want[:, cols]).abs() <= 1e-2 + 1e-3 * want[:, cols].abs()).all()
@@ -133,7 +158,7 @@ def _forward_sweep(ctx: Ctx, name: str, n: int, d: int, v: int, sms: int) -> Non
         n_tiles, v_tiles = cdiv(n, bn), cdiv(v, bv)
         base = default_splits(n_tiles, v_tiles, sms)
         for splits in dict.fromkeys((base, sm_multiple_splits(n_tiles, sms, base, v_tiles))):
-            if not ctx.mine(("lsm_fwd", bn, bv, bd, stages, splits == base)):
+            if not ctx.mine(("lsm_fwd", bn, bv, bd, stages)):  # the split count does not change the compile
                 continue
             if h is None:
                 h, w, y = _inputs(n, d, v, dev)

@@ -76,7 +76,15 @@ def _same_case(r: dict) -> tuple:
 def decide(rows: Sequence[dict], a: str, b: str, switch: str, key=_same_case) -> List[str]:
     """Compare variant ``a`` (the default) with ``b`` over every row pair measured both ways
     (same ``key``): the geometric-mean time ratio b/a, the wins each way, and the decision the
-    rule in docs/gpu-probe.md makes of it."""
+    rule in docs/gpu-probe.md makes of it.
+
+    Example
+    -------
+    >>> rows = [{"op": "o", "mode": "fwd", "shape": f"B={b}", "dtype": "float32", "provider": "p", "timing": "graph",
+    ...          "variant": v, "p50_ms": ms, "status": "ok"} for b, v, ms in ((1, "a", 2.0), (1, "b", 1.0))]
+    >>> decide(rows, "a", "b", "SWITCH")[0].endswith("make 'b' the default and delete the switch")
+    True
+    """
     by: Dict[object, Dict[str, float]] = {}
     failed = set()
     for r in _ok(rows):
@@ -102,7 +110,13 @@ def decide(rows: Sequence[dict], a: str, b: str, switch: str, key=_same_case) ->
 
 
 def environment_extras(device: torch.device) -> dict:
-    """What else the probe's rows depend on: SMs, ncu, importable baselines, variant knobs."""
+    """What else the probe's rows depend on: SMs, ncu, importable baselines, variant knobs.
+
+    Example
+    -------
+    >>> sorted(environment_extras(torch.device("cpu")))
+    ['knobs', 'ncu', 'peers', 'sm_count']
+    """
     from ..kernels._launch import sm_count
 
     def importable(name):
@@ -278,14 +292,26 @@ NCU_METRICS = (
 
 
 def decoder_variants() -> List[int]:
-    """EKDF CUDA decoder variants to compare (``EK_PROBE_DFLOAT_DECODERS``, default 1,2)."""
+    """EKDF CUDA decoder variants to compare (``EK_PROBE_DFLOAT_DECODERS``, default 1,2).
+
+    Example
+    -------
+    >>> decoder_variants() if "EK_PROBE_DFLOAT_DECODERS" not in os.environ else [1, 2]
+    [1, 2]
+    """
     return [int(v) for v in os.environ.get("EK_PROBE_DFLOAT_DECODERS", "1,2").split(",") if v.strip()]
 
 
 def set_decoder(variant: int) -> str:
     """Select the decoder variant for the following calls: ``ops.dfloat.DECODER`` (read at each
     launch) and ``EK_DFLOAT_DECODER`` (read at import, for processes started from here). Returns
-    how, or says that the switch is gone (then every variant row measures the default)."""
+    how, or says that the switch is gone (then every variant row measures the default).
+
+    Example
+    -------
+    >>> set_decoder(2)    # doctest: +SKIP
+    'ops.dfloat.DECODER'
+    """
     from ..ops import dfloat as D
 
     os.environ["EK_DFLOAT_DECODER"] = str(variant)
@@ -317,7 +343,13 @@ torch.cuda.synchronize()
 
 def ncu_counters(n: int, variants: Sequence[int], timeout_s: float = 90) -> Dict[int, Dict[str, str]]:
     """``{variant: {metric: value}}`` of one decode per variant under Nsight Compute (clocks
-    not locked: the rates of a normal run)."""
+    not locked: the rates of a normal run).
+
+    Example
+    -------
+    >>> ncu_counters(16_777_216, [1, 2])[2]["gpu__time_duration.sum"]  # doctest: +SKIP
+    '66.3 usecond'
+    """
     import csv
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -328,10 +360,12 @@ def ncu_counters(n: int, variants: Sequence[int], timeout_s: float = 90) -> Dict
                "--kernel-name", "regex:decode_kernel", "--launch-count", str(len(variants)),
                "--metrics", ",".join(NCU_METRICS), sys.executable, script]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        if not os.path.exists(log):
-            raise RuntimeError(f"ncu wrote nothing (exit {proc.returncode}): {proc.stderr[-300:]}")
-        lines = [ln for ln in open(log).read().splitlines() if ln.startswith('"')]
-    table = list(csv.DictReader(lines))
+        text = (open(log).read() if os.path.exists(log) else "") + "\n" + proc.stdout
+        lines = [ln for ln in text.splitlines() if ln.startswith('"')]  # the CSV rows; not ==PROF== lines
+    header = next((i for i, ln in enumerate(lines) if ln.startswith('"ID"')), None)
+    if header is None:
+        raise RuntimeError(f"no ncu metrics (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-300:]}")
+    table = [row for row in csv.DictReader(lines[header:]) if row.get("ID", "").isdigit()]
     ids = sorted({row["ID"] for row in table}, key=int)
     out: Dict[int, Dict[str, str]] = {}
     for variant, kid in zip(variants, ids):
@@ -459,7 +493,7 @@ def prefilter_candidates(logits: torch.Tensor, n_select: int, block: int) -> tor
     Example
     -------
     >>> prefilter_candidates(torch.arange(8192.0)[None], 100, 4096).tolist()   # groups of 64
-    [6400]
+    [6337]
     """
     from ..kernels.top_h import prefilter_groups
 

@@ -59,7 +59,14 @@ _POINTER_DTYPES = {
 @dataclass
 class Config:
     """One launch configuration: the kernel, its runtime arguments (``"*bf16"``-style strings
-    for pointers, typical values for scalars), its constexprs and launch options."""
+    for pointers, typical values for scalars), its constexprs and launch options.
+
+    Example
+    -------
+    >>> cfg = find_config("entropy_combine")
+    >>> cfg.num_warps, cfg.args["n_splits"], cfg.constexprs
+    (1, 9, {'BLOCK_S': 16})
+    """
 
     name: str
     kernel: object
@@ -301,7 +308,16 @@ def specialise(cfg: Config, target, by_hand: bool = False):
     """``(signature, constexprs, attrs, options, how)`` of ``cfg``'s launch on ``target``: from
     Triton's own launch binder when this Triton has the one it was written for (``how`` =
     "jit binder"); else (or with ``by_hand``) the same rules by hand ("by hand": pointers and
-    integers divisible by 16 get ``tt.divisibility = 16``, integers equal to 1 become constants)."""
+    integers divisible by 16 get ``tt.divisibility = 16``, integers equal to 1 become constants).
+
+    Example
+    -------
+    >>> from triton.backends.compiler import GPUTarget                                   # doctest: +SKIP
+    >>> sig, constexprs, attrs, options, how = specialise(find_config("entropy_combine"),
+    ...                                                  GPUTarget("cuda", 90, 32))      # doctest: +SKIP
+    >>> sig["part_ptr"], attrs[(0,)], how                                                # doctest: +SKIP
+    ('*fp32', [['tt.divisibility', 16]], 'jit binder')
+    """
     from triton.compiler import make_backend
 
     backend = make_backend(target)
@@ -390,7 +406,13 @@ def _cuobjdump() -> Optional[str]:
 def resource_usage(cubin: bytes) -> Dict[str, int]:
     """``{"regs", "stack_bytes", "local_bytes", "static_smem_bytes"}`` per thread / block of the
     one kernel in ``cubin``, read by ``cuobjdump --dump-resource-usage`` (in Triton's wheel);
-    empty if that tool is missing. Local memory is where spilled registers go."""
+    empty if that tool is missing. Local memory is where spilled registers go.
+
+    Example
+    -------
+    >>> resource_usage(compile_kernel(find_config("entropy_combine"), 90)[0].asm["cubin"])  # doctest: +SKIP
+    {'regs': 17, 'stack_bytes': 0, 'static_smem_bytes': 0, 'local_bytes': 0}
+    """
     tool = _cuobjdump()
     if tool is None:
         return {}
@@ -405,7 +427,14 @@ def resource_usage(cubin: bytes) -> Dict[str, int]:
 
 def compile_kernel(cfg: Config, arch: int):
     """``(compiled kernel, how it was specialised)``: ``cfg`` compiled for ``sm_<arch>`` (its
-    ``asm`` holds the PTX and cubin)."""
+    ``asm`` holds the PTX and cubin).
+
+    Example
+    -------
+    >>> compiled, how = compile_kernel(find_config("entropy_combine"), 90)  # doctest: +SKIP
+    >>> "ld.global" in compiled.asm["ptx"]                                   # doctest: +SKIP
+    True
+    """
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -417,7 +446,13 @@ def compile_kernel(cfg: Config, arch: int):
 
 
 def find_config(name: str) -> Config:
-    """The configuration called ``name``."""
+    """The configuration called ``name``.
+
+    Example
+    -------
+    >>> find_config("lsm_fwd[bf16,128x256x64,s4]").num_stages
+    4
+    """
     for cfg in _configs():
         if cfg.name == name:
             return cfg
@@ -426,7 +461,13 @@ def find_config(name: str) -> Config:
 
 def compile_config(cfg: Config, arch: int) -> Dict[str, object]:
     """Compile ``cfg`` for ``sm_<arch>``: a row with its key, status ("ok" or the error),
-    registers, shared memory (dynamic, as launched, plus static) and spill/stack bytes."""
+    registers, shared memory (dynamic, as launched, plus static) and spill/stack bytes.
+
+    Example
+    -------
+    >>> compile_config(find_config("entropy_combine"), 90)["regs"]  # doctest: +SKIP
+    17
+    """
     row: Dict[str, object] = {"name": cfg.name, "arch": arch, "num_warps": cfg.num_warps}
     try:
         row["key"] = config_key(cfg, arch)
@@ -451,7 +492,14 @@ def _compile_index(job):
 def compile_all(archs: Sequence[int], cached: Optional[Dict[str, dict]] = None, jobs: int = 1,
                 only: Optional[str] = None) -> List[Dict[str, object]]:
     """Compile every configuration for every arch (rows of :func:`compile_config`); a row of
-    ``cached`` (by key) whose status is "ok" is reused instead of compiling again."""
+    ``cached`` (by key) whose status is "ok" is reused instead of compiling again.
+
+    Example
+    -------
+    >>> rows = compile_all([90], only="entropy_combine")   # doctest: +SKIP
+    >>> [r["status"] for r in rows]                        # doctest: +SKIP
+    ['ok']
+    """
     configs = [c for c in _configs() if only is None or only in c.name]
     rows: List[Optional[Dict[str, object]]] = []
     todo = []
@@ -495,13 +543,25 @@ def _note() -> str:
 
 
 def load_static(directory: Path) -> Optional[dict]:
+    """The committed report in ``directory`` (None if there is none).
+
+    Example
+    -------
+    >>> load_static(Path("benchmarks/static"))["command"]  # doctest: +SKIP
+    'python -m entropy_kernels.kernels.aot_check --write benchmarks/static/'
+    """
     path = Path(directory) / f"{STATIC_STEM}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def write_static(rows: Sequence[Dict[str, object]], directory: Path) -> List[Path]:
     """Write ``triton_kernels.json`` and ``.md`` into ``directory`` (no date: an unchanged
-    kernel set rewrites identical files)."""
+    kernel set rewrites identical files).
+
+    Example
+    -------
+    >>> write_static(compile_all([80, 90]), Path("benchmarks/static"))  # doctest: +SKIP
+    """
     import triton
 
     directory = Path(directory)
