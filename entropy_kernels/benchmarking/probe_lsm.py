@@ -296,5 +296,5 @@ def _lsm_summary(rows: List[dict]) -> List[str]:
     return out
 
 
-STEPS = [Step("lsm", _lsm, 120, _lsm_summary,
+STEPS = [Step("lsm", _lsm, 110, _lsm_summary,
               "linear-softmax fwd tile/stage/split sweep, fused bwd parts, chunked/stored/fused breakdown")]

@@ -753,7 +753,7 @@ def _entropy_summary(rows: List[dict]) -> List[str]:
 STEPS = [
     Step("ceilings", _ceilings, 20, _ceilings_summary, "1 GiB copy and read, bf16 GEMM at the CE shapes"),
     Step("histogram", _histogram, 25, _histogram_summary, "tl.histogram cost per call: bins x keys x spread"),
-    Step("ekdf", _ekdf, 80, _ekdf_summary, "EKDF decoder variants x sizes: graph replay, bit-exact, dfloat11, ncu"),
+    Step("ekdf", _ekdf, 100, _ekdf_summary, "EKDF decoder variants x sizes: graph replay, bit-exact, dfloat11, ncu"),
     Step("top_h", _top_h, 75, _top_h_summary, "Top-H: B x dtype x rule x mask/sample x EK_TOP_H_PREFILTER"),
     Step("cov", _cov, 45, _cov_summary, "Clip-Cov/KL-Cov and high_entropy_mask: eager, graph, kernels; EK_COV_FUSED"),
     Step("entropy", _entropy, 30, _entropy_summary, "entropy fwd, fwd+bwd: eager, graph, kernels, floors"),
