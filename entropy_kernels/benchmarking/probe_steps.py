@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import native
+from .. import _backend, native
 from .cases import Case
 from .probe import Ctx, Step, env_vars
 
@@ -109,6 +109,11 @@ def decide(rows: Sequence[dict], a: str, b: str, switch: str, key=_same_case) ->
             f"{a} faster in {wins_a}){note} {verdict}"]
 
 
+def _read_floor(ctx: Ctx) -> bool:
+    """Whether ``native.read_checksum`` runs here: ``_C`` built (with CUDA, on a GPU)."""
+    return _backend.native() is not None and (native.cuda_compiled() or not ctx.cuda)
+
+
 def environment_extras(device: torch.device) -> dict:
     """What else the probe's rows depend on: SMs, ncu, importable baselines, variant knobs.
 
@@ -149,7 +154,7 @@ def _ceilings(ctx: Ctx) -> None:
     for timing in ("eager", "graph"):
         ctx.record(lambda: dst.copy_(x), timing, op="ceiling", mode="copy", shape=shape, dtype="bfloat16",
                    provider=_name("floor: copy", timing=timing), kind="floor", derive=gbps(2))
-    if native.cuda_compiled() or not ctx.cuda:
+    if _read_floor(ctx):
         ctx.record(lambda: native.read_checksum(x), "eager", op="ceiling", mode="read", shape=shape, dtype="bfloat16",
                    provider="floor: read (_C)", kind="floor", derive=gbps(1))
     del x, dst
@@ -376,6 +381,10 @@ def ncu_counters(n: int, variants: Sequence[int], timeout_s: float = 90) -> Dict
 
 def _ekdf(ctx: Ctx) -> None:
     if ctx.warm:  # CUDA C++ in _C: nothing for Triton to compile
+        return
+    if _backend.native() is None:
+        ctx.row(op="dfloat_decompress", mode="fwd", provider="entropy_kernels", status=f"skipped: _C not built "
+                f"({_backend.native_error()})"[:300])
         return
     from ..decoding.dfloat import DFloatTensor
     from .dfloat import dfloat11_available, dfloat11_encode
@@ -733,7 +742,7 @@ def _entropy(ctx: Ctx) -> None:
             for timing in ("eager", "graph"):
                 ctx.record(lambda: dst.copy_(src), timing, op="entropy", mode=mode, shape=f"B={b} V={v}", dtype=dt,
                            provider=_name("floor: copy", timing=timing), kind="floor")
-            if mode == "fwd" and (native.cuda_compiled() or not ctx.cuda):
+            if mode == "fwd" and _read_floor(ctx):
                 for timing in ("eager", "graph"):
                     ctx.record(lambda: native.read_checksum(src), timing, op="entropy", mode=mode, shape=f"B={b} V={v}",
                                dtype=dt, provider=_name("floor: read (_C)", timing=timing), kind="floor")
