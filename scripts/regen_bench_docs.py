@@ -2,8 +2,12 @@
 ``<!-- benchmark-table:end[ NAME] -->``) and docs/benchmarks.md from the committed results in
 benchmarks/results/ -- so no benchmark number is typed by hand.
 
-    python scripts/regen_bench_docs.py           # rewrite README.md and docs/benchmarks.md
-    python scripts/regen_bench_docs.py --check   # exit 1 if either would change (a test runs this)
+    python scripts/regen_bench_docs.py           # rewrite README.md, docs/benchmarks.md and the charts
+    python scripts/regen_bench_docs.py --check   # exit 1 if a page would change (a test runs this)
+
+The charts (docs/img/benchmarks/<op>.png, needs matplotlib) plot each op's rows from the newest
+results file that has the op; --check only requires that they exist, since PNG bytes depend on
+the matplotlib version.
 
 Every cell is looked up by (op, mode, shape, dtype, provider) in the newest results file that has
 it (by the date in the file's environment; a file without a date counts as oldest), so a new run
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -270,13 +275,49 @@ def render(readme: Path, docs: Path, results_dir: Path) -> Dict[Path, str]:
     return {readme: replace_blocks(readme.read_text(), idx), docs: benchmarks_md(results, results_dir, idx)}
 
 
+def newest_rows_per_op(results: Sequence[dict]) -> Dict[str, Tuple[dict, List[dict]]]:
+    """``{op: (results file, its rows of that op)}`` from the newest file (by date) holding the op."""
+    out: Dict[str, Tuple[dict, List[dict]]] = {}
+    for res in sorted(results, key=lambda r: (r["date"], r["file"])):
+        for op in {r["op"] for r in res["rows"] if "kind" in r}:
+            out[op] = (res, [r for r in res["rows"] if r["op"] == op])
+    return out
+
+
+def write_charts(results: Sequence[dict], out_dir: Path) -> List[Path]:
+    """One PNG per op (time and extra memory, ours beside each baseline, floors as lines)."""
+    sys.path.insert(0, str(ROOT))
+    from entropy_kernels.benchmarking.plots import plot_results
+
+    paths = []
+    for op, (res, rows) in sorted(newest_rows_per_op(results).items()):
+        title = f"{res['gpu'] or 'CPU'}, {(res['date'] or 'undated')[:10]}"
+        paths += plot_results(rows, out_dir, title=title)
+    return paths
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 (and show the diff) if a file would change")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--charts", type=Path, default=ROOT / "docs" / "img" / "benchmarks",
+                    help="folder of the per-op PNG charts ('' for none)")
     args = ap.parse_args(argv)
+    if str(args.charts):
+        # the names plot_results gives (checked here without importing torch)
+        wanted = [args.charts / (re.sub(r"[^a-z0-9]+", "-", op.lower()).strip("-") + ".png")
+                  for op in newest_rows_per_op(load_results(args.results))]
+        if args.check:
+            missing = [p for p in wanted if not p.exists()]
+            if missing:
+                print(f"missing chart(s) {', '.join(map(str, missing))}: run python scripts/regen_bench_docs.py",
+                      file=sys.stderr)
+                return 1
+        else:
+            for path in write_charts(load_results(args.results), args.charts):
+                print(f"wrote {path}")
     stale = []
     for path, text in render(args.readme, args.docs, args.results).items():
         old = path.read_text() if path.exists() else ""

@@ -88,7 +88,7 @@ def _plot_op(plt, op: str, cases: Mapping[str, Sequence[dict]], path: Path, titl
     providers = list(OrderedDict.fromkeys(r["provider"] for rows in bars_per_case for r in rows))
     colours = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(providers)}
     width = 0.8 / max(1, max((len(b) for b in bars_per_case), default=1))
-    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 1.6 * len(cases) + 2), 7), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 1.6 * len(cases) + 4), 7), sharex=True)
     labelled = set()  # one legend entry per provider
     for panel, (ax, field, unit, scale) in enumerate(((axes[0], "p50_ms", "median time (ms)", 1.0),
                                                       (axes[1], "peak_mem_bytes", "extra memory (MiB)", 2.0**-20))):
@@ -109,7 +109,7 @@ def _plot_op(plt, op: str, cases: Mapping[str, Sequence[dict]], path: Path, titl
             ax.set_yscale("log")
     axes[1].set_xticks(range(len(cases)))
     axes[1].set_xticklabels(list(cases), rotation=20, ha="right", fontsize=8)
-    axes[0].legend(fontsize=8, ncol=2)
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
     fig.suptitle(f"{op}" + (f" — {title}" if title else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
