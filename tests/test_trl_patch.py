@@ -300,3 +300,20 @@ def test_sft_through_the_fused_head_gives_trls_loss(tmp_path, counted):
     for step, step0 in zip(grads, ref_grads):
         for name in step0:
             torch.testing.assert_close(step[name], step0[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_bench_has_trls_kernel_beside_ours():
+    """`entropy-kernels bench --ops linear_logprob_entropy` times TRL's chunked kernel when TRL
+    is installed, and its numbers are TRL's log-probs (checked against float64 here)."""
+    from entropy_kernels.benchmarking import cases_for, run_cases
+    from entropy_kernels.benchmarking.linear_logprob_entropy import trl_logprob_entropy
+
+    cases = cases_for(["linear_logprob_entropy"], "quick", torch.device("cpu"))
+    assert all("trl chunked" in [p.name for p in c.providers] for c in cases)
+    rows = run_cases(cases[:1], ["trl chunked"])
+    assert len(rows) == 1 and rows[0].error is None and rows[0].p50_ms > 0
+    h, w, y = torch.randn(5, 16), torch.randn(40, 16), torch.randint(0, 40, (5,))
+    lp, ent = trl_logprob_entropy(h, w, y)
+    logp = torch.log_softmax(h.double() @ w.double().T, -1)
+    torch.testing.assert_close(lp.double(), logp[torch.arange(5), y], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent.double(), -(logp.exp() * logp).sum(-1), rtol=0, atol=1e-5)

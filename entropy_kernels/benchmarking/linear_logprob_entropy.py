@@ -1,9 +1,9 @@
-"""Benchmark cases for :func:`entropy_kernels.linear_logprob_entropy` (ANCHORS.md: bf16,
-N=8192, D=4096, V=151936; forward, and forward + backward with gradients of both outputs) and
+"""Benchmark cases for :func:`entropy_kernels.linear_logprob_entropy` (bf16, N=8192, D=4096,
+V=151936: a Qwen-sized vocabulary; forward, and forward + backward with gradients of both outputs) and
 for :func:`entropy_kernels.high_entropy_mask` (1M tokens).
 
 Baselines: the verl-style torch code (fp32 logits, log-softmax, gather, entropy) eager and
-under ``torch.compile``; floors: the GEMMs alone (1 forward; 4 for fwd+bwd with recomputed
+under ``torch.compile``, and TRL's chunked kernel when TRL is installed; floors: the GEMMs alone (1 forward; 4 for fwd+bwd with recomputed
 logits, 3 when logits are stored). The mask's baseline is the usual torch code, a quantile over
 the valid tokens (boolean indexing: a host synchronisation).
 """
@@ -33,6 +33,32 @@ def torch_logprob_entropy(h, w, y, temperature: float = 1.0):
     lp = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     ent = torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
     return lp, ent
+
+
+def trl_available() -> bool:
+    """Whether TRL's chunked log-prob kernel (``trl.kernels.ChunkedLogProbFunction``) imports."""
+    try:
+        from trl.kernels import ChunkedLogProbFunction  # noqa: F401
+        return True
+    except Exception:  # any failure to import a peer only drops its row
+        return False
+
+
+def trl_logprob_entropy(h, w, y, temperature: float = 1.0):
+    """TRL's own fused-LM-head kernel (what ``add_fused_lm_head`` runs): ``(log_probs, entropy)``.
+
+    Example
+    -------
+    >>> import torch
+    >>> h, w, y = torch.randn(4, 8), torch.randn(30, 8), torch.randint(0, 30, (4,))
+    >>> lp, ent = trl_logprob_entropy(h, w, y) if trl_available() else torch_logprob_entropy(h, w, y)
+    >>> torch.allclose(lp, torch_logprob_entropy(h, w, y)[0], atol=1e-5)
+    True
+    """
+    from trl.kernels import ChunkedLogProbFunction
+
+    out = ChunkedLogProbFunction.apply(h, w, None, y, temperature, 32768, None, 1.0, ("log_probs", "entropy"))
+    return out[0], out[1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,6 +137,8 @@ def linear_logprob_entropy_cases(size: str, device: torch.device) -> List[Case]:
                 _provider("torch", "baseline", lambda: torch_logprob_entropy),
                 _provider("torch.compile", "baseline", _compiled),
             ]
+            if trl_available():  # TRL's chunked kernel, where the TRL trainers' log-probs come from
+                case.providers.append(_provider("trl chunked", "baseline", lambda: trl_logprob_entropy))
             if mode == "fwd":
                 case.providers.append(Provider("floor: 1 GEMM", "floor", _gemm_floor(1)))
             else:

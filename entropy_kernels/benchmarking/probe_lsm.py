@@ -214,6 +214,7 @@ def _backward(ctx: Ctx, name: str, n: int, d: int, v: int) -> None:
 def _paths(ctx: Ctx, shapes) -> None:
     from ..ops.linear_cross_entropy import linear_cross_entropy
     from ..ops.linear_logprob_entropy import linear_logprob_entropy
+    from .linear_logprob_entropy import trl_logprob_entropy
 
     dev = ctx.device
     for op, impls, (name, n, d, v) in shapes:
@@ -224,6 +225,12 @@ def _paths(ctx: Ctx, shapes) -> None:
             if op == "linear_cross_entropy":
                 def run(impl=impl, h=h, w=w, y=y):
                     linear_cross_entropy(h, w, y, impl=impl).backward()
+            elif impl == "trl":  # TRL's chunked kernel, the peer of the TRL integration
+                g1, g2 = torch.randn(n, device=dev), torch.randn(n, device=dev)
+
+                def run(h=h, w=w, y=y, g1=g1, g2=g2):
+                    lp, ent = trl_logprob_entropy(h, w, y)
+                    torch.autograd.backward([lp, ent], [g1, g2])
             else:
                 g1, g2 = torch.randn(n, device=dev), torch.randn(n, device=dev)
 
@@ -232,8 +239,9 @@ def _paths(ctx: Ctx, shapes) -> None:
                     torch.autograd.backward([lp, ent], [g1, g2])
 
             fields = dict(op=op, mode="fwd+bwd", shape=f"N={n} D={d} V={v}", dtype=_dt(ctx), info={"model": name})
-            ctx.record(run, "eager", grads=[h, w], provider=f"entropy_kernels {impl}", **fields)
-            if ctx.warm:
+            ctx.record(run, "eager", grads=[h, w], provider="trl chunked" if impl == "trl" else f"entropy_kernels {impl}",
+                       **fields)
+            if ctx.warm or impl == "trl":
                 continue
             row = ctx.record(run, "kernel", grads=[h, w], provider=f"entropy_kernels {impl} (kernels only)", **fields)
             if row is not None and row["status"] == "ok":
@@ -254,12 +262,15 @@ def _lsm(ctx: Ctx) -> None:
         _forward_sweep(ctx, name, n, d, v, sms)
     for name, n, d, v in shapes:
         _backward(ctx, name, n, d, v)
+    from .linear_logprob_entropy import trl_available
+
+    peers = ("trl",) if trl_available() else ()
     if ctx.dry:  # the same probe code as on a GPU, without the slow interpreted tiles
         _paths(ctx, [("linear_cross_entropy", ("chunked",), DRY_PATH_SHAPE),
-                     ("linear_logprob_entropy", ("stored",), DRY_PATH_SHAPE)])
+                     ("linear_logprob_entropy", ("stored",) + peers, DRY_PATH_SHAPE)])
     else:
         _paths(ctx, [("linear_cross_entropy", ("chunked", "fused"), s) for s in shapes]
-               + [("linear_logprob_entropy", ("stored", "fused"), LOGPROB_SHAPE)])
+               + [("linear_logprob_entropy", ("stored", "fused") + peers, LOGPROB_SHAPE)])
 
 
 def _lsm_summary(rows: List[dict]) -> List[str]:
