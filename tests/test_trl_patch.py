@@ -3,6 +3,7 @@ checked with TRL itself: a tiny causal LM built from a config, a few GRPOTrainer
 TRL's local generation, and float64 oracles for the per-token values."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -317,3 +318,17 @@ def test_bench_has_trls_kernel_beside_ours():
     logp = torch.log_softmax(h.double() @ w.double().T, -1)
     torch.testing.assert_close(lp.double(), logp[torch.arange(5), y], rtol=0, atol=1e-5)
     torch.testing.assert_close(ent.double(), -(logp.exp() * logp).sum(-1), rtol=0, atol=1e-5)
+
+
+def test_the_readme_grpo_example_runs_as_written(tmp_path, monkeypatch, counted):
+    """examples/trl_grpo.py (the README's GRPO example) trains two steps through our kernels."""
+    import runpy
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    example = Path(__file__).resolve().parent.parent / "examples" / "trl_grpo.py"
+    ns = runpy.run_path(str(example), run_name="__main__")
+    losses = [h["loss"] for h in ns["trainer"].state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert counted, "the example's steps never reached entropy_kernels"
+    assert trl_patch._ACTIVE is None  # the with block undid the patch
