@@ -2,7 +2,6 @@
 checked with TRL itself: a tiny causal LM built from a config, a few GRPOTrainer steps with
 TRL's local generation, and float64 oracles for the per-token values."""
 
-import copy
 import math
 
 import pytest
