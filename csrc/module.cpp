@@ -11,6 +11,7 @@
 #include <string>
 
 #include "dfloat.h"
+#include "dfloat_linear.h"
 #include "read_checksum.h"
 #ifdef EK_WITH_CUDA
 #include "device_info.h"
@@ -122,7 +123,43 @@ void bind_dfloat(py::module_& m) {
       py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("total_bits"),
       py::arg("max_block_values"), py::arg("out"), py::arg("out_capacity"),
       "CPU emulation of GPU decoder variant 2's block algorithm (for tests); returns 0 or a DecodeStatus.");
+  m.attr("DFLOAT_LINEAR_MAX_ROWS") = df::linear::kMaxRows;
+  m.def(
+      "dfloat_linear_emulated",
+      [](uintptr_t words, int64_t num_words, uintptr_t block_starts, int64_t num_blocks, uintptr_t gaps,
+         int64_t num_gap_bytes, uintptr_t lut, uintptr_t raw, int64_t n, int64_t total_bits, int64_t max_block_values,
+         uintptr_t x, int M, int64_t N, int64_t K, uintptr_t bias, uintptr_t y, uintptr_t partial) {
+        py::gil_scoped_release release;
+        return df::linear::linear_emulated(
+            ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts), num_blocks,
+            ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut), ptr<const uint8_t>(raw), n, total_bits,
+            max_block_values, ptr<const uint16_t>(x), M, N, K, ptr<const uint16_t>(bias), ptr<uint16_t>(y),
+            ptr<float>(partial));
+      },
+      py::arg("words"), py::arg("num_words"), py::arg("block_starts"), py::arg("num_blocks"), py::arg("gaps"),
+      py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("total_bits"),
+      py::arg("max_block_values"), py::arg("x"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("bias"),
+      py::arg("y"), py::arg("partial"),
+      "CPU emulation of the fused decode + matmul kernels (for tests): y[M, N] = x[M, K] @ W^T (+ bias, 0 = none); "
+      "partial: 2 * blocks * M + 1 floats of scratch. Returns 0 or a DecodeStatus.");
 #ifdef EK_WITH_CUDA
+  m.def(
+      "dfloat_linear_cuda",
+      [](uintptr_t words, int64_t num_words, uintptr_t block_starts, int64_t num_blocks, uintptr_t gaps,
+         int64_t num_gap_bytes, uintptr_t lut, uintptr_t raw, int64_t n, int64_t total_bits, int64_t max_block_values,
+         uintptr_t x, int M, int64_t N, int64_t K, uintptr_t bias, uintptr_t y, uintptr_t partial, uintptr_t stream) {
+        const int err = df::linear::linear_cuda(
+            ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts), num_blocks,
+            ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut), ptr<const uint8_t>(raw), n, total_bits,
+            max_block_values, ptr<const uint16_t>(x), M, N, K, ptr<const uint16_t>(bias), ptr<uint16_t>(y),
+            ptr<float>(partial), stream);
+        if (err != 0) throw std::runtime_error("dfloat_linear_cuda: " + ek::cuda_error_string(err));
+      },
+      py::arg("words"), py::arg("num_words"), py::arg("block_starts"), py::arg("num_blocks"), py::arg("gaps"),
+      py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("total_bits"),
+      py::arg("max_block_values"), py::arg("x"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("bias"),
+      py::arg("y"), py::arg("partial"), py::arg("stream"),
+      "Asynchronously compute y = x @ W^T (+ bias) from the EKDF payload of W on `stream` (M <= 16).");
   m.def(
       "dfloat_decode_cuda",
       [](uintptr_t words, int64_t num_words, uintptr_t block_starts, int64_t num_blocks, uintptr_t gaps,

@@ -10,6 +10,11 @@ weight's device, and installs forward pre-hooks that decode just in time:
   LM head) decode into the same buffer before they run.
 - ``group_by="module"``: each module decodes its own weight before it runs, into the buffer.
 
+Plain ``nn.Linear`` modules become :class:`EKDFLinear` (``fused_linear=False`` keeps them): they
+are left out of the group decode and decode in their own forward, and only when the input has
+more than 16 rows -- a smaller input is multiplied straight from the coded weight
+(:meth:`DFloatTensor.linear`; on CUDA one fused kernel, the weight never decoded to memory).
+
 Between forwards a module's ``weight`` is a view of that shared buffer (right shape, dtype and
 device; its values are only meaningful while the module runs). This is for inference
 (``torch.no_grad()``): autograd would keep references to a buffer that the next block overwrites.
@@ -40,8 +45,10 @@ import time
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..ops.dfloat_linear import MAX_FUSED_ROWS
 from .dfloat import DFloatTensor, load_file, save_file
 
 WEIGHTS_FILE = "model.ekdf.safetensors"
@@ -105,12 +112,52 @@ def _group_layout(members: List[nn.Module]) -> Tuple[List[int], int]:
     return offsets, total
 
 
+class EKDFLinear(nn.Linear):
+    """An ``nn.Linear`` whose weight is EKDF-coded (what :func:`compress_model` turns a plain
+    ``nn.Linear`` into, unless ``fused_linear=False``). An input of at most
+    :data:`~entropy_kernels.ops.dfloat_linear.MAX_FUSED_ROWS` rows (all dimensions but the last
+    flattened, counted per call) goes to :meth:`DFloatTensor.linear` -- on CUDA a kernel that
+    decodes and multiplies at once, the weight never decoded to memory; a larger one, or one that
+    needs gradients or is not bf16, decodes the weight into its slice of the shared buffer first
+    and calls ``F.linear``, as the other compressed modules do.
+
+    Example
+    -------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64, dtype=torch.bfloat16))
+    >>> x = torch.randn(3, 64, dtype=torch.bfloat16)
+    >>> before = net(x)
+    >>> _ = compress_model(net, min_numel=0, progress=False)
+    >>> type(net[0]).__name__, torch.equal(net(x), before)
+    ('EKDFLinear', True)
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        c: DFloatTensor = self._ekdf_weight
+        rows = 1
+        for d in input.shape[:-1]:
+            rows = rows * d
+        if input.dtype == torch.bfloat16 and rows <= MAX_FUSED_ROWS and not (
+                input.requires_grad and torch.is_grad_enabled()):
+            return c.linear(input, self.bias)
+        weight = self.weight  # this weight's slice of the shared buffer (_install)
+        c.decompress(out=weight)
+        return F.linear(input, weight, self.bias)
+
+
+def _fusable(module: nn.Module) -> bool:
+    # exactly nn.Linear: a subclass may compute something else from its weight
+    return type(module) is nn.Linear or type(module) is EKDFLinear
+
+
 def _make_hook(members: List[nn.Module], buffers: _DecodeBuffers):
     offsets, _ = _group_layout(members)
     views: Dict[int, torch.Tensor] = {}  # id(member) -> its weight-shaped slice of the buffer
 
     def decode_group(module, args):
         for m, off in zip(members, offsets):
+            if type(m) is EKDFLinear:  # decodes in its own forward, when and if it needs to
+                continue
             c: DFloatTensor = m._ekdf_weight
             view = views.get(id(m))
             if view is None or view.device != c.device or view.shape != c.shape:
@@ -125,10 +172,13 @@ def _make_hook(members: List[nn.Module], buffers: _DecodeBuffers):
     return decode_group
 
 
-def _install(model: nn.Module, compressed: Dict[str, DFloatTensor], group_by: str) -> None:
-    """Attach compressed weights (by parameter name) to their modules and install the hooks."""
+def _install(model: nn.Module, compressed: Dict[str, DFloatTensor], group_by: str, fused_linear: bool = True) -> None:
+    """Attach compressed weights (by parameter name) to their modules and install the hooks;
+    with ``fused_linear``, plain ``nn.Linear`` modules become :class:`EKDFLinear`."""
     if group_by not in ("block", "module"):
         raise ValueError(f"group_by must be 'block' or 'module', got {group_by!r}")
+    if not isinstance(fused_linear, bool):
+        raise TypeError(f"fused_linear must be a bool, got {type(fused_linear).__name__}")
     modules = dict(model.named_modules())
     owners: List[nn.Module] = []
     for name, c in compressed.items():
@@ -138,6 +188,8 @@ def _install(model: nn.Module, compressed: Dict[str, DFloatTensor], group_by: st
             raise ValueError(f"{name}: no module {mod_name!r} with a weight in this model")
         module._parameters.pop("weight", None)
         module._ekdf_weight = c
+        if fused_linear and _fusable(module) and len(c.shape) == 2:
+            module.__class__ = EKDFLinear
         owners.append(module)
     model._ekdf_buffers = buffers = _DecodeBuffers()
     grouped = set()
@@ -162,13 +214,15 @@ def _install(model: nn.Module, compressed: Dict[str, DFloatTensor], group_by: st
 
 
 def compress_model(model: nn.Module, *, group_by: str = "block", min_numel: int = 65536, threads: int = 0,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, fused_linear: bool = True) -> dict:
     """Replace bf16 Linear/Embedding weights of ``model`` by EKDF-compressed ones, in place.
 
     Returns ``{"modules", "original_bytes", "compressed_bytes", "ratio", "seconds"}``. Tied
     weights (e.g. embeddings and LM head) are compressed once. Weights smaller than
     ``min_numel`` stay as they are (each compressed weight carries an 8 KB decode table in
-    memory, 6% of a 65536-value weight).
+    memory, 6% of a 65536-value weight). ``fused_linear`` (default): plain ``nn.Linear``
+    modules become :class:`EKDFLinear`, which multiplies inputs of at most 16 rows straight from
+    the coded weight (:meth:`DFloatTensor.linear`) instead of decoding it first.
 
     Example
     -------
@@ -194,7 +248,7 @@ def compress_model(model: nn.Module, *, group_by: str = "block", min_numel: int 
             by_param[id(w)] = DFloatTensor.compress(w.detach(), threads=threads)
             original += w.numel() * 2
         compressed[f"{name}.weight" if name else "weight"] = by_param[id(w)]
-    _install(model, compressed, group_by)
+    _install(model, compressed, group_by, fused_linear)
     model._ekdf_group_by = group_by
     packed = sum(c.nbytes for c in by_param.values())
     return {"modules": len(targets), "original_bytes": original, "compressed_bytes": packed,
@@ -266,10 +320,12 @@ def save_compressed(model: nn.Module, path: str, progress: bool = True) -> str:
 
 
 def load_compressed(path: str, device="cpu", model_class=None, group_by: Optional[str] = None,
-                    progress: bool = True) -> nn.Module:
+                    progress: bool = True, fused_linear: bool = True) -> nn.Module:
     """Load a model written by :func:`save_compressed` (transformers models: ``model_class``
     defaults to ``AutoModelForCausalLM``). The model is built on the meta device and filled
     from the file, so the uncompressed weights never exist; returns it in eval mode.
+
+    ``fused_linear``: as in :func:`compress_model`.
 
     A checkpoint directory written by ``entropy-kernels compress`` (its shards, ``config.json``)
     loads too: the model is then built from its config on the CPU first (so buffers that
@@ -286,7 +342,8 @@ def load_compressed(path: str, device="cpu", model_class=None, group_by: Optiona
     weights = os.path.join(path, WEIGHTS_FILE)
     if not os.path.exists(weights):
         if os.path.isdir(path) and any(f.endswith(".safetensors") for f in os.listdir(path)):
-            return _load_compressed_checkpoint(path, device, model_class, group_by or "block", progress)
+            return _load_compressed_checkpoint(path, device, model_class, group_by or "block", progress,
+                                               fused_linear)
         raise FileNotFoundError(f"{weights} not found (write it with save_compressed or entropy-kernels compress)")
     with safe_open(weights, framework="pt") as f:
         meta = f.metadata() or {}
@@ -323,7 +380,7 @@ def load_compressed(path: str, device="cpu", model_class=None, group_by: Optiona
     compressed = {n: tensors[n] for n in info["compressed"]}
     for alias, target in info["aliases"].items():
         compressed[alias] = compressed[target]
-    _install(model, compressed, group_by or info.get("group_by", "block"))
+    _install(model, compressed, group_by or info.get("group_by", "block"), fused_linear)
     model._ekdf_group_by = group_by or info.get("group_by", "block")
     return model.eval()
 
@@ -348,7 +405,8 @@ def _model_info(path: str, text: str) -> dict:
     return info
 
 
-def _load_compressed_checkpoint(path: str, device, model_class, group_by: str, progress: bool) -> nn.Module:
+def _load_compressed_checkpoint(path: str, device, model_class, group_by: str, progress: bool,
+                                fused_linear: bool = True) -> nn.Module:
     if model_class is None:
         from transformers import AutoModelForCausalLM as model_class
     from transformers import AutoConfig
@@ -376,6 +434,6 @@ def _load_compressed_checkpoint(path: str, device, model_class, group_by: str, p
         for other in by_id[id(params[name])]:
             compressed.setdefault(other, compressed[name])
     model = model.to(device)
-    _install(model, {n: c.to(device) for n, c in compressed.items()}, group_by)
+    _install(model, {n: c.to(device) for n, c in compressed.items()}, group_by, fused_linear)
     model._ekdf_group_by = group_by
     return model.eval()

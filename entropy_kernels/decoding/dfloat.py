@@ -34,6 +34,7 @@ import torch
 
 from .. import _backend
 from ..ops import dfloat as _ops
+from ..ops import dfloat_linear as _linear
 from ..reference import dfloat as _ref
 
 FORMAT_MAGIC = "EKDF"
@@ -273,6 +274,48 @@ class DFloatTensor:
         flat = out.view(-1) if out.is_contiguous() else out
         _ops.decompress(*src.payload(), *src._sizes, out=flat)
         return out.view(src._shape)
+
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x @ W.T + bias`` for this 2-D weight W [N, K] and ``x`` [..., K] (bf16; ``bias`` None
+        or [N] bf16), as ``F.linear`` with fp32 accumulation, without keeping W decoded.
+
+        On CUDA, up to 16 rows of ``x`` (all dimensions but the last flattened) go to a fused
+        kernel that decodes W block by block in shared memory and multiplies as it goes
+        (``entropy_kernels::dfloat_linear``, ``csrc/dfloat_linear.h``); more rows decode W into a
+        temporary buffer and call ``F.linear``. On the CPU W is decoded, then ``F.linear`` runs:
+        the result equals ``F.linear(x, self.decompress(), bias)`` exactly.
+
+        Example
+        -------
+        >>> import torch
+        >>> w = (torch.randn(16, 64) * 0.02).to(torch.bfloat16)
+        >>> b = torch.randn(16).to(torch.bfloat16)
+        >>> x = torch.randn(2, 3, 64).to(torch.bfloat16)
+        >>> y = DFloatTensor.compress(w).linear(x, b)
+        >>> y.shape, torch.equal(y, torch.nn.functional.linear(x, w, b))
+        (torch.Size([2, 3, 16]), True)
+        """
+        if len(self._shape) != 2:
+            raise ValueError(f"linear needs a 2-D weight [out_features, in_features], this tensor has shape "
+                             f"{self._shape}")
+        rows, cols = self._shape
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 1:
+            raise ValueError(f"x must have shape [..., {cols}], got a 0-d tensor")
+        lead = x.shape[:-1]
+        x2 = x.reshape(math.prod(lead), x.shape[-1])
+        if _backend.eager_direct(x2) and _backend.eager_direct(self.words) and (
+                bias is None or type(bias) is torch.Tensor):
+            # eagerly straight to the kernels, the payload's arguments computed once (see
+            # decompress): a compressed model calls this per linear layer per decoded token
+            args = self._launch_args()
+            _linear.check_inputs(x2, bias, rows, cols, self._sizes[0], self.device)
+            y = _linear.run(x2, bias, rows, cols, args)
+        else:
+            self._check_shape()
+            y = _linear.dfloat_linear(x2, *self.payload(), *self._sizes, rows, cols, bias)
+        return y.view(*lead, rows)
 
     def _check_shape(self) -> None:
         if math.prod(self._shape) != self._sizes[0]:

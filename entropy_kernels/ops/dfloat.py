@@ -297,3 +297,6 @@ def decompress(words, gaps, block_starts, lut, raw, numel: int, total_bits: int,
         dfloat_decompress_into(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
         return out
     return _decode(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
+
+
+from . import dfloat_linear  # noqa: E402,F401  (entropy_kernels::dfloat_linear, built on the above)

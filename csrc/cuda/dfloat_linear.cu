@@ -1,0 +1,210 @@
+// Fused EKDF decode + matmul for small batches (M <= 16): y = x @ W^T (+ bias) without writing
+// the decoded W anywhere but shared memory. The algorithm and its two passes are described in
+// dfloat_linear.h, whose per-thread steps both this file and the CPU emulation
+// (dfloat_linear_cpu.cpp, run by tests/test_dfloat_linear.py) call; the comments "step a".."d"
+// and "pass 2" mark the same steps in both.
+//
+// Why this shape: at batch 1 a linear layer only streams its weight, so reading the EKDF payload
+// (~66.5% of the bf16 bytes) and decoding in shared memory can beat a bf16 GEMV, where decoding
+// into a buffer first (write + read of the bf16 weight) cannot. One block per EKDF block keeps the
+// decoder's structure (its 256 threads each walk one 256-bit segment); the block then owns the
+// rows of W inside its value range and leaves fp32 partial sums for the two rows cut by its ends,
+// which a tiny second pass adds up in block order -- deterministic, no atomics.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "dfloat_linear.h"
+
+namespace ek {
+namespace dfloat {
+namespace linear {
+namespace {
+
+constexpr int kLutBytes = kLutSize * 2;                                        // 8192
+constexpr int kShortBytes = block::kShortSize * 2;                             // 128
+constexpr int kPaddedWordBytes = (block::kPaddedWords + 3) / 4 * 16;
+constexpr int kScanBytes = 64;                                                 // warp sums + total
+constexpr int kRedBytes = kWarps * kMaxRows * 4;                               // per-warp row sums
+constexpr int kFixedSmem = kLutBytes + kShortBytes + kPaddedWordBytes + kScanBytes + kRedBytes;
+
+__host__ __device__ constexpr int round16(int64_t v) { return static_cast<int>((v + 15) / 16 * 16); }
+__host__ __device__ constexpr int exponent_bytes(int cap) { return round16(cap + 8); }
+
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// MT: rows of x rounded up to a power of two (accumulators per thread); XS: x in shared memory.
+template <int MT, bool XS>
+__global__ void __launch_bounds__(kThreads) linear_kernel(
+    const uint32_t* __restrict__ words, int64_t num_words, const int64_t* __restrict__ block_starts,
+    int64_t num_blocks, const uint8_t* __restrict__ gaps, int64_t num_gap_bytes, const uint16_t* __restrict__ lut,
+    const uint8_t* __restrict__ raw, int64_t n, int64_t total_bits, int cap, const uint16_t* __restrict__ x, int M,
+    int64_t N, int64_t K, const uint16_t* __restrict__ bias, uint16_t* __restrict__ y, float* __restrict__ partial) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* slut = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* slut6 = reinterpret_cast<uint16_t*>(smem + kLutBytes);
+  uint32_t* sw = reinterpret_cast<uint32_t*>(smem + kLutBytes + kShortBytes);
+  int* warp_sums = reinterpret_cast<int*>(smem + kLutBytes + kShortBytes + kPaddedWordBytes);
+  float* red = reinterpret_cast<float*>(smem + kFixedSmem - kRedBytes);
+  uint8_t* sexp = smem + kFixedSmem;
+  uint16_t* xs = reinterpret_cast<uint16_t*>(smem + kFixedSmem + exponent_bytes(cap));
+
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+  const int64_t b = blockIdx.x;
+  // step a: table, the block's stream words (padded as in decoder variant 2), x
+  for (int i = t; i < kLutBytes / 16; i += kThreads)
+    reinterpret_cast<uint4*>(slut)[i] = __ldg(reinterpret_cast<const uint4*>(lut) + i);
+  const int64_t w0 = b * (kBlockBits / 32);
+  for (int i = t; i < block::kLoadWords; i += kThreads) {
+    const int64_t wi = w0 + i;
+    sw[block::padded(i)] = wi < num_words ? __ldg(words + wi) : 0u;
+  }
+  if (XS) {
+    for (int64_t i = t; i < int64_t(M) * K; i += kThreads) xs[i] = __ldg(x + i);
+  }
+  __syncthreads();
+  if (t < block::kShortSize) slut6[t] = block::short_entry(slut, t);
+  __syncthreads();
+
+  // step a: counting walk, block prefix sum, decoding walk (dfloat_decode.cu, variant 2)
+  const int64_t seg = b * kBlockSegments + t;
+  const int limit = static_cast<int>(max64(0, min64(kSegmentBits, total_bits - seg * kSegmentBits)));
+  const int gap = (seg >> 1) < num_gap_bytes ? (__ldg(gaps + (seg >> 1)) >> ((seg & 1) * 4)) & 15 : 15;
+  const int count = block::walk_segment(t, gap, limit, sw, slut, slut6, [](uint32_t) {});
+  int incl = count;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int v = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += v;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  if (t == 0) {
+    int run = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      const int v = warp_sums[w];
+      warp_sums[w] = run;
+      run += v;
+    }
+    warp_sums[kWarps] = run;
+  }
+  __syncthreads();
+  const int codes = warp_sums[kWarps];
+  int64_t first, stop;
+  block_range(block_starts, b, num_blocks, n, &first, &stop);
+  const int lead = static_cast<int>(first & 7);
+  int q = lead + warp_sums[warp] + incl - count;
+  const int q_end = lead + cap;
+  block::walk_segment(t, gap, limit, sw, slut, slut6, [&](uint32_t e) {
+    if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
+    ++q;
+  });
+  __syncthreads();
+
+  // step b
+  if (!index_ok(block_starts, b, num_blocks, n, first, stop, codes, cap)) {
+    if (t == 0) *reinterpret_cast<int*>(partial + 2 * num_blocks * M) = 1;
+    return;
+  }
+
+  // steps c and d, row by row
+  const int64_t shift = first - lead;  // sexp index of value i is i - shift
+  auto xv = [&](int m, int64_t col) -> float {
+    if (XS) return bf16_to_float(xs[m * K + col]);
+    return bf16_to_float(__ldg(x + m * K + col));
+  };
+  const int64_t r_end = first < stop ? (stop - 1) / K + 1 : first / K;
+  for (int64_t r = first / K; r < r_end; ++r) {
+    const int64_t row_begin = r * K;
+    const int64_t lo = max64(first, row_begin), hi = min64(stop, row_begin + K);
+    float acc[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
+    thread_row_dot<MT>(t, lo, hi, row_begin, M, raw, sexp, shift, xv, acc);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+#pragma unroll
+      for (int o = 16; o >= 1; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) red[warp * kMaxRows + m] = acc[m];
+    }
+    __syncthreads();
+    if (t < M) {
+      float s = red[t];
+      for (int w = 1; w < kWarps; ++w) s += red[w * kMaxRows + t];
+      if (lo == row_begin && hi == row_begin + K) y[t * N + r] = output_value(s, bias, r);
+      else partial[(b * 2 + row_slot(r, first, K)) * M + t] = s;
+    }
+    __syncthreads();
+  }
+}
+
+// pass 2: one thread per (row, x row), grid-stride
+__global__ void __launch_bounds__(kThreads) cut_rows_kernel(const int64_t* __restrict__ block_starts,
+                                                            int64_t num_blocks, int M, int64_t N, int64_t K,
+                                                            const uint16_t* __restrict__ bias,
+                                                            uint16_t* __restrict__ y,
+                                                            const float* __restrict__ partial) {
+  const bool failed = *reinterpret_cast<const int*>(partial + 2 * num_blocks * M) != 0;
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < N * M; i += int64_t(gridDim.x) * kThreads) {
+    const int64_t r = i / M;
+    const int m = static_cast<int>(i - r * M);
+    if (failed) {
+      y[m * N + r] = kUndecodable;
+      continue;
+    }
+    float s;
+    if (cut_row_sum(block_starts, num_blocks, K, partial, M, r, m, &s)) y[m * N + r] = output_value(s, bias, r);
+  }
+}
+
+using Kernel = void (*)(const uint32_t*, int64_t, const int64_t*, int64_t, const uint8_t*, int64_t, const uint16_t*,
+                        const uint8_t*, int64_t, int64_t, int, const uint16_t*, int, int64_t, int64_t,
+                        const uint16_t*, uint16_t*, float*);
+
+template <bool XS>
+Kernel pick(int M) {
+  if (M <= 1) return linear_kernel<1, XS>;
+  if (M <= 2) return linear_kernel<2, XS>;
+  if (M <= 4) return linear_kernel<4, XS>;
+  if (M <= 8) return linear_kernel<8, XS>;
+  return linear_kernel<16, XS>;
+}
+
+}  // namespace
+
+int linear_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
+                const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
+                int64_t total_bits, int64_t max_block_values, const uint16_t* x, int M, int64_t N, int64_t K,
+                const uint16_t* bias, uint16_t* y, float* partial, uintptr_t stream_int) {
+  if (M < 1 || M > kMaxRows || N < 1 || K < 1 || K > n || n % K != 0 || n / K != N || num_blocks <= 0 ||
+      num_blocks > 0x7fffffffLL)
+    return static_cast<int>(cudaErrorInvalidValue);
+  auto stream = reinterpret_cast<cudaStream_t>(stream_int);
+  const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
+  const bool shared_x = int64_t(M) * K * 2 <= kSharedXBytes;
+  const int smem = kFixedSmem + exponent_bytes(cap) + (shared_x ? round16(int64_t(M) * K * 2) : 0);
+  const Kernel kernel = shared_x ? pick<true>(M) : pick<false>(M);
+  cudaError_t err = cudaMemsetAsync(partial + 2 * num_blocks * M, 0, sizeof(int), stream);  // the error flag
+  if (err != cudaSuccess) return static_cast<int>(err);
+  if (smem > 48 * 1024) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  kernel<<<static_cast<unsigned>(num_blocks), kThreads, smem, stream>>>(words, num_words, block_starts, num_blocks,
+                                                                         gaps, num_gap_bytes, lut, raw, n, total_bits,
+                                                                         cap, x, M, N, K, bias, y, partial);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return static_cast<int>(err);
+  const int64_t grid = std::min<int64_t>((N * M + kThreads - 1) / kThreads, int64_t(1) << 20);
+  cut_rows_kernel<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(block_starts, num_blocks, M, N, K, bias, y,
+                                                                         partial);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace linear
+}  // namespace dfloat
+}  // namespace ek
