@@ -175,7 +175,9 @@ def test_the_newest_results_file_wins_and_dry_runs_are_ignored(tmp_path):
     (results / "cpu_probe_dry_run.json").write_text(json.dumps(dry))
     readme, docs = tmp_path / "README.md", tmp_path / "benchmarks.md"
     shutil.copy(ROOT / "README.md", readme)
-    assert _regen("--readme", readme, "--docs", docs, "--results", results).returncode == 0
+    charts = tmp_path / "charts"
+    assert _regen("--readme", readme, "--docs", docs, "--results", results, "--charts", charts).returncode == 0
+    assert (charts / "entropy.png").exists()  # the newest file's entropy rows, plotted
     table = readme.read_text().split("<!-- benchmark-table:start -->")[1]
     assert "| `entropy` fwd, B=1024, V=151936 | 123 µs" in table
     assert "`test-gpu_probe.json` (Test GPU, 2999-01-01)" in table and "9.00 ms" not in table
