@@ -303,6 +303,8 @@ class DFloatTensor:
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() < 1:
             raise ValueError(f"x must have shape [..., {cols}], got a 0-d tensor")
+        if bias is not None and not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
         lead = x.shape[:-1]
         x2 = x.reshape(math.prod(lead), x.shape[-1])
         if _backend.eager_direct(x2) and _backend.eager_direct(self.words) and (
