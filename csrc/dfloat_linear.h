@@ -38,9 +38,10 @@ namespace linear {
 constexpr int kThreads = kBlockSegments;  // 256: one thread per segment, as in the decoder
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxRows = 16;              // the most rows of x the fused kernels take
-// x goes to shared memory when it takes at most this many bytes (M * K * 2), else it is read
-// through the read-only cache: more shared memory per block would cost resident blocks, and the
-// decoding walk needs many of them to hide its dependent lookups.
+// x goes to shared memory when it takes at most this many bytes (M * K * 2) and the block then
+// needs at most 99 KB, else it is read through the read-only cache: more shared memory per block
+// would cost resident blocks, and the decoding walk needs many of them to hide its dependent
+// lookups. (Not measured yet: the threshold is a guess to revisit on a GPU.)
 constexpr int64_t kSharedXBytes = 32 * 1024;
 
 EK_HD float bits_to_float(uint32_t u) {

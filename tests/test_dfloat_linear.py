@@ -90,13 +90,18 @@ def _payload_with_empty_last_block():
 
 
 def test_emulation_with_an_empty_block():
-    flat = _payload_with_empty_last_block()
-    c = DFloatTensor.compress(flat)
-    assert c.total_bits == 65537 and c.block_starts.tolist() == [0, 65436, 65436]
     n, k = 84, 779
-    w = flat.view(n, k)
+    w = _payload_with_empty_last_block().view(n, k)
+    c = DFloatTensor.compress(w)
+    assert c.total_bits == 65537 and c.block_starts.tolist() == [0, 65436, 65436]
     x = (torch.randn(2, k) * 1e-3).to(BF16)
     assert_close_to_fp64(lin.emulated(x, *c.payload(), *c.sizes(), n, k), x, w)
+    # the empty block's start past numel: every block's codes still match its clamped range, but
+    # the index is not ordered -- refused as the CPU decoder refuses it
+    bad = _damaged(c, "block_starts", 1, 65436 + 5)
+    assert bool(lin.emulated(x, *bad.payload(), *bad.sizes(), n, k).isnan().all())
+    with pytest.raises(DFloatError):
+        bad.linear(x)
 
 
 def _damaged(c: DFloatTensor, part: str, index: int, value: int) -> DFloatTensor:

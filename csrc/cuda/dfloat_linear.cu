@@ -185,8 +185,11 @@ int linear_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_s
     return static_cast<int>(cudaErrorInvalidValue);
   auto stream = reinterpret_cast<cudaStream_t>(stream_int);
   const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
-  const bool shared_x = int64_t(M) * K * 2 <= kSharedXBytes;
-  const int smem = kFixedSmem + exponent_bytes(cap) + (shared_x ? round16(int64_t(M) * K * 2) : 0);
+  // x in shared memory only while the block stays within 99 KB, the most any sm_80+ GPU grants
+  // (sm_86/89); without x it needs at most 18 KB + 64 KB of exponents, so it always launches
+  const int64_t x_bytes = int64_t(M) * K * 2;
+  const bool shared_x = x_bytes <= kSharedXBytes && kFixedSmem + exponent_bytes(cap) + round16(x_bytes) <= 99 * 1024;
+  const int smem = kFixedSmem + exponent_bytes(cap) + (shared_x ? round16(x_bytes) : 0);
   const Kernel kernel = shared_x ? pick<true>(M) : pick<false>(M);
   cudaError_t err = cudaMemsetAsync(partial + 2 * num_blocks * M, 0, sizeof(int), stream);  // the error flag
   if (err != cudaSuccess) return static_cast<int>(err);
