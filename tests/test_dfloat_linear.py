@@ -185,6 +185,25 @@ def test_opcheck_and_torch_compile():
     assert torch.equal(f(x), F.linear(x, w, b) * 2)
 
 
+@pytest.mark.parametrize("m", [3, 20])
+def test_gradients_flow_to_x_and_bias(m):
+    n, k = 40, 300
+    w, b = weight(n, k), torch.randn(n).to(BF16).requires_grad_()
+    c = DFloatTensor.compress(w)
+    x = torch.randn(2, m, k).to(BF16).requires_grad_()
+    dy = torch.randn(2, m, n).to(BF16)
+    y = c.linear(x, b)
+    assert_close_to_fp64(y.detach().reshape(-1, n), x.detach().reshape(-1, k), w, b.detach())
+    y.backward(dy)
+    dx = dy.double() @ w.double()
+    assert bool(((x.grad.double() - dx).abs() <= 2.0**-7 * dx.abs() + 2.0**-18 * (dy.double().abs() @ w.double().abs())
+                 ).all())
+    db = dy.double().sum((0, 1))
+    assert bool(((b.grad.double() - db).abs() <= 2.0**-7 * db.abs() + 2.0**-18 * dy.double().abs().sum((0, 1))).all())
+    op = torch.ops.entropy_kernels.dfloat_linear.default
+    torch.library.opcheck(op, (x.detach()[0].requires_grad_(), *c.payload(), *c.sizes(), n, k), {"bias": b})
+
+
 def test_bad_arguments_raise_errors_naming_them():
     w = weight(6, 10)
     c = DFloatTensor.compress(w)
@@ -340,6 +359,20 @@ def test_cuda_bad_index_gives_nan():
     bad = _damaged(c, "block_starts", 1, int(c.block_starts[1]) + 1).to("cuda")
     y = bad.linear(torch.randn(2, k).to(BF16).cuda())
     assert bool(y.isnan().all())
+
+
+@pytest.mark.gpu
+def test_cuda_gradients_through_the_fused_kernel():
+    n, k = 300, 1000
+    w = weight(n, k).cuda()
+    b = torch.randn(n).to(BF16).cuda().requires_grad_()
+    x = torch.randn(3, k).to(BF16).cuda().requires_grad_()
+    dy = torch.randn(3, n).to(BF16).cuda()
+    DFloatTensor.compress(w).linear(x, b).backward(dy)
+    x2, b2 = x.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    F.linear(x2, w, b2).backward(dy)
+    assert torch.allclose(x.grad.float(), x2.grad.float(), rtol=2**-7, atol=1e-3)
+    assert torch.allclose(b.grad.float(), b2.grad.float(), rtol=2**-7, atol=1e-3)
 
 
 @pytest.mark.gpu

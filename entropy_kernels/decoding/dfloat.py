@@ -283,7 +283,8 @@ class DFloatTensor:
         kernel that decodes W block by block in shared memory and multiplies as it goes
         (``entropy_kernels::dfloat_linear``, ``csrc/dfloat_linear.h``); more rows decode W into a
         temporary buffer and call ``F.linear``. On the CPU W is decoded, then ``F.linear`` runs:
-        the result equals ``F.linear(x, self.decompress(), bias)`` exactly.
+        the result equals ``F.linear(x, self.decompress(), bias)`` exactly. Gradients flow to
+        ``x`` and ``bias`` (the backward decodes W for ``dy @ W``).
 
         Example
         -------
@@ -307,7 +308,8 @@ class DFloatTensor:
             raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
         lead = x.shape[:-1]
         x2 = x.reshape(math.prod(lead), x.shape[-1])
-        if _backend.eager_direct(x2) and _backend.eager_direct(self.words) and (
+        grad = torch.is_grad_enabled() and (x2.requires_grad or (bias is not None and bias.requires_grad))
+        if not grad and _backend.eager_direct(x2) and _backend.eager_direct(self.words) and (
                 bias is None or type(bias) is torch.Tensor):
             # eagerly straight to the kernels, the payload's arguments computed once (see
             # decompress): a compressed model calls this per linear layer per decoded token

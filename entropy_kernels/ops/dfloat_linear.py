@@ -10,7 +10,8 @@ Larger batches decode W into a fresh buffer (``dfloat_decompress``) and use ``F.
 (cuBLAS), where the matmul dominates. On the CPU the op decodes with the C++ decoder and calls
 ``F.linear``: the result equals ``F.linear`` on the decompressed weight exactly.
 
-The op is opaque to ``torch.compile`` (a fake impl from the shapes), CUDA-graph capturable (two
+Gradients flow to ``x`` and ``bias`` (the backward decodes W into a temporary buffer for
+``dy @ W``); W itself is constant. The op is opaque to ``torch.compile`` (a fake impl from the shapes), CUDA-graph capturable (two
 launches and a 4-byte memset on the current stream, scratch from torch's allocator) and never
 synchronises with the host. The payload is checked as ``dfloat_decompress`` checks it; a payload
 whose index disagrees with its code stream gives a ``y`` of NaN on CUDA (no host sync to raise
@@ -143,6 +144,27 @@ def _dfloat_linear_fake(x, words, gaps, block_starts, lut, raw, numel, total_bit
     _dfloat.check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, fake=True)
     check_inputs(x, bias, rows, cols, numel, words.device, fake=True)
     return x.new_empty((x.shape[0], rows))
+
+
+def _setup_context(ctx, inputs, output):
+    x, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, rows, cols, bias = inputs
+    ctx.save_for_backward(words, gaps, block_starts, lut, raw)
+    ctx.sizes = (numel, total_bits, max_block_values, rows, cols)
+
+
+def _backward(ctx, dy):
+    # dx = dy @ W needs W itself: decoded into a temporary buffer, as the large-batch path does
+    numel, total_bits, max_block_values, rows, cols = ctx.sizes
+    dx = db = None
+    if ctx.needs_input_grad[0]:
+        w = _dfloat.decompress(*ctx.saved_tensors, numel, total_bits, max_block_values).view(rows, cols)
+        dx = dy @ w
+    if ctx.needs_input_grad[11]:
+        db = dy.sum(0)
+    return dx, None, None, None, None, None, None, None, None, None, None, db
+
+
+dfloat_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
 def emulated(x, words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int, rows: int,
