@@ -58,9 +58,9 @@ class Step:
 
 
 def _steps() -> Dict[str, Step]:
-    from . import probe_lsm, probe_steps
+    from . import probe_dfloat_linear, probe_lsm, probe_steps
 
-    steps = [*probe_steps.STEPS, *probe_lsm.STEPS]
+    steps = [*probe_steps.STEPS, *probe_lsm.STEPS, *probe_dfloat_linear.STEPS]
     return {s.name: s for s in steps}
 
 
