@@ -1,7 +1,7 @@
 """pytest-benchmark suite over the same cases as ``entropy-kernels bench``.
 
     pytest benchmarks/                         quick shapes on the default device
-    pytest benchmarks/ --ek-size full          ANCHORS.md shapes (GPU)
+    pytest benchmarks/ --ek-size full          production shapes (GPU)
     pytest benchmarks/ --benchmark-json out.json
 
 Each test times one (case, provider) with pytest-benchmark (host wall clock around a

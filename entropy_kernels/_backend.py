@@ -1,6 +1,6 @@
 """Which implementation an op runs on which device, decided in one place.
 
-Every op follows the same routing rule (SPEC §1):
+Every op follows the same routing rule:
 
 - CUDA tensors run the GPU kernel (Triton, or a ``_C`` launcher);
 - CPU tensors run the pure-torch reference in :mod:`entropy_kernels.reference`;

@@ -38,7 +38,7 @@ class Case:
 
 
 def pick_shapes(size: str, device: torch.device, full, quick):
-    """``(shapes, dtype)`` of a suite: the ANCHORS.md shapes in bf16 for ``full``; for ``quick``,
+    """``(shapes, dtype)`` of a suite: the production shapes (docs/design/performance.md) in bf16 for ``full``; for ``quick``,
     the per-device small shapes (``quick`` maps "cpu"/"cuda" to them), bf16 on GPU, fp32 on CPU."""
     if size == "full":
         return full, torch.bfloat16

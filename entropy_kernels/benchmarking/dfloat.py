@@ -1,4 +1,4 @@
-"""Benchmark cases for EKDF decoding (:meth:`DFloatTensor.decompress`; ANCHORS.md: 16.8M bf16
+"""Benchmark cases for EKDF decoding (:meth:`DFloatTensor.decompress`; 16.8M bf16
 values from N(0, 0.02), plus a small tensor and a 1 GiB one).
 
 Baseline: dfloat11's shipped decode kernel (when ``dfloat11`` and ``cupy`` import; its Python
@@ -24,7 +24,7 @@ QUICK = {"cpu": [65_536], "cuda": [ANCHOR]}
 
 
 def weights(n: int, device, seed: int = 0) -> torch.Tensor:
-    """``n`` bf16 values from N(0, 0.02), like LLM weights (ANCHORS.md's test tensor).
+    """``n`` bf16 values from N(0, 0.02), like LLM weights (the test tensor of the size tables).
 
     Example
     -------

@@ -1,7 +1,7 @@
-"""Benchmark cases for :func:`entropy_kernels.entropy` (ANCHORS.md: bf16, V=151936, B=64/1024).
+"""Benchmark cases for :func:`entropy_kernels.entropy` (bf16, V=151936: a Qwen-sized vocabulary; B=64/1024).
 
 Baselines: torch eager and ``torch.compile`` of the plain formula in fp32. Floors: a device copy
-of the logits (SPEC §3's memory floor; read + write of the same bytes) and, where ``_C`` has
+of the logits (the memory floor: a read + write of the same bytes) and, where ``_C`` has
 CUDA, a pure read of the logits through its read-checksum kernel. For fwd+bwd the floors add a
 read (the backward must read the logits again and write a gradient of the same size).
 """

@@ -1,4 +1,4 @@
-"""Benchmark cases for :func:`entropy_kernels.linear_cross_entropy` (ANCHORS.md: bf16,
+"""Benchmark cases for :func:`entropy_kernels.linear_cross_entropy` (bf16,
 Gemma-2-2B 8192×2304×256000 and Llama-3-8B 8192×4096×128256, fwd+bwd; forward only at the
 Gemma shape; dense and peaked inputs).
 
@@ -21,7 +21,7 @@ from .cases import Case, Provider, pick_shapes
 
 FULL = [("gemma2-2b", 8192, 2304, 256000), ("llama3-8b", 8192, 4096, 128256)]
 QUICK = {"cpu": [("tiny", 256, 64, 2048)], "cuda": [("small", 2048, 1024, 32000)]}
-PEAKED_ENTROPY = 3.6  # nats: mean entropy of LM-like peaked inputs (SPEC §3)
+PEAKED_ENTROPY = 3.6  # nats: mean entropy of LM-like peaked inputs
 
 
 def torch_linear_cross_entropy(h, w, y):

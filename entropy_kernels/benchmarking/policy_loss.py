@@ -1,4 +1,4 @@
-"""Benchmark cases for the Clip-Cov / KL-Cov policy losses (ANCHORS.md: fwd+bwd on 65,536 and
+"""Benchmark cases for the Clip-Cov / KL-Cov policy losses (fwd+bwd on 65,536 and
 1,048,576 tokens, fp32 log-probs).
 
 Ours is timed called eagerly (each call pays the Python and launch cost of its kernels, which

@@ -88,7 +88,7 @@ def markdown_table(results: Sequence[Result]) -> str:
     for label, rows in by_case.items():
         ours = next((r for r in rows if r.kind == "ours" and not r.error), None)
         floors = [r.p50_ms for r in rows if r.kind == "floor" and not r.error]
-        floor = max(floors) if floors else None  # the copy floor: the one SPEC §3 names
+        floor = max(floors) if floors else None  # the copy floor: the memory floor the tables compare with
         for r in rows:
             if r.error:
                 lines.append(f"| {label} | {r.provider} | error: {r.error} | | | | |")

@@ -1,4 +1,4 @@
-"""Timing and peak-memory measurement, the one implementation every benchmark uses (SPEC §3).
+"""Timing and peak-memory measurement, the one implementation every benchmark uses.
 
 GPU: ``triton.testing.do_bench`` (median of many runs after warm-up, L2 flushed between runs);
 peak memory = ``max_memory_allocated`` above what was allocated before the call.

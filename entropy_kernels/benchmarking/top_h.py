@@ -1,5 +1,5 @@
-"""Benchmark cases for :func:`entropy_kernels.top_h_mask` / :func:`top_h_sample` (ANCHORS.md:
-fp32 and bf16 logits, V=151936, B=1/64/256, both rules).
+"""Benchmark cases for :func:`entropy_kernels.top_h_mask` / :func:`top_h_sample`
+(fp32 and bf16 logits, V=151936, B=1/64/256, both rules).
 
 Baselines: transformers' ``TopHLogitsWarper`` (when importable) and the exact rule through
 ``torch.sort`` + cumulative sums + a multinomial draw; floor: one read of the logits (``_C``
