@@ -20,7 +20,6 @@ from entropy_kernels.decoding.compressed_model import EKDFLinear
 from entropy_kernels.ops import dfloat as dops
 from entropy_kernels.ops import dfloat_linear as lin
 
-HAS_CUDA = torch.cuda.is_available()
 BF16 = torch.bfloat16
 
 

@@ -11,9 +11,9 @@ Larger batches decode W into a fresh buffer (``dfloat_decompress``) and use ``F.
 ``F.linear``: the result equals ``F.linear`` on the decompressed weight exactly.
 
 Gradients flow to ``x`` and ``bias`` (the backward decodes W into a temporary buffer for
-``dy @ W``); W itself is constant. The op is opaque to ``torch.compile`` (a fake impl from the shapes), CUDA-graph capturable (two
-launches and a 4-byte memset on the current stream, scratch from torch's allocator) and never
-synchronises with the host. The payload is checked as ``dfloat_decompress`` checks it; a payload
+``dy @ W``); W itself is constant. The op is opaque to ``torch.compile`` (a fake impl from the
+shapes), CUDA-graph capturable (two launches and a 4-byte memset on the current stream, scratch
+from torch's allocator) and never synchronises with the host. The payload is checked as ``dfloat_decompress`` checks it; a payload
 whose index disagrees with its code stream gives a ``y`` of NaN on CUDA (no host sync to raise
 from) and a :class:`~entropy_kernels.ops.dfloat.DFloatError` on the CPU.
 """
