@@ -152,6 +152,31 @@ def test_damaged_payloads_never_leave_y_unwritten():
         assert_close_to_fp64(y, x, decoded)
 
 
+def test_cuda_launch_arguments_reach_the_kernel_in_order(monkeypatch):
+    """The CUDA path's call into _C (pointers, sizes, scratch, stream), checked without a GPU: a
+    stand-in _C runs the emulation with the same arguments but the stream."""
+    real = _backend.native()
+    n, k, m = 70, 2999, 5
+    w, b = weight(n, k), torch.randn(n).to(BF16)
+    c = DFloatTensor.compress(w)
+    x = torch.randn(k, m).to(BF16).T  # not contiguous: the launcher makes it so
+    calls = []
+
+    class FakeC:
+        @staticmethod
+        def dfloat_linear_cuda(*args):
+            calls.append(args[-1])
+            assert real.dfloat_linear_emulated(*args[:-1]) == 0
+
+    monkeypatch.setattr(_backend, "native", lambda: FakeC)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
+    monkeypatch.setattr(dops, "_stream_handle", lambda device: 1234)
+    for bias in (None, b):
+        y = lin._cuda_fused(x, bias, n, k, dops.launch_args(*c.payload(), *c.sizes()))
+        assert_close_to_fp64(y, x, w, bias)
+    assert calls == [1234, 1234]
+
+
 # ------------------------------------------------------------------------ the op on the CPU ---
 
 @pytest.mark.parametrize("shape", [(1, 700), (3, 5, 700), (17, 700), (40, 700), (0, 700), (2, 0, 700)])
