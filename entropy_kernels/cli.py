@@ -66,7 +66,8 @@ def _info(_args) -> int:
 
 
 # ops whose kernels are C++/CUDA in _C rather than Triton
-NATIVE_OPS = {"DFloatTensor.decompress": ("C++ (_C)", "CUDA C++ (_C)")}
+NATIVE_OPS = {"DFloatTensor.decompress": ("C++ (_C)", "CUDA C++ (_C)"),
+              "DFloatTensor.linear": ("C++ decode + F.linear", "CUDA C++ (_C), > 16 rows: decode + cuBLAS")}
 
 
 def _slug(text: str) -> str:

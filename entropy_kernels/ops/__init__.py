@@ -34,6 +34,8 @@ OPS = {
         "entropy_kernels::linear_softmax_stats_stored",
     ),
     "DFloatTensor.decompress": ("entropy_kernels::dfloat_decompress", "entropy_kernels::dfloat_decompress_into"),
+    "DFloatTensor.linear": ("entropy_kernels::dfloat_linear",),
+    "high_entropy_mask": ("entropy_kernels::high_entropy_mask",),
     "clip_cov_select / kl_cov_select": ("entropy_kernels::cov_select",),
     "clip_cov_policy_loss / kl_cov_policy_loss": (
         "entropy_kernels::cov_select",
