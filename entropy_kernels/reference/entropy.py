@@ -8,6 +8,9 @@ With ``z = logits / T``, ``p = softmax(z)``, ``lse = logsumexp(z)``:
 
 Masked entries (``-inf``) have ``p_j = 0`` and contribute 0 to H and to the gradients. A row in
 which every entry is ``-inf`` has ``lse = -inf``, ``H = nan`` (as in torch) and zero gradient.
+A row with a NaN or a ``+inf`` entry has no softmax (torch's is NaN there): ``H = lse = nan``
+and a NaN gradient on its entries that are not ``-inf`` -- what the Triton kernels give, so
+both paths agree (docs/nan-semantics.md).
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ def entropy_forward_reference(
     lse = z.max + lse_shifted
     log_p = z.shifted - lse_shifted.unsqueeze(-1)
     p = log_p.exp()
-    # p == 0 where z == -inf; define 0 * log 0 = 0 (without it: 0 * -inf = nan).
-    plogp = torch.where(p > 0, p * log_p, torch.zeros_like(p))
+    # p == 0 where z == -inf; define 0 * log 0 = 0 (without it: 0 * -inf = nan). Only exact
+    # -inf log-probs are replaced: a NaN (from a NaN or +inf logit) must reach the sum.
+    plogp = torch.where(torch.isneginf(log_p), torch.zeros_like(p), p * log_p)
     entropy = 0.0 - plogp.sum(dim=-1)  # not -sum: a one-token row would give -0.0
     all_masked = torch.isneginf(lse)
     entropy = torch.where(all_masked, torch.full_like(entropy, float("nan")), entropy)
@@ -89,8 +93,11 @@ def entropy_backward_reference(
     >>> g.shape
     torch.Size([3, 5])
     """
-    z = _shifted(_scaled(logits, row_temperature, temperature))
-    finite = ~torch.isneginf(z.shifted)
+    scaled = _scaled(logits, row_temperature, temperature)
+    z = _shifted(scaled)
+    # masked entries are the -inf logits themselves: in a row with a +inf entry every shifted
+    # value is -inf or NaN, and those entries must get the NaN gradient the kernel gives
+    finite = ~torch.isneginf(scaled)
     log_p = z.shifted - stats[..., 1:]
     zeros = torch.zeros_like(z.shifted)
     p = torch.where(finite, log_p.exp(), zeros)
