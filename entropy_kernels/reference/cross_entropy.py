@@ -78,7 +78,12 @@ def linear_cross_entropy_reference(
         z = z + bias.to(acc)
     if softcap:
         z = softcap * torch.tanh(z / softcap)
-    lse = torch.logsumexp(z, dim=-1)
+    # logsumexp relative to a detached row max, as the kernels compute it: a row with a +inf
+    # logit gets lse = nan (torch.logsumexp would give +inf and the loss +inf - z_y = +inf where
+    # torch's cross_entropy and the kernels give nan); an all -inf row keeps lse = -inf.
+    m = z.detach().amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    lse = torch.logsumexp(z - m, dim=-1) + m.squeeze(-1)
     valid = targets != ignore_index
     z_y = z.gather(-1, torch.where(valid, targets, 0).clamp(0, z.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
     stats = torch.stack([lse, torch.zeros_like(lse), z.sum(-1), z_y], dim=-1)
