@@ -377,8 +377,11 @@ def _loss_phase(
         l1 = -a * ratio
         if CLIP:
             l2 = -a * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
-            tok = tl.where(sel, 0.0, tl.maximum(l1, l2))
-            grad = tl.where(sel | (l2 > l1), 0.0, l1)
+            # NaN-propagating max (torch.maximum's): a NaN input at a valid token reaches the loss;
+            # the selected tokens' terms are multiplied by 0 as verl does, so a NaN/inf stays NaN
+            l12 = tl.maximum(l1, l2, propagate_nan=tl.PropagateNan.ALL)
+            tok = tl.where(sel, l12 * 0.0, l12)
+            grad = tl.where(sel, l1 * 0.0, tl.where(l2 > l1, 0.0, l1))
             kl = -d
         else:
             absd = tl.abs(d)

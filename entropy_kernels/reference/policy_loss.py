@@ -318,8 +318,10 @@ def cov_loss_parts_reference(
     l1 = -a * ratio
     if clip_mode:
         l2 = -a * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-        tok = torch.where(selected, 0.0, torch.maximum(l1, l2))
-        grad = torch.where(selected | (l2 > l1), 0.0, l1)
+        # the selected tokens' terms times 0, as verl's ``loss * corr``: a NaN/inf stays NaN there
+        l12 = torch.maximum(l1, l2)
+        tok = torch.where(selected, l12 * 0.0, l12)
+        grad = torch.where(selected, l1 * 0.0, torch.where(l2 > l1, 0.0, l1))
         kl = -d
     else:
         tok = torch.where(selected, l1 + kl_coef * d.abs(), l1)
