@@ -206,6 +206,25 @@ def test_exact_rule_splits_tie_groups_by_index(backend):
     assert 1024 < int(got[2].sum()) < 3000  # the all-equal row at α = 0.9: e^{0.9·log 3000} ≈ 1347
 
 
+@pytest.mark.parametrize("mode", ["transformers", "exact"])
+def test_boundary_ties_are_kept_on_every_path(backend, mode):
+    """Rows of n equal logits (padded with -inf) whose k-th token sits exactly on the boundary:
+    transformers rule at α = k/n (cumulative entropy k·log(n)/n = τ), exact rule at
+    α = log k / log n (H_k = log k = τ). The boundary token is kept on every path, whatever order
+    its fp32 sums are taken in (the reference kept 31 of 64 at α = 0.5, the kernel 32)."""
+    pairs = {"transformers": [(64, 32), (10, 10), (100, 75)], "exact": [(64, 8), (10, 5), (7, 7)]}[mode]
+    logits = torch.full((len(pairs), 100), float("-inf"))
+    alpha = torch.empty(len(pairs))
+    for i, (n, k) in enumerate(pairs):
+        logits[i, torch.randperm(100)[:n]] = 0.7
+        alpha[i] = k / n if mode == "transformers" else math.log(k) / math.log(n)
+    got = run(backend, ek.top_h_mask, logits.to(backend.device), alpha.to(backend.device), mode=mode).cpu()
+    assert got.sum(1).tolist() == [k for _, k in pairs]
+    for i in range(len(pairs)):  # the lowest indices of the tie group
+        finite = torch.nonzero(~torch.isneginf(logits[i])).flatten()
+        assert torch.equal(torch.nonzero(got[i]).flatten(), finite[: pairs[i][1]])
+
+
 def test_prefilter_group_sizes():
     from entropy_kernels.kernels.top_h import MAX_GROUPS, prefilter_groups
 

@@ -253,7 +253,9 @@ def _top_h_kernel(
         log_q = z - z0 - tl.log(tl.sum(e, 0))
         q = e / tl.sum(e, 0)
         terms = tl.where(q > 0, -q * log_q, 0.0)
-        tau = alpha * tl.sum(terms, 0)
+        # the boundary slack of the exact rule (reference.top_h.BOUNDARY_SLACK): a token whose
+        # cumulative entropy equals τ is kept whatever order the fp32 sums were taken in
+        tau = alpha * tl.sum(terms, 0) * (1.0 + 1e-5)
         keep = valid & (((tl.cumsum(terms, 0) <= tau) & (q > 0)) | (pos == 0))
         overflow = False
 
