@@ -15,9 +15,91 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_tensor(name: str, t: object) -> torch.Tensor:
+    """``t`` is a tensor that holds data: a ``meta`` tensor (shape only) would give a result
+    without values -- a loss whose backward silently trains nothing.
+
+    Example
+    -------
+    >>> check_tensor("logits", [1.0])
+    Traceback (most recent call last):
+    ...
+    TypeError: logits must be a torch.Tensor, got list
+    """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (a shape without data); pass a tensor on the CPU or a GPU")
     return t
+
+
+def check_bool(name: str, value: object) -> bool:
+    """A flag: ``True`` or ``False`` only (a string such as ``"no"`` would be truthy).
+
+    Example
+    -------
+    >>> check_bool("return_lse", None)
+    Traceback (most recent call last):
+    ...
+    TypeError: return_lse must be True or False, got None
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_int(name: str, value: object, minimum: Optional[int] = None) -> int:
+    """A Python int (bools rejected: ``True`` is not a count), at least ``minimum``.
+
+    Example
+    -------
+    >>> check_int("top_n", 2.5)
+    Traceback (most recent call last):
+    ...
+    TypeError: top_n must be an int, got 2.5
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_real(name: str, value: object, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
+               high_open: bool = False) -> float:
+    """A finite Python number (bools rejected) in ``[low, high]`` (``(`` / ``)`` with the open
+    flags), as a float.
+
+    Example
+    -------
+    >>> check_real("label_smoothing", 1.0, 0.0, 1.0, high_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: label_smoothing must be a finite number in [0.0, 1.0), got 1.0
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not math.isfinite(value) or not inside:
+        raise ValueError(
+            f"{name} must be a finite number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}, got {value}"
+        )
+    return value
+
+
+def check_generator(name: str, generator: object) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def check_process_group(name: str, group: object) -> None:
+    """None or a ``torch.distributed`` process group."""
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and isinstance(group, dist.ProcessGroup)):
+        raise TypeError(f"{name} must be a torch.distributed ProcessGroup or None, got {type(group).__name__}")
 
 
 def check_float_dtype(name: str, t: torch.Tensor, allowed: Sequence[torch.dtype] = FLOAT_DTYPES) -> None:
@@ -39,7 +121,7 @@ def check_same_device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tens
 def check_positive_scalar(name: str, value: object) -> float:
     """A finite, strictly positive Python number (bools rejected)."""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
@@ -60,10 +142,13 @@ def broadcast_rows(name: str, t: torch.Tensor, lead_shape: torch.Size) -> torch.
     return expanded.reshape(-1).to(torch.float32).contiguous()
 
 
-def check_linear_head(hidden: object, weight: object, targets: object, bias: object, targets_name: str = "targets") -> None:
+def check_linear_head(hidden: object, weight: object, targets: object, bias: object, targets_name: str = "targets",
+                      weight_name: str = "weight") -> None:
     """Shapes, dtypes and devices of ``hidden [..., D]``, ``weight [V, D]``, ``targets [...]``,
-    ``bias [V]`` (optional), as the linear-softmax ops take them."""
-    for name, t in (("hidden", hidden), ("weight", weight)):
+    ``bias [V]`` (optional), as the linear-softmax ops take them; ``targets_name`` /
+    ``weight_name``: what the caller calls those arguments (messages name the user's argument)."""
+    w = weight_name
+    for name, t in (("hidden", hidden), (w, weight)):
         check_tensor(name, t)
         check_float_dtype(name, t)
     check_tensor(targets_name, targets)
@@ -71,16 +156,16 @@ def check_linear_head(hidden: object, weight: object, targets: object, bias: obj
         raise TypeError(f"{targets_name} must be int64 or int32 class indices, got {targets.dtype}")
     check_min_dim("hidden", hidden, 1, "(the last one is the hidden size D)")
     if weight.dim() != 2:
-        raise ValueError(f"weight must be [V, D], got shape {tuple(weight.shape)}")
+        raise ValueError(f"{w} must be [V, D], got shape {tuple(weight.shape)}")
     if weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"hidden's last dim ({hidden.shape[-1]}) must equal weight's D ({weight.shape[1]})")
+        raise ValueError(f"hidden's last dim ({hidden.shape[-1]}) must equal {w}'s D ({weight.shape[1]})")
     if weight.shape[0] == 0:
-        raise ValueError("weight must have at least one vocabulary row")
+        raise ValueError(f"{w} must have at least one vocabulary row")
     if hidden.dtype != weight.dtype:
-        raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype")
+        raise TypeError(f"hidden ({hidden.dtype}) and {w} ({weight.dtype}) must have the same dtype")
     if tuple(targets.shape) != tuple(hidden.shape[:-1]):
         raise ValueError(f"{targets_name} shape {tuple(targets.shape)} must equal hidden's leading shape {tuple(hidden.shape[:-1])}")
-    check_same_device("weight", weight, "hidden", hidden)
+    check_same_device(w, weight, "hidden", hidden)
     check_same_device(targets_name, targets, "hidden", hidden)
     if bias is not None:
         check_tensor("bias", bias)
@@ -88,7 +173,7 @@ def check_linear_head(hidden: object, weight: object, targets: object, bias: obj
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got shape {tuple(bias.shape)}")
         if bias.dtype != weight.dtype:
-            raise TypeError(f"bias ({bias.dtype}) must have weight's dtype ({weight.dtype})")
+            raise TypeError(f"bias ({bias.dtype}) must have {w}'s dtype ({weight.dtype})")
 
 
 def check_class_indices(name: str, targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
@@ -129,6 +214,7 @@ def seed_and_offset(generator: Optional[torch.Generator], seed: Optional[torch.T
     that offset 0 is returned as None (a kernel that takes "no offset" saves the allocation)."""
     if (seed is None) != (offset is None):
         raise ValueError("seed and offset must be given together")
+    check_generator("generator", generator)
     if seed is not None:
         if generator is not None:
             raise ValueError("pass either generator or seed/offset, not both")

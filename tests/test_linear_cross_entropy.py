@@ -273,7 +273,7 @@ def _args(**over):
         (dict(chunk_size=0), ValueError, "chunk_size"),
         (dict(bias=torch.randn(9)), ValueError, "bias must be"),
         (dict(shift=True, hidden=torch.randn(8), targets=torch.tensor(3)), ValueError, "shift=True needs"),
-        (dict(weight=torch.randn(10, 8, device="meta")), ValueError, "same device"),
+        (dict(weight=torch.randn(10, 8, device="meta")), ValueError, "weight is a meta tensor"),  # (a device without data)
         (dict(impl="chunked", reduction="none"), ValueError, "chunked"),
     ],
 )

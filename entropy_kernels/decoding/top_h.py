@@ -4,11 +4,14 @@ without transformers."""
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import Callable, Optional
 
 import torch
 
-from ..ops.top_h import top_h_mask, top_h_sample
+from .. import _validation
+from ..ops.top_h import check_options, top_h_mask, top_h_sample
 
 try:  # subclass transformers' base class when it is installed, so isinstance checks pass
     from transformers import LogitsProcessor as _Base
@@ -32,8 +35,11 @@ class TopHLogitsProcessor(_Base):
     """
 
     def __init__(self, top_h: float, *, mode: str = "transformers", top_n: int = 100, filter_value: float = -float("inf")):
-        if isinstance(top_h, bool) or not isinstance(top_h, (int, float)) or not 0.0 < top_h <= 1.0:
-            raise ValueError(f"top_h must be in (0, 1], got {top_h!r}")
+        # checked here, not at the first generation step
+        _validation.check_real("top_h", top_h, 0.0, 1.0, low_open=True)
+        check_options(0.5, 1.0, mode, top_n)
+        if isinstance(filter_value, bool) or not isinstance(filter_value, Real) or math.isnan(filter_value):
+            raise TypeError(f"filter_value must be a number (e.g. -inf), not NaN, got {filter_value!r}")
         self.top_h, self.mode, self.top_n, self.filter_value = float(top_h), mode, top_n, filter_value
 
     def __call__(self, input_ids: Optional[torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
@@ -97,8 +103,16 @@ def top_h_generate(
     >>> out.shape
     torch.Size([2, 6])
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not callable(next_token_logits):
+        raise TypeError(f"next_token_logits must be a function ids -> logits, got {type(next_token_logits).__name__}")
+    _validation.check_tensor("input_ids", input_ids)
+    if input_ids.dtype not in (torch.int64, torch.int32) or input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be an int64/int32 [B, T] tensor, got {input_ids.dtype} of shape {tuple(input_ids.shape)}")
+    _validation.check_int("max_new_tokens", max_new_tokens, 0)
+    if eos_token_id is not None:
+        _validation.check_int("eos_token_id", eos_token_id)
+    _validation.check_generator("generator", generator)
+    check_options(alpha, temperature, mode, 100)
     ids = input_ids
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):

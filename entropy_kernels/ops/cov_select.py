@@ -217,10 +217,11 @@ def masked_stats(log_prob, advantages, mask) -> torch.Tensor:
 # argument checks shared with training.policy_loss
 
 
-def check_inputs(old_log_prob, log_prob, advantages, response_mask):
-    """Types, shapes and devices of the ``[B, T]`` inputs; returns contiguous tensors."""
+def check_inputs(old_log_prob, log_prob, advantages, response_mask, with_old: bool = True):
+    """Types, shapes and devices of the ``[B, T]`` inputs (``old_log_prob`` too unless
+    ``with_old`` is False: KL-Cov's selection has none); returns contiguous tensors."""
     tensors = {"log_prob": log_prob, "advantages": advantages, "response_mask": response_mask}
-    if old_log_prob is not None:
+    if with_old:
         tensors = {"old_log_prob": old_log_prob, **tensors}
     for name, t in tensors.items():
         _validation.check_tensor(name, t)
@@ -253,10 +254,13 @@ def check_nonneg(name: str, value, upper: float = math.inf) -> float:
 
 
 def clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high) -> Tuple[float, float]:
-    """verl's rule: ``clip_ratio_low/high`` default to ``clip_ratio``; ε_low ∈ [0, 1], ε_high ≥ 0."""
+    """verl's rule: ``clip_ratio_low/high`` default to ``clip_ratio``; ε_low ∈ [0, 1], ε_high ≥ 0.
+    A bad default is reported under ``clip_ratio``, the argument the user gave."""
+    low_name = "clip_ratio_low" if clip_ratio_low is not None else "clip_ratio (the default of clip_ratio_low)"
+    high_name = "clip_ratio_high" if clip_ratio_high is not None else "clip_ratio (the default of clip_ratio_high)"
     low = clip_ratio if clip_ratio_low is None else clip_ratio_low
     high = clip_ratio if clip_ratio_high is None else clip_ratio_high
-    return check_nonneg("clip_ratio_low", low, 1.0), check_nonneg("clip_ratio_high", high)
+    return check_nonneg(low_name, low, 1.0), check_nonneg(high_name, high)
 
 
 def check_band(lb, ub) -> Tuple[float, float]:
@@ -398,6 +402,7 @@ def clip_cov_select(
     low, high = clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high)
     ratio = check_fraction("clip_cov_ratio", clip_cov_ratio)
     lb, ub = check_band(clip_cov_lb, clip_cov_ub)
+    _validation.check_process_group("process_group", process_group)
     seed, offset = _validation.seed_and_offset(generator, seed, offset, "log_prob", log_prob)
     sel, _ = _select(log_prob.detach(), advantages, response_mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group)
     return sel
@@ -435,7 +440,8 @@ def kl_cov_select(
     tensor([[False,  True,  True, False],
             [False, False, False, False]])
     """
-    _, log_prob, advantages, response_mask = check_inputs(None, log_prob, advantages, response_mask)
+    _, log_prob, advantages, response_mask = check_inputs(None, log_prob, advantages, response_mask, with_old=False)
     ratio = check_fraction("kl_cov_ratio", kl_cov_ratio)
+    _validation.check_process_group("process_group", process_group)
     sel, _ = _select(log_prob.detach(), advantages, response_mask, None, False, ratio, 0.0, 0.0, 0.0, 0.0, None, None, process_group)
     return sel

@@ -126,8 +126,10 @@ def entropy(
     _validation.check_min_dim("logits", logits, 1, "(the last one is the vocabulary)")
     if logits.shape[-1] == 0:
         raise ValueError(f"logits must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}")
+    _validation.check_bool("return_lse", return_lse)
     row_temperature = None
     if isinstance(temperature, torch.Tensor):
+        _validation.check_tensor("temperature", temperature)
         _validation.check_float_dtype("temperature", temperature)
         _validation.check_same_device("temperature", temperature, "logits", logits)
         row_temperature = _validation.broadcast_rows("temperature", temperature, logits.shape[:-1])

@@ -133,28 +133,64 @@ linear_cross_entropy_chunked.register_autograd(_chunked_backward, setup_context=
 
 # ------------------------------------------------------------------------------ public API ---
 
-def _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, shift, impl, filter_eps, chunk_size, process_group):
-    _validation.check_linear_head(hidden, weight, targets, bias)
-    if process_group is not None and impl not in ("auto", "fused"):
-        raise ValueError(f"with a process_group (vocabulary-parallel weight) impl must be 'auto' or 'fused', got {impl!r}")
+def check_options(*, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, shift=False,
+                  return_lse=False, impl="auto", filter_eps="auto", accum_fp32=False, chunk_size=None, process_group=None,
+                  vocab_offset=None) -> None:
+    """The options of :func:`linear_cross_entropy` that are not tensors (also checked by the
+    loss module and the transformers patch when they are given, not at the first forward).
+
+    Example
+    -------
+    >>> check_options(label_smoothing=None)
+    Traceback (most recent call last):
+    ...
+    TypeError: label_smoothing must be a number, got None
+    """
+    _validation.check_int("ignore_index", ignore_index)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if isinstance(label_smoothing, bool) or not 0.0 <= float(label_smoothing) < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    if isinstance(z_loss, bool) or not float(z_loss) >= 0.0:
-        raise ValueError(f"z_loss must be >= 0, got {z_loss}")
+    if process_group is not None and impl not in ("auto", "fused"):
+        raise ValueError(f"with a process_group (vocabulary-parallel weight) impl must be 'auto' or 'fused', got {impl!r}")
+    _validation.check_real("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    _validation.check_real("z_loss", z_loss, 0.0)
     if softcap is not None:
         _validation.check_positive_scalar("softcap", softcap)
-    if filter_eps not in ("auto", None) and (isinstance(filter_eps, bool) or not float(filter_eps) >= 0.0):
-        raise ValueError(f"filter_eps must be 'auto', None or a float >= 0, got {filter_eps!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if shift and hidden.dim() < 2:
+    check_filter_eps(filter_eps, allow_auto=True)
+    for name, value in (("shift", shift), ("return_lse", return_lse), ("accum_fp32", accum_fp32)):
+        _validation.check_bool(name, value)
+    if chunk_size is not None:
+        _validation.check_int("chunk_size", chunk_size, 1)
+    check_vocab_parallel(process_group, vocab_offset)
+
+
+def check_filter_eps(filter_eps, allow_auto: bool) -> None:
+    """``filter_eps``: None, a finite float >= 0 (an infinite one would skip every gradient
+    tile) or, where ``allow_auto``, ``"auto"``."""
+    if filter_eps is None or (allow_auto and isinstance(filter_eps, str) and filter_eps == "auto"):
+        return
+    if isinstance(filter_eps, str):
+        raise ValueError(f"filter_eps must be {'auto, ' if allow_auto else ''}None or a float >= 0, got {filter_eps!r}")
+    _validation.check_real("filter_eps", filter_eps, 0.0)
+
+
+def check_vocab_parallel(process_group, vocab_offset) -> None:
+    """``vocab_offset`` (an int >= 0) only with a ``process_group``: alone it would be ignored."""
+    if vocab_offset is not None:
+        _validation.check_int("vocab_offset", vocab_offset, 0)
+        if process_group is None:
+            raise ValueError("vocab_offset is this rank's first vocabulary id: it needs a process_group")
+    _validation.check_process_group("process_group", process_group)
+
+
+def _validate(hidden, weight, targets, bias, options):
+    _validation.check_linear_head(hidden, weight, targets, bias)
+    check_options(**options)
+    if options["shift"] and hidden.dim() < 2:
         raise ValueError("shift=True needs hidden [..., T, D] with a time dimension")
-    if process_group is None:  # sharded: checked against the total vocabulary once it is known
-        _validation.check_class_indices("targets", targets, weight.shape[0], ignore_index)
+    if options["process_group"] is None:  # sharded: checked against the total vocabulary once it is known
+        _validation.check_class_indices("targets", targets, weight.shape[0], options["ignore_index"])
 
 
 def _shift_targets(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -259,7 +295,11 @@ def linear_cross_entropy(
     >>> torch.allclose(loss, torch.nn.functional.cross_entropy((h @ w.T).flatten(0, 1), y.flatten()), atol=1e-5)
     True
     """
-    _validate(hidden, weight, targets, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, shift, impl, filter_eps, chunk_size, process_group)
+    _validate(hidden, weight, targets, bias, dict(
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        shift=shift, return_lse=return_lse, impl=impl, filter_eps=filter_eps, accum_fp32=accum_fp32, chunk_size=chunk_size,
+        process_group=process_group, vocab_offset=vocab_offset,
+    ))
     label_smoothing, z_loss = float(label_smoothing), float(z_loss)
     cap = float(softcap) if softcap is not None else 0.0
     lead_shape = hidden.shape[:-1]

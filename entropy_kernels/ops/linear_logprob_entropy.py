@@ -17,6 +17,7 @@ import torch
 from .. import _backend, _validation
 from ..reference.linear_softmax import raw_logits, rows_stats_reference
 from .linear_softmax import linear_softmax_stats
+from .linear_cross_entropy import check_filter_eps, check_vocab_parallel
 from .linear_softmax_stored import linear_softmax_stats_stored
 from .vocab_parallel import vocab_parallel_stats
 
@@ -89,16 +90,39 @@ def linear_logprob_entropy(
     >>> torch.allclose(ent, -(ref.exp() * ref).sum(-1), atol=1e-4)
     True
     """
-    _validation.check_linear_head(hidden, weight, labels, bias, targets_name="labels")
+    return logprob_entropy(hidden, weight, labels, bias=bias, temperature=temperature, ignore_index=ignore_index,
+                           return_entropy=return_entropy, impl=impl, logits_budget=logits_budget, filter_eps=filter_eps,
+                           accum_fp32=accum_fp32, process_group=process_group, vocab_offset=vocab_offset)
+
+
+def logprob_entropy(hidden, weight, labels, *, bias=None, temperature=1.0, ignore_index=-100, return_entropy=True,
+                    impl="auto", logits_budget=0, filter_eps=None, accum_fp32=False, process_group=None, vocab_offset=None,
+                    labels_name="labels", weight_name="weight"):
+    """:func:`linear_logprob_entropy` for the wrappers that call ``labels`` / ``weight``
+    something else (``input_ids`` / ``lm_head_weight``): error messages name the argument the
+    user passed.
+
+    Example
+    -------
+    >>> logprob_entropy(torch.randn(2, 4), torch.randn(6, 4), torch.tensor([0.0, 1.0]), labels_name="input_ids")
+    Traceback (most recent call last):
+    ...
+    TypeError: input_ids must be int64 or int32 class indices, got torch.float32
+    """
+    _validation.check_linear_head(hidden, weight, labels, bias, targets_name=labels_name, weight_name=weight_name)
     inv_t = 1.0 / _validation.check_positive_scalar("temperature", temperature)
+    _validation.check_int("ignore_index", ignore_index)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if filter_eps is not None and (isinstance(filter_eps, bool) or not float(filter_eps) >= 0.0):
-        raise ValueError(f"filter_eps must be None or a float >= 0, got {filter_eps!r}")
+    check_filter_eps(filter_eps, allow_auto=False)
+    _validation.check_bool("return_entropy", return_entropy)
+    _validation.check_bool("accum_fp32", accum_fp32)
+    _validation.check_int("logits_budget", logits_budget, 0)
     if process_group is not None and impl not in ("auto", "fused"):
         raise ValueError(f"with a process_group (vocabulary-parallel weight) impl must be 'auto' or 'fused', got {impl!r}")
+    check_vocab_parallel(process_group, vocab_offset)
     if process_group is None:
-        _validation.check_class_indices("labels", labels, weight.shape[0], ignore_index)
+        _validation.check_class_indices(labels_name, labels, weight.shape[0], ignore_index)
 
     lead_shape = hidden.shape[:-1]
     h = hidden.reshape(-1, hidden.shape[-1])

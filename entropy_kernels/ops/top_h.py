@@ -71,6 +71,25 @@ def _run(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset):
     return top_h_op(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset)
 
 
+def check_options(alpha, temperature, mode: str, top_n: int) -> float:
+    """The scalar settings of Top-H (also checked by the decoding wrappers when they are built);
+    returns the temperature as a float. A tensor ``alpha`` is checked against the logits later.
+
+    Example
+    -------
+    >>> check_options(0.4, 1.0, "exact", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: top_n must be >= 1, got 0
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _validation.check_int("top_n", top_n, 1)
+    if not isinstance(alpha, torch.Tensor):
+        _validation.check_real("alpha", alpha, 0.0, 1.0, low_open=True)
+    return _validation.check_positive_scalar("temperature", temperature)
+
+
 def _prepare(logits, alpha, temperature, mode, top_n):
     _validation.check_tensor("logits", logits)
     _validation.check_float_dtype("logits", logits, (torch.float16, torch.bfloat16, torch.float32))
@@ -78,21 +97,16 @@ def _prepare(logits, alpha, temperature, mode, top_n):
         raise ValueError(f"logits must be [batch, vocab] (2-D), got shape {tuple(logits.shape)}")
     if logits.shape[1] == 0:
         raise ValueError("logits must have a non-empty vocabulary dimension")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-        raise ValueError(f"top_n must be a positive int, got {top_n!r}")
-    temperature = _validation.check_positive_scalar("temperature", temperature)
+    temperature = check_options(alpha, temperature, mode, top_n)
     b = logits.shape[0]
     if isinstance(alpha, torch.Tensor):
+        _validation.check_tensor("alpha", alpha)
         _validation.check_float_dtype("alpha", alpha)
         _validation.check_same_device("alpha", alpha, "logits", logits)
         if alpha.numel() not in (1, b) or alpha.dim() > 1:
             raise ValueError(f"alpha must be a float, a scalar tensor or a [batch] = [{b}] tensor, got shape {tuple(alpha.shape)}")
         alpha_t = alpha.reshape(-1).expand(b).to(torch.float32).contiguous()
     else:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
         alpha_t = torch.full((b,), float(alpha), dtype=torch.float32, device=logits.device)
     x = logits if logits.stride(-1) == 1 else logits.contiguous()
     return x, alpha_t, temperature
@@ -121,7 +135,10 @@ def top_h_mask(
         vocabulary (longest prefix with renormalised entropy ``≤ α·H(p)``).
     top_n : int, candidates of the transformers rule (transformers uses 100).
 
-    Ties between equal logits are broken by the lower vocabulary index.
+    Ties between equal logits are broken by the lower vocabulary index, and a token whose
+    cumulative entropy equals the threshold is kept (to a relative 1e-5, the same on every
+    path: transformers' warper decides such a token by its fp32 rounding). NaN / ±inf logits:
+    docs/nan-semantics.md.
 
     Example
     -------

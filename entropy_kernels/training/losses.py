@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..ops.linear_cross_entropy import linear_cross_entropy
+from ..ops.linear_cross_entropy import check_options, linear_cross_entropy
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):
@@ -37,6 +37,10 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         chunk_size: Optional[int] = None,
     ):
         super().__init__()
+        # checked now, not at the first forward (possibly hours into a run)
+        check_options(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                      softcap=softcap, shift=shift, impl=impl, filter_eps=filter_eps, accum_fp32=accum_fp32,
+                      chunk_size=chunk_size)
         self.options = dict(
             ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
             softcap=softcap, shift=shift, impl=impl, filter_eps=filter_eps, accum_fp32=accum_fp32,

@@ -18,7 +18,7 @@ import torch
 
 from .. import _validation
 from ..ops import cov_select as _ops
-from ..ops.linear_logprob_entropy import linear_logprob_entropy
+from ..ops.linear_logprob_entropy import logprob_entropy
 from ..reference.policy_loss import agg_normalization
 
 Metrics = Dict[str, torch.Tensor]
@@ -169,6 +169,7 @@ def clip_cov_policy_loss(
     low, high = _ops.clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high)
     ratio = _ops.check_fraction("clip_cov_ratio", clip_cov_ratio)
     lb, ub = _ops.check_band(clip_cov_lb, clip_cov_ub)
+    _validation.check_process_group("process_group", process_group)
     if selection is not None:
         if generator is not None or seed is not None or process_group is not None:
             raise ValueError("selection replaces the sampling: do not pass generator, seed/offset or process_group with it")
@@ -238,6 +239,7 @@ def kl_cov_policy_loss(
     agg = _aggregation(log_prob, loss_agg_mode, rollout_is_weights, global_batch_info)
     ratio = _ops.check_fraction("kl_cov_ratio", kl_cov_ratio)
     coef = _ops.check_nonneg("ppo_kl_coef", ppo_kl_coef)
+    _validation.check_process_group("process_group", process_group)
     if selection is not None:
         if process_group is not None:
             raise ValueError("selection replaces the top-k: do not pass process_group with it")
@@ -294,9 +296,17 @@ def linear_cov_policy_loss(
     """
     if loss_mode not in ("clip_cov", "kl_cov"):
         raise ValueError(f"loss_mode must be 'clip_cov' or 'kl_cov', got {loss_mode!r}")
-    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
-        raise ValueError(f"hidden must be a [B, T, D] tensor, got {getattr(hidden, 'shape', type(hidden).__name__)}")
-    log_prob, entropy = linear_logprob_entropy(hidden, lm_head_weight, labels, bias=bias, temperature=temperature, impl=impl)
+    _validation.check_tensor("hidden", hidden)
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be a [B, T, D] tensor, got shape {tuple(hidden.shape)}")
+    # the loss's own arguments before the log-probs are computed (the GEMMs are the cost)
+    agg_normalization(loss_agg_mode, hidden.shape[1])
+    for name, t in (("old_log_prob", old_log_prob), ("advantages", advantages), ("response_mask", response_mask)):
+        _validation.check_tensor(name, t)
+        if tuple(t.shape) != tuple(hidden.shape[:2]):
+            raise ValueError(f"{name} shape {tuple(t.shape)} must be hidden's [B, T] = {tuple(hidden.shape[:2])}")
+    log_prob, entropy = logprob_entropy(hidden, lm_head_weight, labels, bias=bias, temperature=temperature, impl=impl,
+                                        weight_name="lm_head_weight")
     fn = clip_cov_policy_loss if loss_mode == "clip_cov" else kl_cov_policy_loss
     loss, metrics = fn(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, **loss_options)
     valid = response_mask > 0

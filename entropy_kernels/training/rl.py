@@ -8,7 +8,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..ops.linear_logprob_entropy import linear_logprob_entropy
+from .. import _validation
+from ..ops.linear_logprob_entropy import logprob_entropy
 from ..reference.policy_loss import LOSS_AGG_MODES, aggregate  # noqa: F401  (re-exported by training)
 
 
@@ -41,15 +42,28 @@ def response_logprobs_and_entropy(
     >>> lp.shape, ent.shape
     (torch.Size([2, 4]), torch.Size([2, 4]))
     """
-    if hidden.dim() != 3 or input_ids.dim() != 2 or hidden.shape[:2] != input_ids.shape:
+    # the whole inputs checked under the caller's names (the op sees slices named labels/weight)
+    _validation.check_linear_head(hidden, lm_head_weight, input_ids, bias, targets_name="input_ids", weight_name="lm_head_weight")
+    if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, D] and input_ids [B, T]; got {tuple(hidden.shape)} and {tuple(input_ids.shape)}")
-    if not isinstance(response_length, int) or not 0 < response_length < hidden.shape[1]:
+    _validation.check_int("response_length", response_length)
+    if not 0 < response_length < hidden.shape[1]:
         raise ValueError(f"response_length must be an int in [1, T-1] = [1, {hidden.shape[1] - 1}], got {response_length!r}")
     r = response_length
-    return linear_logprob_entropy(
+    return logprob_entropy(
         hidden[:, -r - 1 : -1, :], lm_head_weight, input_ids[:, -r:], bias=bias, temperature=temperature,
-        return_entropy=return_entropy, **op_options,
+        return_entropy=return_entropy, labels_name="input_ids", weight_name="lm_head_weight", **op_options,
     )
+
+
+def _check_loss_and_mask(loss_name: str, loss: torch.Tensor, mask_name: str, mask: torch.Tensor) -> None:
+    _validation.check_tensor(loss_name, loss)
+    _validation.check_float_dtype(loss_name, loss)
+    _validation.check_tensor(mask_name, mask)
+    _validation.kernel_mask(mask_name, mask)  # (rejects complex masks)
+    _validation.check_same_device(mask_name, mask, loss_name, loss)
+    if loss.shape != mask.shape or loss.dim() != 2:
+        raise ValueError(f"{loss_name} and {mask_name} must both be [B, T]; got {tuple(loss.shape)} and {tuple(mask.shape)}")
 
 
 def aggregate_loss(
@@ -79,8 +93,7 @@ def aggregate_loss(
     >>> aggregate_loss(loss, mask, "token-mean", dp_size=2, batch_num_tokens=7)  # 7 / (7/2)
     tensor(2.)
     """
-    if loss_mat.shape != loss_mask.shape or loss_mat.dim() != 2:
-        raise ValueError(f"loss_mat and loss_mask must both be [B, T]; got {tuple(loss_mat.shape)} and {tuple(loss_mask.shape)}")
+    _check_loss_and_mask("loss_mat", loss_mat, "loss_mask", loss_mask)
     return aggregate(loss_mat, loss_mask, loss_agg_mode, **global_batch_info)
 
 
@@ -93,4 +106,6 @@ def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, loss_a
     >>> entropy_bonus(ent, torch.ones(1, 2), coef=0.01)
     tensor(-0.0200)
     """
+    coef = _validation.check_real("coef", coef)
+    _check_loss_and_mask("entropy", entropy, "mask", mask)
     return -coef * aggregate_loss(entropy, mask, loss_agg_mode)

@@ -17,7 +17,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..ops.linear_cross_entropy import linear_cross_entropy
+from .. import _validation
+from ..ops.linear_cross_entropy import check_options, linear_cross_entropy
 
 # Families whose *ForCausalLM.forward is `self.model(...)` → `self.lm_head(hidden)` → loss.
 SUPPORTED = (
@@ -118,9 +119,14 @@ def patch_causal_lm(
     >>> patch_causal_lm(model)                                             # doctest: +SKIP
     >>> out = model(input_ids, labels=input_ids)   # out.loss as before, out.logits is None  # doctest: +SKIP
     """
+    _validation.check_bool("force", force)
+    _validation.check_bool("return_logits", return_logits)
+    check_options(impl=impl, filter_eps=filter_eps, accum_fp32=accum_fp32, chunk_size=chunk_size)
+    if target is None or isinstance(target, (str, int, float, bool, torch.Tensor)):
+        raise TypeError(f"target must be a causal LM (an instance or a class), got {type(target).__name__}")
     cls = target if isinstance(target, type) else type(target)
     if not force and cls.__name__ not in SUPPORTED:
-        raise ValueError(f"{cls.__name__} is not a supported causal LM ({', '.join(SUPPORTED)}); pass force=True to try anyway")
+        raise ValueError(f"target {cls.__name__} is not a supported causal LM ({', '.join(SUPPORTED)}); pass force=True to try anyway")
     options = dict(impl=impl, filter_eps=filter_eps, accum_fp32=accum_fp32, chunk_size=chunk_size, return_logits=return_logits)
     if isinstance(target, type):
         if "_ek_original_forward" not in target.__dict__:
@@ -138,7 +144,7 @@ def patch_causal_lm(
 def unpatch_causal_lm(target):
     """Restore the original ``forward`` of a target patched by :func:`patch_causal_lm`."""
     if "_ek_original_forward" not in getattr(target, "__dict__", {}):
-        raise ValueError(f"{target!r} was not patched by entropy_kernels")
+        raise ValueError(f"target {target!r} was not patched by entropy_kernels")
     if isinstance(target, type):
         target.forward = target._ek_original_forward
     else:

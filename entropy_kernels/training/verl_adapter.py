@@ -149,6 +149,17 @@ def register_with_verl(loss_modes: Iterable[str] = LOSS_MODES, prefix: str = "ek
     >>> register_with_verl()  # doctest: +SKIP
     {'ek_clip_cov': None, 'ek_kl_cov': None}
     """
+    # checked before verl is imported: a string would be iterated character by character
+    if isinstance(loss_modes, str) or not isinstance(loss_modes, Iterable):
+        raise TypeError(f"loss_modes must be a list of mode names (e.g. ['clip_cov']), got {loss_modes!r}")
+    loss_modes = list(loss_modes)
+    for mode in loss_modes:
+        if mode not in POLICY_LOSSES:
+            raise ValueError(f"loss_modes must be among {tuple(POLICY_LOSSES)}, got {mode!r}")
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    if not isinstance(replace, bool):
+        raise TypeError(f"replace must be True or False, got {replace!r}")
     from verl.trainer.ppo import core_algos
 
     replaced = {}
