@@ -221,14 +221,14 @@ def top_h_oracle(z, alpha, mode, top_n=100):
 
 
 def top_h_rows():
-    x = torch.randn(6, 24) * 2
+    x = torch.randn(7, 24) * 2
     x[0, [3, 11]] = NAN
     x[0, 4] = -INF
     x[1, [5, 17]] = INF
     x[2] = -INF
     x[3] = NAN
     x[3, ::3] = -INF
-    alpha = torch.tensor([0.5, 0.5, 0.5, 0.5, NAN, INF])  # rows 4, 5: per-row alpha classes
+    alpha = torch.tensor([0.5, 0.5, 0.5, 0.5, NAN, INF, -0.5])  # rows 4-6: per-row alpha classes
     return x, alpha
 
 
@@ -241,7 +241,7 @@ def test_top_h(backend, mode):
     assert torch.equal(kept, ref), (kept ^ ref).nonzero()
     assert kept[1].nonzero().flatten().tolist() == [5] and kept[2].nonzero().flatten().tolist() == [0]
     assert kept[3].nonzero().flatten().tolist() == [0] and kept[4].sum() == 1
-    assert kept[5].all()  # alpha = inf keeps every (finite) token
+    assert kept[5].all() and kept[6].sum() == 1  # alpha = inf keeps every (finite) token, alpha < 0 one
     seed, offset = torch.tensor([3], device=dev), torch.tensor([0], device=dev)
     # sampling on the rows of non-finite logits (each interpreted row costs ~0.5 s)
     samples = run(backend, ek.top_h_sample, x[:4].to(dev), alpha[:4].to(dev), mode=mode, seed=seed, offset=offset).cpu()
