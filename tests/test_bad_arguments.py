@@ -75,6 +75,11 @@ def flag():
     return [("str", lambda: "no"), ("None", lambda: None), ("int", lambda: 1)]
 
 
+def shift_amount():
+    """``shift``: a bool or an int >= 0 (positions), nothing else."""
+    return [("str", lambda: "no"), ("None", lambda: None), ("float", lambda: 1.0), ("negative", lambda: -1)]
+
+
 def choice():
     return [("unknown", lambda: "no-such-choice"), ("None", lambda: None), ("int", lambda: 1)]
 
@@ -169,7 +174,7 @@ TABLE = {
         "label_smoothing": number(low=0.0, high=1.0, high_open=True),
         "z_loss": number(low=0.0),
         "softcap": number(low=0.0, low_open=True, optional=True),
-        "shift": flag(),
+        "shift": shift_amount(),
         "return_lse": flag(),
         "chunk_size": integer(low=1, optional=True),
     }),
@@ -247,7 +252,7 @@ TABLE = {
         "label_smoothing": number(low=0.0, high=1.0, high_open=True),
         "z_loss": number(low=0.0),
         "softcap": number(low=0.0, low_open=True, optional=True),
-        "shift": flag(),
+        "shift": shift_amount(),
         "impl": choice(),
         "filter_eps": [("str", lambda: "never"), ("bool", lambda: True), ("nan", lambda: NAN), ("negative", lambda: -1.0)],
         "accum_fp32": flag(),

@@ -158,11 +158,51 @@ def check_options(*, ignore_index=-100, reduction="mean", label_smoothing=0.0, z
     if softcap is not None:
         _validation.check_positive_scalar("softcap", softcap)
     check_filter_eps(filter_eps, allow_auto=True)
-    for name, value in (("shift", shift), ("return_lse", return_lse), ("accum_fp32", accum_fp32)):
+    shift_amount(shift)
+    for name, value in (("return_lse", return_lse), ("accum_fp32", accum_fp32)):
         _validation.check_bool(name, value)
     if chunk_size is not None:
         _validation.check_int("chunk_size", chunk_size, 1)
     check_vocab_parallel(process_group, vocab_offset)
+
+
+def shift_amount(shift) -> int:
+    """``shift`` as a number of positions: ``False`` → 0, ``True`` → 1, an int ``s >= 0`` → ``s``.
+
+    Example
+    -------
+    >>> shift_amount(True), shift_amount(2)
+    (1, 2)
+    >>> shift_amount(1.5)
+    Traceback (most recent call last):
+    ...
+    TypeError: shift must be a bool or an int >= 0, got 1.5
+    """
+    if isinstance(shift, bool):
+        return int(shift)
+    if not isinstance(shift, int):
+        raise TypeError(f"shift must be a bool or an int >= 0, got {shift!r}")
+    if shift < 0:
+        raise ValueError(f"shift must be a bool or an int >= 0, got {shift}")
+    return shift
+
+
+def check_class_weight(class_weight, weight: torch.Tensor, label_smoothing, process_group) -> None:
+    """``class_weight``: None or a floating ``[V]`` tensor on the weight's device (the semantics of
+    ``F.cross_entropy(weight=...)``); not with label smoothing or a vocabulary-parallel weight."""
+    if class_weight is None:
+        return
+    _validation.check_tensor("class_weight", class_weight)
+    _validation.check_float_dtype("class_weight", class_weight)
+    if tuple(class_weight.shape) != (weight.shape[0],):
+        raise ValueError(f"class_weight must have shape [V] = [{weight.shape[0]}] (one weight per class), "
+                         f"got {tuple(class_weight.shape)}")
+    _validation.check_same_device("class_weight", class_weight, "weight", weight)
+    if float(label_smoothing) > 0:
+        raise ValueError("class_weight with label_smoothing > 0 is not supported (the smoothed term would need a "
+                         "per-class weight in every logit's gradient)")
+    if process_group is not None:
+        raise ValueError("class_weight is not supported with a process_group (vocabulary-parallel weight)")
 
 
 def check_filter_eps(filter_eps, allow_auto: bool) -> None:
@@ -184,19 +224,38 @@ def check_vocab_parallel(process_group, vocab_offset) -> None:
     _validation.check_process_group("process_group", process_group)
 
 
-def _validate(hidden, weight, targets, bias, options):
+def _validate(hidden, weight, targets, bias, class_weight, options):
     _validation.check_linear_head(hidden, weight, targets, bias)
     check_options(**options)
-    if options["shift"] and hidden.dim() < 2:
-        raise ValueError("shift=True needs hidden [..., T, D] with a time dimension")
+    check_class_weight(class_weight, weight, options["label_smoothing"], options["process_group"])
+    if shift_amount(options["shift"]) and hidden.dim() < 2:
+        raise ValueError(f"shift={options['shift']!r} needs hidden [..., T, D] with a time dimension")
     if options["process_group"] is None:  # sharded: checked against the total vocabulary once it is known
         _validation.check_class_indices("targets", targets, weight.shape[0], options["ignore_index"])
 
 
-def _shift_targets(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """targets[..., t+1] at position t and ignore_index at the last position (one small copy)."""
-    pad = torch.full_like(targets[..., :1], ignore_index)
-    return torch.cat([targets[..., 1:], pad], dim=-1)
+def _shift_targets(targets: torch.Tensor, ignore_index: int, s: int) -> torch.Tensor:
+    """targets[..., t+s] at position t and ignore_index at the last s positions (one small copy)."""
+    pad = torch.full_like(targets[..., : min(s, targets.shape[-1])], ignore_index)
+    return torch.cat([targets[..., s:], pad], dim=-1)
+
+
+def _token_weights(y: torch.Tensor, valid: torch.Tensor, class_weight: Optional[torch.Tensor], dtype) -> torch.Tensor:
+    """Each token's weight in the loss: ``class_weight[y]`` (1 without class weights), 0 where ignored."""
+    if class_weight is None:
+        return valid.to(dtype)
+    return torch.where(valid, class_weight.to(dtype)[torch.where(valid, y, 0)], 0)
+
+
+def _reduce(per_token: torch.Tensor, token_weight: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``F.cross_entropy``'s reductions with per-token weights: ``none`` → ``w·l``, ``sum`` → ``Σ w·l``,
+    ``mean`` → ``Σ w·l / Σ w`` (``nan`` when no token counts)."""
+    weighted = per_token * token_weight
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    return weighted.sum() / token_weight.sum()
 
 
 def _choose_impl(impl, reduction, return_lse, needs_grad, h) -> str:
@@ -217,12 +276,13 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     *,
     bias: Optional[torch.Tensor] = None,
+    class_weight: Optional[torch.Tensor] = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: Optional[float] = None,
-    shift: bool = False,
+    shift: Union[bool, int] = False,
     return_lse: bool = False,
     impl: str = "auto",
     filter_eps: Union[str, float, None] = "auto",
@@ -244,6 +304,11 @@ def linear_cross_entropy(
         CPU an out-of-range target raises ``ValueError``; on CUDA and under ``torch.compile``
         (where checking would synchronise or break the graph) it gives that token a ``nan`` loss.
     bias : Tensor ``[V]``, optional
+    class_weight : Tensor ``[V]``, optional
+        A weight per class, as ``F.cross_entropy(weight=...)``: token ``i``'s loss is scaled by
+        ``class_weight[targets[i]]`` and ``mean`` divides by the sum of those weights over the
+        non-ignored tokens. Not with ``label_smoothing > 0`` or a ``process_group``. (``weight``
+        is the LM head.)
     ignore_index : int
     reduction : "mean" | "sum" | "none"
         ``mean`` averages over non-ignored tokens; with none of them it is ``nan``, as in
@@ -254,9 +319,11 @@ def linear_cross_entropy(
         Adds ``z_loss · lse²`` per token.
     softcap : float, optional
         Logits ``c·tanh(z/c)`` before the softmax (Gemma-2's final-logit softcapping).
-    shift : bool
-        Next-token prediction: position ``t`` predicts ``targets[..., t+1]``; the last position
-        has no target. With ``reduction="none"`` the output is ``[..., T-1]``.
+    shift : bool or int >= 0
+        ``True`` (= 1), next-token prediction: position ``t`` predicts ``targets[..., t+1]``; the
+        last position has no target. An int ``s``: position ``t`` predicts ``targets[..., t+s]``,
+        as ``labels[:, s:]`` against positions ``[:, :-s]``. With ``reduction="none"`` the output
+        is ``[..., T-s]``.
     return_lse : bool
         Also return the per-token ``logsumexp`` of the (softcapped) logits, fp32 ``[...]``.
     impl : "auto" | "fused" | "chunked" | "reference"
@@ -295,7 +362,7 @@ def linear_cross_entropy(
     >>> torch.allclose(loss, torch.nn.functional.cross_entropy((h @ w.T).flatten(0, 1), y.flatten()), atol=1e-5)
     True
     """
-    _validate(hidden, weight, targets, bias, dict(
+    _validate(hidden, weight, targets, bias, class_weight, dict(
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
         shift=shift, return_lse=return_lse, impl=impl, filter_eps=filter_eps, accum_fp32=accum_fp32, chunk_size=chunk_size,
         process_group=process_group, vocab_offset=vocab_offset,
@@ -303,8 +370,9 @@ def linear_cross_entropy(
     label_smoothing, z_loss = float(label_smoothing), float(z_loss)
     cap = float(softcap) if softcap is not None else 0.0
     lead_shape = hidden.shape[:-1]
-    if shift:
-        targets = _shift_targets(targets, ignore_index)
+    s = shift_amount(shift)
+    if s:
+        targets = _shift_targets(targets, ignore_index, s)
     h2 = hidden.reshape(-1, hidden.shape[-1])
     if h2.stride(-1) != 1:
         h2 = h2.contiguous()
@@ -317,14 +385,22 @@ def linear_cross_entropy(
     )
     chosen = "vocab_parallel" if process_group is not None else _choose_impl(impl, reduction, return_lse, needs_grad, h2)
 
+    acc_dtype = torch.float64 if h2.dtype == torch.float64 else torch.float32
+    token_weight = _token_weights(y, valid, class_weight, acc_dtype) if class_weight is not None else None
+
     if chosen == "reference":
-        loss, lse = linear_cross_entropy_reference(h2, w, y, bias, ignore_index, reduction, label_smoothing, z_loss, cap or None)
+        loss, lse = linear_cross_entropy_reference(h2, w, y, bias, ignore_index,
+                                                   reduction if token_weight is None else "none", label_smoothing,
+                                                   z_loss, cap or None)
+        if token_weight is not None:
+            loss = _reduce(loss, token_weight, reduction)
     elif chosen == "chunked":
         if reduction == "none":
             raise ValueError("impl='chunked' computes gradients of a scalar loss: use reduction 'mean'/'sum' or impl='fused'")
-        token_weight = valid.to(torch.float64 if h2.dtype == torch.float64 else torch.float32)
+        if token_weight is None:
+            token_weight = valid.to(acc_dtype)
         if reduction == "mean":
-            token_weight = token_weight / valid.sum()
+            token_weight = token_weight / token_weight.sum()
         size = chunk_size or default_chunk_size(h2.shape[0], vocab, h2.element_size())
         loss, stats, *_ = linear_cross_entropy_chunked(
             h2, w, bias, y, token_weight, ignore_index, label_smoothing, z_loss, cap, size, accum_fp32
@@ -344,14 +420,15 @@ def linear_cross_entropy(
         else:
             stats = linear_softmax_stats(h2, w, bias, y, cap, 1.0, eps, accum_fp32)
         per_token = token_losses_from_stats(stats, y, vocab, ignore_index, label_smoothing, z_loss)
-        loss = reduce_losses(per_token, valid, reduction)
+        loss = reduce_losses(per_token, valid, reduction) if token_weight is None else _reduce(per_token, token_weight, reduction)
         lse = stats[:, 0]
 
+    kept = lead_shape[-1] - min(s, lead_shape[-1]) if s else None  # positions that have a target
     if reduction == "none":
         loss = loss.reshape(lead_shape)
-        if shift:
-            loss = loss[..., :-1]
+        if s:
+            loss = loss[..., :kept]
     if not return_lse:
         return loss
     lse = lse.reshape(lead_shape)
-    return loss, (lse[..., :-1] if shift else lse)
+    return loss, (lse[..., :kept] if s else lse)

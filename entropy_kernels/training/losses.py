@@ -30,11 +30,12 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         softcap: Optional[float] = None,
-        shift: bool = False,
+        shift=False,
         impl: str = "auto",
         filter_eps="auto",
         accum_fp32: bool = False,
         chunk_size: Optional[int] = None,
+        class_weight: Optional[torch.Tensor] = None,
     ):
         super().__init__()
         # checked now, not at the first forward (possibly hours into a run)
@@ -46,9 +47,13 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             softcap=softcap, shift=shift, impl=impl, filter_eps=filter_eps, accum_fp32=accum_fp32,
             chunk_size=chunk_size,
         )
+        if class_weight is not None and not isinstance(class_weight, torch.Tensor):
+            raise TypeError(f"class_weight must be a torch.Tensor or None, got {type(class_weight).__name__}")
+        # a buffer, as nn.CrossEntropyLoss's weight: it follows .to(device) and the state dict
+        self.register_buffer("class_weight", class_weight)
 
     def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: Optional[torch.Tensor] = None):
-        return linear_cross_entropy(hidden, weight, targets, bias=bias, **self.options)
+        return linear_cross_entropy(hidden, weight, targets, bias=bias, class_weight=self.class_weight, **self.options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
