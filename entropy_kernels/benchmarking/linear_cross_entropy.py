@@ -92,6 +92,12 @@ def _liger():
     return lambda h, w, y: loss(w, h, y)
 
 
+def _torch_builtin():
+    """torch's own ``F.linear_cross_entropy`` (torch >= 2.13), chunked (``LinearCrossEntropyOptions()``)."""
+    options = torch.nn.LinearCrossEntropyOptions()
+    return lambda h, w, y: torch.nn.functional.linear_cross_entropy(h, w, y, options=options)
+
+
 def _gemm_floor(n_gemms: int):
     def setup(case: Case):
         h, w, _ = make_inputs(case, False)
@@ -120,6 +126,8 @@ def _providers(case: Case) -> List[Provider]:
     baselines = [
         _loss_provider("torch", "baseline", lambda: torch_linear_cross_entropy),
         _loss_provider("torch.compile", "baseline", _compiled),
+        _loss_provider("torch F.linear_cross_entropy", "baseline", _torch_builtin,
+                       available=lambda c: hasattr(torch.nn.functional, "linear_cross_entropy")),
         _loss_provider("apple cce", "baseline", _cce, available=lambda c: gpu and _importable("cut_cross_entropy")),
         _loss_provider("liger flce", "baseline", _liger, available=lambda c: gpu and _importable("liger_kernel")),
     ]

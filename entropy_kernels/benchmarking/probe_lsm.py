@@ -222,7 +222,12 @@ def _paths(ctx: Ctx, shapes) -> None:
             if not ctx.mine((op, impl, n, d, v)):
                 continue
             h, w, y = _inputs(n, d, v, dev, grad=True)
-            if op == "linear_cross_entropy":
+            if op == "linear_cross_entropy" and impl == "torch":  # torch's own F.linear_cross_entropy
+                options = torch.nn.LinearCrossEntropyOptions()
+
+                def run(h=h, w=w, y=y, options=options):
+                    torch.nn.functional.linear_cross_entropy(h, w, y, options=options).backward()
+            elif op == "linear_cross_entropy":
                 def run(impl=impl, h=h, w=w, y=y):
                     linear_cross_entropy(h, w, y, impl=impl).backward()
             elif impl == "trl":  # TRL's chunked kernel, the peer of the TRL integration
@@ -239,9 +244,10 @@ def _paths(ctx: Ctx, shapes) -> None:
                     torch.autograd.backward([lp, ent], [g1, g2])
 
             fields = dict(op=op, mode="fwd+bwd", shape=f"N={n} D={d} V={v}", dtype=_dt(ctx), info={"model": name})
-            ctx.record(run, "eager", grads=[h, w], provider="trl chunked" if impl == "trl" else f"entropy_kernels {impl}",
+            peer = {"trl": "trl chunked", "torch": "torch F.linear_cross_entropy"}.get(impl)
+            ctx.record(run, "eager", grads=[h, w], provider=peer or f"entropy_kernels {impl}", kind="baseline" if peer else "ours",
                        **fields)
-            if ctx.warm or impl == "trl":
+            if ctx.warm or peer:
                 continue
             row = ctx.record(run, "kernel", grads=[h, w], provider=f"entropy_kernels {impl} (kernels only)", **fields)
             if row is not None and row["status"] == "ok":
@@ -265,11 +271,12 @@ def _lsm(ctx: Ctx) -> None:
     from .linear_logprob_entropy import trl_available
 
     peers = ("trl",) if trl_available() else ()
+    torch_ce = ("torch",) if hasattr(torch.nn.functional, "linear_cross_entropy") else ()
     if ctx.dry:  # the same probe code as on a GPU, without the slow interpreted tiles
-        _paths(ctx, [("linear_cross_entropy", ("chunked",), DRY_PATH_SHAPE),
+        _paths(ctx, [("linear_cross_entropy", ("chunked",) + torch_ce, DRY_PATH_SHAPE),
                      ("linear_logprob_entropy", ("stored",) + peers, DRY_PATH_SHAPE)])
     else:
-        _paths(ctx, [("linear_cross_entropy", ("chunked", "fused"), s) for s in shapes]
+        _paths(ctx, [("linear_cross_entropy", ("chunked", "fused") + torch_ce, s) for s in shapes]
                + [("linear_logprob_entropy", ("stored", "fused") + peers, LOGPROB_SHAPE)])
 
 
