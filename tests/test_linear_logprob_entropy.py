@@ -166,7 +166,7 @@ def test_torch_compile_fullgraph_matches_eager(device, impl):
     gc = torch.autograd.grad(out, (h, w, b))
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     for a, e in zip(gc, ge):
-        # by norm (SPEC §1): inductor reorders fp32 sums, so single tiny entries can differ by 1e-3
+        # by norm: inductor reorders fp32 sums, so single tiny entries can differ by 1e-3
         assert ((a - e).norm() / e.norm()).item() <= 1e-5
 
 

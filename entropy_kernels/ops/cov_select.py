@@ -1,5 +1,5 @@
 """Clip-Cov / KL-Cov token selection and policy loss ("The Entropy Mechanism of RL for Reasoning
-LMs"; SPEC §2.5): the ops
+LMs"): the ops
 
 - ``entropy_kernels::cov_select`` — masked means, per-token covariance and the selection
   (Clip-Cov's uniform random sample / KL-Cov's top-k), all on the device;

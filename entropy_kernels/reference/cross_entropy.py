@@ -1,4 +1,4 @@
-"""Reference math of the cut cross-entropy (SPEC §2.1), written with plain torch autograd.
+"""Reference math of the cut cross-entropy (docs/ops/cross-entropy.md), written with plain torch autograd.
 
 Per token with logits ``z = cap(h Wᵀ + b)`` (``cap(x) = c·tanh(x/c)`` when softcapped):
 

@@ -1,4 +1,4 @@
-"""Clip-Cov / KL-Cov ("The Entropy Mechanism of RL for Reasoning LMs"; SPEC §2.5) in plain torch.
+"""Clip-Cov / KL-Cov ("The Entropy Mechanism of RL for Reasoning LMs") in plain torch.
 
 Two layers:
 

@@ -1,4 +1,4 @@
-"""Reference math of Top-H selection (entropy-bounded truncation; SPEC §2.3).
+"""Reference math of Top-H selection (entropy-bounded truncation; docs/ops/top-h.md).
 
 ``z = logits / T``. Two semantics:
 

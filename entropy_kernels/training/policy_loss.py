@@ -2,7 +2,7 @@
 the token selection on the device: no ``nonzero``, ``randperm``, ``.item()`` or copy to the CPU,
 so a whole training step can be captured in a CUDA graph.
 
-Semantics and defaults follow verl (SPEC §2.5). The loss is aggregated over the local
+Semantics and defaults follow verl (docs/ops/policy-losses.md). The loss is aggregated over the local
 micro-batch with ``loss_agg_mode``, or with the global denominators of verl's
 ``global_batch_info`` (``dp_size``, ``batch_num_tokens``, ``global_batch_size``,
 ``loss_scale_factor``) when given; ``process_group`` makes the *selection* global (means and
