@@ -57,7 +57,8 @@ def _check(rank, group, bounds):
 
 
 def _check_trl_method(rank, bounds):
-    """The TRL patch's GRPOTrainer.get_high_entropy_mask on 3 processes: one global threshold."""
+    """The TRL patch's GRPOTrainer.get_high_entropy_mask on 3 processes, both rules: one global
+    threshold, equal to one process on the concatenation (TRL's torch.quantile rule; the top-k)."""
     from entropy_kernels.training.trl_patch import get_high_entropy_mask
 
     class Trainer:
@@ -65,9 +66,15 @@ def _check_trl_method(rank, bounds):
             num_processes = 3
 
     ent, mask = _batch()
+    ent = torch.nan_to_num(ent, nan=0.5)  # torch.quantile returns NaN for NaN input: TRL keeps nothing
     lo, hi = bounds[rank], bounds[rank + 1]
     got = get_high_entropy_mask(Trainer(), ent[lo:hi].reshape(1, -1), mask[lo:hi].reshape(1, -1), threshold=0.8)
-    assert torch.equal(got.reshape(-1), _oracle(ent, mask, 1 - 0.8)[lo:hi]), f"rank {rank}"
+    cut = torch.quantile(ent[mask].float(), 0.8)
+    want = (ent * mask.float() >= cut) & mask
+    assert torch.equal(got.reshape(-1), want[lo:hi]), f"rank {rank}, TRL's rule"
+    Trainer._ek_trl_mask_rule = "top_k"
+    got = get_high_entropy_mask(Trainer(), ent[lo:hi].reshape(1, -1), mask[lo:hi].reshape(1, -1), threshold=0.8)
+    assert torch.equal(got.reshape(-1), _oracle(ent, mask, 1 - 0.8)[lo:hi]), f"rank {rank}, top-k rule"
 
 
 def _worker(rank, world, init_file):

@@ -117,6 +117,9 @@ def test_undo_restores_trl_and_double_patch_raises():
     assert not hasattr(GRPOTrainer, "_ek_trl_original_mask")
     with pytest.raises(TypeError, match="fused_lm_head"):
         trl_patch.patch_trl(fused_lm_head=1)
+    with pytest.raises(ValueError, match="entropy_mask_rule"):
+        trl_patch.patch_trl(entropy_mask_rule="quantile")
+    assert not hasattr(GRPOTrainer, "_ek_trl_mask_rule")
 
 
 def test_unrecognised_trl_fails_clearly(monkeypatch):
@@ -131,23 +134,31 @@ class _OneProcess:
         num_processes = 1
 
 
-@pytest.mark.parametrize("n,rho", [(40, 0.2), (60, 0.5), (33, 0.25), (17, 0.7)])
-def test_entropy_mask_matches_trl(n, rho):
-    """Same mask as TRL's quantile rule where the two counts agree (frac(ρn) = 0 or >= ρ);
-    otherwise ours keeps exactly one token more — the documented difference."""
-    trainer = _OneProcess()
+@pytest.mark.parametrize("n,rho", [(40, 0.2), (60, 0.5), (33, 0.25), (17, 0.7), (1, 0.2)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_entropy_mask_rules_against_trl(n, rho, ties):
+    """Rule "trl" (the default): TRL's own mask bit for bit, ties included. Rule "top_k":
+    exactly ceil(ρ·n) tokens — TRL's count where frac(ρn) is 0 or >= ρ, one more otherwise."""
     ent = torch.rand(2, n, dtype=torch.float64).float() * 5
+    if ties:
+        ent[torch.rand(2, n) < 0.4] = 2.5
     mask = torch.rand(2, n) < 0.8
     mask[0, 0] = True
     trl_mask = GRPOTrainer.get_high_entropy_mask(_Gathering(), ent, mask, 1 - rho)
-    ours = trl_patch.get_high_entropy_mask(trainer, ent, mask, 1 - rho)
+    ours = trl_patch.get_high_entropy_mask(_OneProcess(), ent, mask, 1 - rho)
+    assert torch.equal(ours, trl_mask)
+
+    class TopK(_OneProcess):
+        _ek_trl_mask_rule = "top_k"
+
+    top_k = trl_patch.get_high_entropy_mask(TopK(), ent, mask, 1 - rho)
     n_valid = int(mask.sum())
-    x = rho * n_valid
-    frac = x - int(x)
-    want_extra = 0 if frac < 1e-9 or frac >= rho - 1e-9 else 1
-    assert int(ours.sum()) == int(trl_mask.sum()) + want_extra
-    assert bool((trl_mask & ~ours).sum() == 0), "every token TRL keeps must be kept"
-    assert bool((ours & ~mask).sum() == 0)
+    k = max(1, -int(-(rho * n_valid - 1e-9) // 1))
+    assert int(top_k.sum()) == k and bool((top_k & ~mask).sum() == 0)
+    if not ties:
+        x = rho * n_valid
+        frac = x - int(x)
+        assert int(top_k.sum()) == int(trl_mask.sum()) + (0 if frac < 1e-9 or frac >= rho - 1e-9 else 1)
 
 
 class _Gathering:
@@ -175,7 +186,7 @@ class _Recorder(TrainerCallback):
         self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
 
-def _grpo_run(tmp_path, patched, top_entropy_quantile, entropy_mask=True):
+def _grpo_run(tmp_path, patched, top_entropy_quantile, entropy_mask=True, rule="trl"):
     from datasets import Dataset
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -207,7 +218,7 @@ def _grpo_run(tmp_path, patched, top_entropy_quantile, entropy_mask=True):
 
     trainer._get_per_token_logps_and_entropies = record
     if patched:
-        with trl_patch.patch_trl(entropy_mask=entropy_mask):
+        with trl_patch.patch_trl(entropy_mask=entropy_mask, entropy_mask_rule=rule):
             trainer.train()
     else:
         trainer.train()
@@ -216,13 +227,18 @@ def _grpo_run(tmp_path, patched, top_entropy_quantile, entropy_mask=True):
 
 
 @pytest.mark.parametrize("top_entropy_quantile", [1.0, 0.5])
-def test_grpo_steps_equal_with_and_without_patch(tmp_path, counted, top_entropy_quantile):
+def test_grpo_steps_equal_with_and_without_patch(tmp_path, counted, monkeypatch, top_entropy_quantile):
     """Two GRPOTrainer steps (local generation, dummy reward): the per-token log-probs and
-    entropies, the losses and every parameter's gradient equal TRL's own run. The entropy mask is
-    left to TRL here: its tie rule differs from ours (see test_grpo_entropy_mask_is_ours)."""
+    entropies, the losses and every parameter's gradient equal TRL's own run, with the patched
+    entropy mask (TRL's rule) at top_entropy_quantile 0.5: this near-uniform tiny model has exact
+    entropy ties, which TRL keeps all of."""
     ref_logged, ref_losses, ref_grads = _grpo_run(tmp_path, False, top_entropy_quantile)
     assert not counted
-    logged, losses, grads = _grpo_run(tmp_path, True, top_entropy_quantile, entropy_mask=False)
+    masks = []
+    real_mask = trl_patch.quantile_mask
+    monkeypatch.setattr(trl_patch, "quantile_mask", lambda *a, **k: masks.append(1) or real_mask(*a, **k))
+    logged, losses, grads = _grpo_run(tmp_path, True, top_entropy_quantile)
+    assert len(masks) == (2 if top_entropy_quantile < 1 else 0), "the patched entropy mask must have run"
     assert counted, "the GRPO steps never reached entropy_kernels"
     assert all(t == pytest.approx(0.8) for t in counted)
     assert len(logged) == len(ref_logged) > 0
@@ -237,8 +253,9 @@ def test_grpo_steps_equal_with_and_without_patch(tmp_path, counted, top_entropy_
             torch.testing.assert_close(step[name], step0[name], rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_grpo_entropy_mask_is_ours(tmp_path, monkeypatch):
-    """With top_entropy_quantile 0.5 the patched trainer masks with high_entropy_mask: exactly
+def test_grpo_entropy_mask_top_k_rule(tmp_path, monkeypatch):
+    """With entropy_mask_rule="top_k" and top_entropy_quantile 0.5 the patched trainer masks with
+    high_entropy_mask: exactly
     ceil(0.5·n) valid tokens, the highest entropies, ties to the earlier position (a float64
     oracle), although this near-uniform tiny model has exact entropy ties."""
     seen = []
@@ -251,7 +268,7 @@ def test_grpo_entropy_mask_is_ours(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(trl_patch, "high_entropy_mask", spy)
-    _grpo_run(tmp_path, True, 0.5)
+    _grpo_run(tmp_path, True, 0.5, rule="top_k")
     assert len(seen) == 2
     for entropy, mask, top_fraction, out in seen:
         assert top_fraction == pytest.approx(0.5)

@@ -19,6 +19,60 @@ DIGIT_BITS = 8
 _PASSES = tuple(range(32 - DIGIT_BITS, -1, -DIGIT_BITS))  # 24, 16, 8, 0
 
 
+def _all_reduce(t: torch.Tensor, group) -> None:
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+
+
+def kth_largest_key(key: torch.Tensor, k: torch.Tensor, group=None):
+    """``(T, remaining)``: the ``k``-th largest candidate key over all ranks (0-dim int64; ``2**32 - 1``
+    when ``k`` is 0) and how many keys equal to ``T`` the top ``k`` still needs after every key
+    above ``T``. ``k`` is clamped to the number of candidates. ``group=None``: this process only.
+
+    Example
+    -------
+    >>> kth_largest_key(torch.tensor([5, 0, 9, 5, 7]), torch.tensor(3))
+    (tensor(5), tensor(1))
+    """
+    flat = key.reshape(-1)
+    device = flat.device
+    candidate = flat > 0
+    total = candidate.sum().reshape(1)
+    _all_reduce(total, group)
+    remaining = torch.minimum(k.to(device=device, dtype=torch.int64).reshape(()), total.reshape(()))
+    prefix = torch.zeros((), dtype=torch.int64, device=device)
+    bins = torch.arange(1 << DIGIT_BITS, device=device, dtype=torch.int64)
+    for shift in _PASSES:
+        digit = (flat >> shift) & ((1 << DIGIT_BITS) - 1)
+        hist = torch.zeros(1 << DIGIT_BITS, dtype=torch.int64, device=device)
+        hist.scatter_add_(0, digit, candidate.to(torch.int64))
+        _all_reduce(hist, group)
+        at_or_above = hist.flip(0).cumsum(0).flip(0)  # [d]: candidates whose digit is >= d
+        # the largest digit at which the count from the top reaches what is still needed
+        chosen = torch.where(at_or_above >= remaining, bins, 0).max()
+        remaining = remaining - (at_or_above[chosen] - hist[chosen])
+        prefix = prefix | (chosen << shift)
+        candidate = candidate & (digit == chosen)
+    # with k = 0 no digit is short, so the prefix ends at 2**32 - 1, above every key
+    return prefix, remaining
+
+
+def key_value(key: torch.Tensor) -> torch.Tensor:
+    """The float32 value of a key of ``reference.policy_loss.float_key`` (its inverse on non-NaN).
+
+    Example
+    -------
+    >>> from entropy_kernels.reference.policy_loss import float_key
+    >>> key_value(float_key(torch.tensor([-2.5, 0.0, 3.25])))
+    tensor([-2.5000,  0.0000,  3.2500])
+    """
+    b = key.to(torch.int64) - 2**31
+    b = torch.where(b < 0, b ^ 0x7FFFFFFF, b)
+    return b.to(torch.int32).view(torch.float32)
+
+
 def global_select_top(key: torch.Tensor, k: torch.Tensor, group) -> torch.Tensor:
     """Bool mask (``key``'s shape) of this rank's part of the ``k`` largest keys over all ranks.
 
@@ -45,26 +99,7 @@ def global_select_top(key: torch.Tensor, k: torch.Tensor, group) -> torch.Tensor
     import torch.distributed as dist
 
     flat = key.reshape(-1)
-    device = flat.device
-    candidate = flat > 0
-    total = candidate.sum().reshape(1)
-    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-    remaining = torch.minimum(k.to(device=device, dtype=torch.int64).reshape(()), total.reshape(()))
-    prefix = torch.zeros((), dtype=torch.int64, device=device)
-    bins = torch.arange(1 << DIGIT_BITS, device=device, dtype=torch.int64)
-    for shift in _PASSES:
-        digit = (flat >> shift) & ((1 << DIGIT_BITS) - 1)
-        hist = torch.zeros(1 << DIGIT_BITS, dtype=torch.int64, device=device)
-        hist.scatter_add_(0, digit, candidate.to(torch.int64))
-        dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=group)
-        at_or_above = hist.flip(0).cumsum(0).flip(0)  # [d]: candidates whose digit is >= d
-        # the largest digit at which the count from the top reaches what is still needed
-        chosen = torch.where(at_or_above >= remaining, bins, 0).max()
-        remaining = remaining - (at_or_above[chosen] - hist[chosen])
-        prefix = prefix | (chosen << shift)
-        candidate = candidate & (digit == chosen)
-    # `prefix` is the k-th largest key (with k = 0 no digit is short, so it ends at 2**32 - 1,
-    # above every key, and `remaining` is 0: nothing is selected).
+    prefix, remaining = kth_largest_key(flat, k, group)
     ties = (flat == prefix) & (flat > 0)
     tie_count = ties.sum().reshape(1)
     counts = [torch.empty_like(tie_count) for _ in range(dist.get_world_size(group))]

@@ -14,12 +14,15 @@ What is left to TRL's own kernel (the call is passed through unchanged): a
 ``mean_logits`` / ``is_top1``, and a non-positive ``logit_scale``. Nothing else of TRL changes,
 and :meth:`TRLPatch.undo` (or leaving the ``with`` block) restores it exactly.
 
-The entropy mask differs from TRL's in one documented way: TRL keeps every valid token whose
-entropy is ``>= torch.quantile(valid_entropies, 1 - ρ)`` (linear interpolation, all ties
-kept); :func:`entropy_kernels.high_entropy_mask` keeps exactly ``k = ceil(ρ·n)`` tokens (ties
-broken by position). Without ties the two agree whenever the fractional part of ``ρ·n`` is 0
-or at least ``ρ``; otherwise ours keeps one token more. On more than one process the count and
-the threshold are global (constant-size collectives instead of TRL's gather of every entropy).
+The entropy mask has two rules. ``"trl"`` (the default) is TRL's own: every valid token whose
+entropy is ``>= torch.quantile(valid_entropies, 1 - ρ)`` (linear interpolation, every tie
+kept), the same mask bit for bit — but the two order statistics the quantile interpolates come
+from the radix select of :mod:`entropy_kernels.ops.distributed_select`, on the device, with
+constant-size collectives over all processes instead of TRL's padding and gathering of every
+entropy to one sort (and no host synchronisation). ``"top_k"`` is
+:func:`entropy_kernels.high_entropy_mask`: exactly ``k = ceil(ρ·n)`` tokens, ties broken by
+position (it keeps one token more than TRL's rule when the fractional part of ``ρ·n`` is below
+``ρ``, and never more than ``k`` on ties).
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..ops.distributed_select import key_value, kth_largest_key
 from ..ops.high_entropy_mask import high_entropy_mask
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
+from ..reference.policy_loss import float_key
 
 SUPPORTED_TRL = ("1.16",)
+MASK_RULES = ("trl", "top_k")
 _OUR_OUTPUTS = frozenset({"log_probs", "entropy"})
 
 
@@ -104,12 +110,44 @@ class LogProbEntropyHead:
         return log_probs, entropy, None, None, None
 
 
+def quantile_mask(entropies: torch.Tensor, mask: torch.Tensor, threshold: float, group=None) -> torch.Tensor:
+    """TRL's 80/20 rule exactly — ``mask & (entropies >= torch.quantile(valid, threshold))`` with
+    the linear interpolation of ``torch.quantile`` in float32, over the valid tokens of every
+    process of ``group`` (``None``: this one) — without gathering or sorting the entropies: the
+    two order statistics come from a radix select (4 all-reduces of 256 bins each), no host sync.
+    NaN entropies rank lowest (torch.quantile would return NaN and keep nothing).
+
+    Example
+    -------
+    >>> ent = torch.tensor([[0.1, 2.0, 0.5, 3.0, 1.0]])
+    >>> valid = torch.tensor([[1, 1, 1, 1, 0]])
+    >>> quantile_mask(ent, valid, 0.5)       # quantile(0.1, 0.5, 2.0, 3.0; 0.5) = 1.25
+    tensor([[False,  True, False,  True, False]])
+    """
+    valid = mask.bool()
+    key = torch.where(valid, float_key(entropies.detach()), 0)
+    n = valid.sum().reshape(1)
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(n, op=dist.ReduceOp.SUM, group=group)
+    n = n.reshape(())
+    # torch.quantile: rank = q·(n-1) in the data's dtype, lerp between the values at floor / ceil
+    rank = torch.tensor(float(threshold), dtype=torch.float32, device=key.device) * (n - 1).clamp(min=0).float()
+    below, above = rank.floor(), rank.ceil()
+    value_below = key_value(kth_largest_key(key, n - below.long(), group)[0])  # ascending [below] = descending [n-below]
+    value_above = key_value(kth_largest_key(key, n - above.long(), group)[0])
+    cut = torch.lerp(value_below, value_above, rank - below)
+    keep = ((entropies * mask.float()) >= cut) & valid
+    return keep & (n > 0)
+
+
 def get_high_entropy_mask(trainer, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``GRPOTrainer.get_high_entropy_mask`` on :func:`entropy_kernels.high_entropy_mask`: the
-    ``ρ = 1 - threshold`` highest-entropy valid tokens (``k = ceil(ρ·n)``), selected on the
-    device without gathering entropies. On several processes the count and the threshold are
-    global over all of them (the processes TRL's own method gathers from). ``ρ <= 0`` goes to
-    TRL's method.
+    """``GRPOTrainer.get_high_entropy_mask`` on this package's selection: by the patch's rule,
+    TRL's own quantile rule (:func:`quantile_mask`, the default) or the top ``k = ceil(ρ·n)``
+    (:func:`entropy_kernels.high_entropy_mask`), ``ρ = 1 - threshold``; selected on the device
+    without gathering entropies, over all processes (those TRL's own method gathers from).
+    ``ρ <= 0`` goes to TRL's method.
 
     Example
     -------
@@ -129,7 +167,9 @@ def get_high_entropy_mask(trainer, entropies: torch.Tensor, mask: torch.Tensor, 
         import torch.distributed as dist
 
         group = dist.group.WORLD
-    return high_entropy_mask(entropies, mask, top_fraction, process_group=group)
+    if getattr(trainer, "_ek_trl_mask_rule", "trl") == "top_k":
+        return high_entropy_mask(entropies, mask, top_fraction, process_group=group)
+    return quantile_mask(entropies, mask, float(threshold), group)
 
 
 class TRLPatch:
@@ -142,7 +182,7 @@ class TRLPatch:
     ...     trainer.train()         # TRL's fused LM head now runs entropy_kernels' op
     """
 
-    def __init__(self, trl_utils, grpo_cls, head: bool, entropy_mask: bool):
+    def __init__(self, trl_utils, grpo_cls, head: bool, entropy_mask: bool, rule: str = "trl"):
         self._trl_utils, self._grpo_cls = trl_utils, grpo_cls
         self._original_head = trl_utils._ChunkedLogProbFunction
         self._original_mask = grpo_cls.__dict__.get("get_high_entropy_mask")
@@ -152,6 +192,7 @@ class TRLPatch:
         if entropy_mask:
             original = grpo_cls.get_high_entropy_mask
             grpo_cls._ek_trl_original_mask = original
+            grpo_cls._ek_trl_mask_rule = rule
             grpo_cls.get_high_entropy_mask = get_high_entropy_mask
 
     def undo(self) -> None:
@@ -166,6 +207,7 @@ class TRLPatch:
             else:
                 self._grpo_cls.get_high_entropy_mask = self._original_mask
             del self._grpo_cls._ek_trl_original_mask
+            del self._grpo_cls._ek_trl_mask_rule
         self.active = False
         global _ACTIVE
         if _ACTIVE is self:
@@ -181,7 +223,7 @@ class TRLPatch:
 _ACTIVE: Optional[TRLPatch] = None
 
 
-def patch_trl(*, fused_lm_head: bool = True, entropy_mask: bool = True) -> TRLPatch:
+def patch_trl(*, fused_lm_head: bool = True, entropy_mask: bool = True, entropy_mask_rule: str = "trl") -> TRLPatch:
     """Make TRL's ``fused_lm_head=True`` forward and GRPO's 80/20 entropy mask use this
     package's kernels, for every trainer and model (patched before or after this call).
 
@@ -193,6 +235,9 @@ def patch_trl(*, fused_lm_head: bool = True, entropy_mask: bool = True) -> TRLPa
         are handled by TRL as before).
     entropy_mask : bool
         Replace ``GRPOTrainer.get_high_entropy_mask`` (``top_entropy_quantile < 1``).
+    entropy_mask_rule : "trl" | "top_k"
+        ``"trl"``: TRL's quantile rule, the same masks (:func:`quantile_mask`); ``"top_k"``:
+        exactly ``ceil(ρ·n)`` tokens (:func:`entropy_kernels.high_entropy_mask`).
 
     Returns
     -------
@@ -210,10 +255,12 @@ def patch_trl(*, fused_lm_head: bool = True, entropy_mask: bool = True) -> TRLPa
     for name, value in (("fused_lm_head", fused_lm_head), ("entropy_mask", entropy_mask)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    if entropy_mask_rule not in MASK_RULES:
+        raise ValueError(f"entropy_mask_rule must be one of {MASK_RULES}, got {entropy_mask_rule!r}")
     if _ACTIVE is not None:
         raise RuntimeError("TRL is already patched by entropy_kernels: call undo() on the first patch first")
     trl_utils, grpo_cls = _trl_modules()
-    _ACTIVE = TRLPatch(trl_utils, grpo_cls, fused_lm_head, entropy_mask)
+    _ACTIVE = TRLPatch(trl_utils, grpo_cls, fused_lm_head, entropy_mask, entropy_mask_rule)
     return _ACTIVE
 
 
