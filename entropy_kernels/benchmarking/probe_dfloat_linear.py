@@ -95,7 +95,7 @@ def _generate(ctx: Ctx) -> None:
     ms_plain, out_plain = tokens_per_s(model)
     ctx.row(op="generate", mode="batch 1", shape=shape, dtype="bfloat16", provider="bf16 model", kind="baseline",
             timing="wall", p50_ms=ms_plain, info={"tokens/s": round(1e3 / ms_plain, 1)})
-    compress_model(model, progress=False)
+    compress_model(model, progress=False, fused_linear=True)
     ms_c, out_c = tokens_per_s(model)
     ctx.row(op="generate", mode="batch 1", shape=shape, dtype="bfloat16", provider="entropy_kernels compressed",
             timing="wall", p50_ms=ms_c, check=bool(torch.equal(out_c, out_plain)),

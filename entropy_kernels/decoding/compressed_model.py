@@ -10,7 +10,8 @@ weight's device, and installs forward pre-hooks that decode just in time:
   LM head) decode into the same buffer before they run.
 - ``group_by="module"``: each module decodes its own weight before it runs, into the buffer.
 
-Plain ``nn.Linear`` modules become :class:`EKDFLinear` (``fused_linear=False`` keeps them): they
+With ``fused_linear=True`` (opt-in until a GPU run of the probe has measured and checked the
+fused kernel), plain ``nn.Linear`` modules become :class:`EKDFLinear`: they
 are left out of the group decode and decode in their own forward, and only when the input has
 more than 16 rows -- a smaller input is multiplied straight from the coded weight
 (:meth:`DFloatTensor.linear`; on CUDA one fused kernel, the weight never decoded to memory).
@@ -114,7 +115,7 @@ def _group_layout(members: List[nn.Module]) -> Tuple[List[int], int]:
 
 class EKDFLinear(nn.Linear):
     """An ``nn.Linear`` whose weight is EKDF-coded (what :func:`compress_model` turns a plain
-    ``nn.Linear`` into, unless ``fused_linear=False``). An input of at most
+    ``nn.Linear`` into with ``fused_linear=True``). An input of at most
     :data:`~entropy_kernels.ops.dfloat_linear.MAX_FUSED_ROWS` rows (all dimensions but the last
     flattened, counted per call) goes to :meth:`DFloatTensor.linear` -- on CUDA a kernel that
     decodes and multiplies at once, the weight never decoded to memory; a larger one, or one that
@@ -127,7 +128,7 @@ class EKDFLinear(nn.Linear):
     >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64, dtype=torch.bfloat16))
     >>> x = torch.randn(3, 64, dtype=torch.bfloat16)
     >>> before = net(x)
-    >>> _ = compress_model(net, min_numel=0, progress=False)
+    >>> _ = compress_model(net, min_numel=0, progress=False, fused_linear=True)
     >>> type(net[0]).__name__, torch.equal(net(x), before)
     ('EKDFLinear', True)
     """
@@ -172,7 +173,7 @@ def _make_hook(members: List[nn.Module], buffers: _DecodeBuffers):
     return decode_group
 
 
-def _install(model: nn.Module, compressed: Dict[str, DFloatTensor], group_by: str, fused_linear: bool = True) -> None:
+def _install(model: nn.Module, compressed: Dict[str, DFloatTensor], group_by: str, fused_linear: bool = False) -> None:
     """Attach compressed weights (by parameter name) to their modules and install the hooks;
     with ``fused_linear``, plain ``nn.Linear`` modules become :class:`EKDFLinear`."""
     if group_by not in ("block", "module"):
@@ -214,15 +215,16 @@ def _install(model: nn.Module, compressed: Dict[str, DFloatTensor], group_by: st
 
 
 def compress_model(model: nn.Module, *, group_by: str = "block", min_numel: int = 65536, threads: int = 0,
-                   progress: bool = True, fused_linear: bool = True) -> dict:
+                   progress: bool = True, fused_linear: bool = False) -> dict:
     """Replace bf16 Linear/Embedding weights of ``model`` by EKDF-compressed ones, in place.
 
     Returns ``{"modules", "original_bytes", "compressed_bytes", "ratio", "seconds"}``. Tied
     weights (e.g. embeddings and LM head) are compressed once. Weights smaller than
     ``min_numel`` stay as they are (each compressed weight carries an 8 KB decode table in
-    memory, 6% of a 65536-value weight). ``fused_linear`` (default): plain ``nn.Linear``
-    modules become :class:`EKDFLinear`, which multiplies inputs of at most 16 rows straight from
-    the coded weight (:meth:`DFloatTensor.linear`) instead of decoding it first.
+    memory, 6% of a 65536-value weight). ``fused_linear=True``: plain ``nn.Linear`` modules
+    become :class:`EKDFLinear`, which multiplies inputs of at most 16 rows straight from the
+    coded weight (:meth:`DFloatTensor.linear`) instead of decoding it first — off by default
+    until the GPU probe (step ``dfloat_linear``) has measured and checked the CUDA kernel.
 
     Example
     -------
@@ -320,7 +322,7 @@ def save_compressed(model: nn.Module, path: str, progress: bool = True) -> str:
 
 
 def load_compressed(path: str, device="cpu", model_class=None, group_by: Optional[str] = None,
-                    progress: bool = True, fused_linear: bool = True) -> nn.Module:
+                    progress: bool = True, fused_linear: bool = False) -> nn.Module:
     """Load a model written by :func:`save_compressed` (transformers models: ``model_class``
     defaults to ``AutoModelForCausalLM``). The model is built on the meta device and filled
     from the file, so the uncompressed weights never exist; returns it in eval mode.
@@ -406,7 +408,7 @@ def _model_info(path: str, text: str) -> dict:
 
 
 def _load_compressed_checkpoint(path: str, device, model_class, group_by: str, progress: bool,
-                                fused_linear: bool = True) -> nn.Module:
+                                fused_linear: bool = False) -> nn.Module:
     if model_class is None:
         from transformers import AutoModelForCausalLM as model_class
     from transformers import AutoConfig
