@@ -247,6 +247,19 @@ def _file_mode(staged: str) -> int:
     return os.stat(staged).st_mode & 0o666
 
 
+def _each_shard(src: str, staged: str, is_dir: bool, shards: List[str], others: List[str]) -> Iterator[tuple]:
+    """The loop compress and decompress share: copy the other files into the staged output,
+    then yield ``(shard, its source path, its staged path, its tensors)`` one shard at a time
+    and give each written shard the output's permissions once the caller has written it."""
+    mode = _file_mode(staged)
+    for name in others:
+        shutil.copy2(os.path.join(src, name), os.path.join(staged, name))
+    for shard in shards:
+        s, d = (os.path.join(src, shard), os.path.join(staged, shard)) if is_dir else (src, staged)
+        yield shard, s, d, _load(s)
+        os.chmod(d, mode)
+
+
 def _check_int(value, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -275,12 +288,7 @@ def compress_path(src: str, dst: str, min_numel: int = 65536, threads: int = 0, 
     totals = {"tensors": 0, "tensors_compressed": 0, "original_bytes": 0, "compressed_bytes": 0}
     coded_values = coded_bytes = bound_bits = 0.0
     with _staged_output(dst, is_dir, overwrite) as tmp:
-        mode = _file_mode(tmp)
-        for name in others:
-            shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
-        for shard in shards:
-            s, d = (os.path.join(src, shard), os.path.join(tmp, shard)) if is_dir else (src, tmp)
-            tensors = _load(s)
+        for shard, s, d, tensors in _each_shard(src, tmp, is_dir, shards, others):
             out: Dict[str, object] = {}
             for name, t in _each(list(tensors.items()), shard, progress):
                 totals["tensors"] += 1
@@ -300,7 +308,6 @@ def compress_path(src: str, dst: str, min_numel: int = 65536, threads: int = 0, 
                     out[name] = t
                     totals["compressed_bytes"] += size
             save_file(out, d, metadata=_plain_metadata(s))
-            os.chmod(d, mode)
     totals["ratio"] = totals["compressed_bytes"] / max(1, totals["original_bytes"])
     totals["bf16_bits_per_value"] = 8 * coded_bytes / coded_values if coded_values else None
     totals["bound_bits_per_value"] = bound_bits / coded_values if coded_values else None
@@ -334,18 +341,12 @@ def decompress_path(src: str, dst: str, progress: bool = True, overwrite: bool =
     start = time.perf_counter()
     count = 0
     with _staged_output(dst, is_dir, overwrite) as tmp:
-        mode = _file_mode(tmp)
-        for name in others:
-            shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
-        for shard in shards:
-            s, d = (os.path.join(src, shard), os.path.join(tmp, shard)) if is_dir else (src, tmp)
-            tensors = _load(s)
+        for shard, s, d, tensors in _each_shard(src, tmp, is_dir, shards, others):
             plain = {}
             for name, t in _each(list(tensors.items()), shard, progress):
                 plain[name] = t.decompress() if isinstance(t, DFloatTensor) else t
                 count += 1
             _save({k: v.contiguous() for k, v in plain.items()}, d, metadata=_plain_metadata(s) or None)
-            os.chmod(d, mode)
     return {"tensors": count, "seconds": time.perf_counter() - start}
 
 
