@@ -77,8 +77,11 @@ def index(results: Sequence[dict]) -> Dict[Key, Tuple[dict, dict]]:
     return out
 
 
-def fmt_time(ms: float) -> str:
-    """Three significant digits: ``fmt_time(0.1892) == '189 µs'``, ``fmt_time(51.63) == '51.6 ms'``."""
+def fmt_time(ms: Optional[float]) -> str:
+    """Three significant digits: ``fmt_time(0.1892) == '189 µs'``, ``fmt_time(51.63) == '51.6 ms'``;
+    a dash for an untimed row (the probe's check and count rows)."""
+    if ms is None:
+        return DASH
     value, unit = (ms * 1e3, "µs") if ms < 1 else (ms, "ms")
     digits = 2 if value < 10 else 1 if value < 100 else 0
     return f"{value:.{digits}f} {unit}"
