@@ -120,7 +120,7 @@ def test_return_lse(backend, impl):
             torch.autograd.backward([loss, lse], [torch.tensor(0.5), g.to(lse.device)])
         hr, wr = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
         loss_r, lse_r = oracle(hr, wr, y, shift=True)
-        torch.autograd.backward([loss_r, lse_r], [torch.tensor(0.5, dtype=torch.float64), g.double()])
+        torch.autograd.backward([loss_r, lse_r], [torch.tensor(0.5, dtype=torch.float64, device=h.device), g.double().to(h.device)])
         assert rel(h.grad, hr.grad) <= 1e-5 and rel(w.grad, wr.grad) <= 1e-5
 
 

@@ -34,7 +34,7 @@ def test_class_weight_equals_torch_cross_entropy_weight(backend, reduction, igno
     z = h.double() @ w.double().T
     hx, wx = h.clone().requires_grad_(), w.clone().requires_grad_()
     want = F.cross_entropy(z.requires_grad_(), y, weight=cw.double(), reduction=reduction, ignore_index=ignore_index)
-    up = torch.rand(want.shape, dtype=torch.float64) if reduction == "none" else torch.tensor(1.0, dtype=torch.float64)
+    up = torch.rand(want.shape, dtype=torch.float64, device=z.device) if reduction == "none" else torch.tensor(1.0, dtype=torch.float64, device=z.device)
     hd, wd = h.double().requires_grad_(), w.double().requires_grad_()
     F.cross_entropy(hd @ wd.T, y, weight=cw.double(), reduction=reduction, ignore_index=ignore_index).backward(up)
     for impl in _impls(backend):
