@@ -185,6 +185,10 @@ def _keys_phase(
     sum of the partials (HIST; program 0 stores it at ``stats_ptr``) or read from ``stats_ptr``.
     TOP_VALUES reads no statistics: the key of a valid token is its value (``lp_ptr``)."""
     pid = tl.program_id(0)
+    # Triton types a Python float argument fp32, torch.compile's launcher fp64: one type, so
+    # that compiled and eager steps make the same comparisons bit for bit
+    clip_low, clip_high = tl.cast(clip_low, tl.float32), tl.cast(clip_high, tl.float32)
+    lb, ub = tl.cast(lb, tl.float32), tl.cast(ub, tl.float32)
     if MODE == TOP_VALUES:
         mean_a = 0.0
         mean_lp = 0.0
@@ -355,6 +359,10 @@ def _loss_phase(
     rollout_is_weights)."""
     pid = tl.program_id(0)
     DT: tl.constexpr = tl.float64 if ACC64 else tl.float32
+    # fp32 as Triton passes a Python float (torch.compile's launcher passes fp64, which would
+    # change the accumulators' type and the clipping comparisons)
+    clip_low, clip_high = tl.cast(clip_low, tl.float32), tl.cast(clip_high, tl.float32)
+    kl_coef = tl.cast(kl_coef, tl.float32)
     den = _loss_denominator(stats_ptr, rowcnt_ptr, den_ptr, B, den_hi, den_lo, den_mult, AGG, DEN_PTR, BLOCK)
     scale_all = (1.0 / den).to(DT)
     base = pid.to(tl.int64) * chunk
