@@ -79,14 +79,14 @@ uint32_t encode(const uint16_t* values, int64_t n, const uint8_t* lengths, int64
 // max_block_values values per block, each segment's gap is where its first code starts (or no
 // code starts in it), each block ends where the next one's first code starts, the last code ends
 // at total_bits, and the table gives the same entries to the GPU's two lookup paths. Those are
-// the facts the GPU decoders rely on, so a payload accepted here decodes identically there.
+// the facts the GPU decoder relies on, so a payload accepted here decodes identically there.
 // Returns kDecodeOk, or a DecodeStatus after filling out[0, n) with kUndecodable (nothing is
 // written when n > out_capacity).
 int decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
                const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
                int64_t total_bits, int64_t max_block_values, uint16_t* out, int64_t out_capacity, int threads);
 
-// The GPU block algorithm of decoder variant 2 (dfloat_block.h) run thread by thread on the CPU,
+// The GPU decoder's block algorithm (dfloat_block.h) run thread by thread on the CPU,
 // for tests: same shared-memory layout, same per-thread steps, sequentially, and the same rule
 // for an index that disagrees with the stream (the block's values become kUndecodable).
 // Returns kDecodeOk, or kBadSizes (nothing written) when out_capacity < n or n > 0 without blocks.
@@ -102,11 +102,11 @@ int decode_block_emulated(const uint32_t* words, int64_t num_words, const int64_
 // host sync, so the kernel checks what it can on the device: a block whose value range (from
 // block_starts, the first block starting at 0 and the last ending at n) holds more values than
 // max_block_values or than the codes starting in its segments writes kUndecodable over that
-// range. Every one of the n values is written. `decoder` picks the kernel variant (1 or 2).
+// range. Every one of the n values is written.
 int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
                 const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
                 int64_t total_bits, int64_t max_block_values, uint16_t* out, int64_t out_capacity,
-                uintptr_t stream, int decoder);
+                uintptr_t stream);
 #endif
 
 }  // namespace dfloat

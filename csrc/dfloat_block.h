@@ -1,7 +1,7 @@
 // The per-thread steps of the EKDF block decoder, written once for the CUDA kernel
-// (csrc/cuda/dfloat_decode.cu, decoder variant 2) and for its CPU emulation
-// (dfloat_cpu.cpp: decode_block_emulated), which runs the same steps thread by thread so the
-// tests check this exact logic without a GPU.
+// (csrc/cuda/dfloat_decode.cu; the fused kernels of dfloat_linear.h walk the same way) and for
+// its CPU emulation (dfloat_cpu.cpp: decode_block_emulated), which runs the same steps thread by
+// thread so the tests check this exact logic without a GPU.
 //
 // Shared-memory layout of one block (see dfloat.h for the format):
 //   lut[4096]        the full decode table

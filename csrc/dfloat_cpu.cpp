@@ -257,7 +257,7 @@ bool sizes_agree(int64_t num_words, int64_t num_blocks, int64_t num_gap_bytes, i
          num_gap_bytes == ceil_div(ceil_div(total_bits, kSegmentBits), 2);
 }
 
-// The GPU's variant 2 reads codes of <= 6 bits from a 64-entry table (block::short_entry) and the
+// The GPU decoder reads codes of <= 6 bits from a 64-entry table (block::short_entry) and the
 // rest from the full table; both paths give the same entry only if every 64-entry run under a
 // short code repeats that code's entry -- true of any table build_lut makes from a complete code.
 bool lut_paths_agree(const uint16_t* lut) {

@@ -5,7 +5,7 @@
 // thread CPU emulation (dfloat_linear_cpu.cpp: linear_emulated), which the tests run:
 //
 // Pass 1, one 256-thread block per EKDF block b (grid = the payload's blocks):
-//   a. decode the block's exponents into shared memory exactly as decoder variant 2 does
+//   a. decode the block's exponents into shared memory exactly as the decoder does
 //      (dfloat_block.h: counting walk, block prefix sum, decoding walk); the block holds the
 //      values [first, stop) of W flattened row-major, i.e. value i is W[i / K][i % K];
 //   b. if the index disagrees with the stream (index_ok below is false), set the call's error

@@ -122,7 +122,7 @@ void bind_dfloat(py::module_& m) {
       py::arg("words"), py::arg("num_words"), py::arg("block_starts"), py::arg("num_blocks"), py::arg("gaps"),
       py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("total_bits"),
       py::arg("max_block_values"), py::arg("out"), py::arg("out_capacity"),
-      "CPU emulation of GPU decoder variant 2's block algorithm (for tests); returns 0 or a DecodeStatus.");
+      "CPU emulation of the GPU decoder's block algorithm (for tests); returns 0 or a DecodeStatus.");
   m.attr("DFLOAT_LINEAR_MAX_ROWS") = df::linear::kMaxRows;
   m.def(
       "dfloat_linear_emulated",
@@ -164,17 +164,17 @@ void bind_dfloat(py::module_& m) {
       "dfloat_decode_cuda",
       [](uintptr_t words, int64_t num_words, uintptr_t block_starts, int64_t num_blocks, uintptr_t gaps,
          int64_t num_gap_bytes, uintptr_t lut, uintptr_t raw, int64_t n, int64_t total_bits, int64_t max_block_values,
-         uintptr_t out, int64_t out_capacity, uintptr_t stream, int decoder) {
+         uintptr_t out, int64_t out_capacity, uintptr_t stream) {
         const int err = df::decode_cuda(ptr<const uint32_t>(words), num_words, ptr<const int64_t>(block_starts),
                                         num_blocks, ptr<const uint8_t>(gaps), num_gap_bytes, ptr<const uint16_t>(lut),
                                         ptr<const uint8_t>(raw), n, total_bits, max_block_values, ptr<uint16_t>(out),
-                                        out_capacity, stream, decoder);
+                                        out_capacity, stream);
         if (err != 0) throw std::runtime_error("dfloat_decode_cuda: " + ek::cuda_error_string(err));
       },
       py::arg("words"), py::arg("num_words"), py::arg("block_starts"), py::arg("num_blocks"), py::arg("gaps"),
       py::arg("num_gap_bytes"), py::arg("lut"), py::arg("raw"), py::arg("n"), py::arg("total_bits"),
-      py::arg("max_block_values"), py::arg("out"), py::arg("out_capacity"), py::arg("stream"), py::arg("decoder") = 1,
-      "Asynchronously decode n bf16 values into the device buffer out on `stream` (kernel variant 1 or 2).");
+      py::arg("max_block_values"), py::arg("out"), py::arg("out_capacity"), py::arg("stream"),
+      "Asynchronously decode n bf16 values into the device buffer out on `stream`.");
 #endif
 }
 

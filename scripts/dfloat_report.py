@@ -1,6 +1,6 @@
 """EKDF measurements for benchmarks/results/: size vs the entropy bound and dfloat11, encoder and
 CPU-decoder throughput, bit-exactness on structured data (CPU, and GPU where there is one). The
-GPU decode speed of each decoder variant, beside dfloat11's kernel and a copy, is the GPU probe's
+GPU decode speed, beside dfloat11's kernel and a copy, is the GPU probe's
 ``ekdf`` step (``python scripts/perf_probe.py --steps ekdf``; docs/gpu-probe.md).
 
     python scripts/dfloat_report.py --out ek-results          # any machine; GPU exactness where there is one

@@ -7,7 +7,7 @@ a failed test rather than a dead pytest::
 
 Every case must end in a clear error (DFloatError / ValueError / TypeError) or in a decode that is
 bit-identical to the original tensor (values and shape), on the CPU decoder and on the CPU
-emulation of the GPU decoder (variant 2). Anything else is a failure: a decode that differs
+emulation of the GPU decoder. Anything else is a failure: a decode that differs
 ("wrong"), an output value the decoder left unwritten ("unwritten": outputs are pre-filled with
 two different sentinels in two runs), another exception type ("exception"), or a crash (the
 subprocess dies). Prints one JSON line of counts; exit status 1 when any case failed.
@@ -58,7 +58,7 @@ SENTINELS = (0x5A5A, 0x2323)  # never both a decoded value at the same position 
 
 def emulated_gpu_decode(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values,
                         out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The CPU emulation of GPU decoder variant 2 (csrc/dfloat_block.h, thread by thread) into
+    """The CPU emulation of the GPU decoder (csrc/dfloat_block.h, thread by thread) into
     ``out`` (default: a fresh tensor); the arrays must pass ``ops.dfloat.check_payload``."""
     if out is None:
         out = torch.zeros(numel, dtype=torch.bfloat16)

@@ -88,13 +88,13 @@ def _emulated_gpu_decode(c: DFloatTensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", list(INPUTS))
-def test_gpu_decoder_v2_block_algorithm_emulated_on_cpu(name):
-    # the exact per-thread steps of CUDA decoder variant 2 (csrc/dfloat_block.h), thread by thread
+def test_gpu_decoder_block_algorithm_emulated_on_cpu(name):
+    # the exact per-thread steps of the CUDA decoder (csrc/dfloat_block.h), thread by thread
     x = INPUTS[name]
     assert_bit_exact(_emulated_gpu_decode(DFloatTensor.compress(x)), x)
 
 
-def test_gpu_decoder_v2_emulation_on_many_blocks_and_corrupted_payloads():
+def test_gpu_decoder_emulation_on_many_blocks_and_corrupted_payloads():
     x = (torch.randn(3_000_017) * 0.02).to(torch.bfloat16)
     c = DFloatTensor.compress(x)
     assert_bit_exact(_emulated_gpu_decode(c), x)
@@ -406,11 +406,7 @@ def test_round_trip_cuda_is_bit_exact(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("decoder", [1, 2])
-def test_both_cuda_decoder_variants_are_bit_exact(decoder, monkeypatch):
-    from entropy_kernels.ops import dfloat as ops
-
-    monkeypatch.setattr(ops, "DECODER", decoder)
+def test_cuda_decoder_is_bit_exact_on_structured_inputs():
     for x in (INPUTS["normal 1"], INPUTS["every bit pattern"], INPUTS["nan inf denormal"], INPUTS["size 7"]):
         assert_bit_exact(DFloatTensor.compress(x.cuda()).decompress(), x)
 

@@ -440,13 +440,11 @@ def test_seeded_fuzz_of_files_and_op_arguments():
 # ---- CUDA (not run without a GPU) -----------------------------------------------------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("decoder", [1, 2])
 @pytest.mark.parametrize("edit", ["starts[1]+5", "starts[-2]-3", "total_bits-3", "numel+5 raw+5", "starts swapped"])
-def test_cuda_decoders_write_every_value_whatever_the_index_says(decoder, edit, monkeypatch):
-    """The CUDA decoders cannot raise without a sync: with an index that disagrees with the
+def test_cuda_decoder_writes_every_value_whatever_the_index_says(edit):
+    """The CUDA decoder cannot raise without a sync: with an index that disagrees with the
     stream every output value is still written -- the decodable blocks exactly, the others NaN,
     as the CPU emulation of the block algorithm does."""
-    monkeypatch.setattr(ops_dfloat, "DECODER", decoder)
     for n in range(70_000, 70_100):  # a stream whose last word and segment hold > 3 bits
         x, arrays, sizes = _payload(n)
         if ops_dfloat.payload_sizes(sizes[0], sizes[1] - 3) == ops_dfloat.payload_sizes(*sizes[:2]):

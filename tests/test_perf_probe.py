@@ -187,25 +187,32 @@ def test_the_newest_results_file_wins_and_dry_runs_are_ignored(tmp_path):
     assert "|".join(b64.split("|")[:3]) in table and " µs" in b64.split("|")[2]
 
 
-def test_ncu_counters_are_read_per_decoder_from_nsight_csv(tmp_path, monkeypatch):
+def test_ncu_counters_are_read_from_nsight_csv(tmp_path, monkeypatch):
+    """One profiled decode: its metrics (units and thousands separators kept), the ==PROF== lines
+    skipped, the kernel filter naming the decoder's kernel; a second kernel's rows (were more
+    launches profiled) are not mixed in."""
     from entropy_kernels.benchmarking import probe_steps
 
     head = '"ID","Process ID","Process Name","Host Name","Kernel Name","Metric Name","Metric Unit","Metric Value"'
     rows = [head]
-    for kid, (us, conflicts) in enumerate(((130.5, "1,234,567"), (66.25, "0"))):
-        rows.append(f'"{kid}","7","python","h","void decode_kernel<{kid + 1}>(...)","gpu__time_duration.sum","usecond","{us}"')
-        rows.append(f'"{kid}","7","python","h","void decode_kernel<{kid + 1}>(...)",'
+    for kid, (us, conflicts) in enumerate(((66.25, "1,234"), (130.5, "9,999,999"))):
+        rows.append(f'"{kid}","7","python","h","decode_kernel(...)","gpu__time_duration.sum","usecond","{us}"')
+        rows.append(f'"{kid}","7","python","h","decode_kernel(...)",'
                     f'"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum","","{conflicts}"')
+    args = tmp_path / "args"
     fake = tmp_path / "ncu"
-    fake.write_text("#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --log-file ] && log=$2; shift; done\n"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {args}\n"
+                    "while [ $# -gt 0 ]; do [ \"$1\" = --log-file ] && log=$2; shift; done\n"
                     "echo '==PROF== Connected to process' > \"$log\"\ncat >> \"$log\" <<'CSV'\n" + "\n".join(rows)
                     + "\nCSV\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    got = probe_steps.ncu_counters(1024, [1, 2])
-    assert got[1]["gpu__time_duration.sum"] == "130.5 usecond"
-    assert got[2]["gpu__time_duration.sum"] == "66.25 usecond"
-    assert got[1]["l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum"] == "1,234,567"
+    got = probe_steps.ncu_counters(1024)
+    assert got == {"gpu__time_duration.sum": "66.25 usecond",
+                   "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum": "1,234"}
+    called = args.read_text()
+    assert "--kernel-name regex:decode_kernel --launch-count 1" in called
+    assert "__global__ void __launch_bounds__(kThreads) decode_kernel(" in (ROOT / "csrc/cuda/dfloat_decode.cu").read_text()
 
 
 def test_decide_leaves_out_cases_whose_check_failed():

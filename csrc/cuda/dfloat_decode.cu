@@ -1,8 +1,10 @@
 // EKDF GPU decoder (format: dfloat.h). One block of 256 threads per 65536-bit block of the
 // exponent stream, one thread per 256-bit segment:
 //   1. the block's 8 KB of stream words and the 8 KB decode table go to shared memory
-//      (coalesced 16-byte loads), so every later read is a shared-memory access;
-//   2. counting pass: each thread walks the codes starting in its segment (from its 4-bit gap);
+//      (coalesced loads), so every later read is a shared-memory access; the words are padded
+//      (conflict-free segment starts) and a 64-entry first-level table is built from the full one;
+//   2. counting pass: each thread walks the codes starting in its segment (from its 4-bit gap)
+//      with a 64-bit bit buffer (dfloat_block.h: one word read per ~12 codes);
 //   3. block-wide exclusive prefix sum of the counts = each thread's first output slot;
 //   4. decoding pass: the same walk writes one exponent byte per value to shared memory;
 //   5. output pass: 8 values per thread-step -- an 8-byte load of raw sign|mantissa bytes, an
@@ -14,13 +16,10 @@
 // (or than max_block_values) writes kUndecodable there instead of stale shared memory.
 // The chains are short (~100 codes per thread) and there are ~64 blocks per million values, so
 // the latency of the dependent shared-memory lookups is hidden by many resident warps.
-//
-// Two variants of steps 2 and 4 (the template parameter V; `decoder` argument of decode_cuda):
-//   V = 1 (default, measured on an H100): each code reads two stream words from shared memory
-//         (segments start 8 words apart: 8-way bank conflicts) and one 4096-entry table entry;
-//   V = 2 (dfloat_block.h; its logic is emulated on the CPU by the tests, its speed is not yet
-//         measured): padded stream words (conflict-free), a 64-bit bit buffer per thread (one
-//         word read per ~12 codes) and a conflict-free 64-entry first-level table.
+// The per-thread steps are in dfloat_block.h, which the CPU emulation (decode_block_emulated,
+// run by the tests) shares. On an H100 this walk took 0.55-0.58x the time of the earlier one
+// (two unpadded stream words and a 4096-entry lookup per code: 8-way bank conflicts) from 16.8M
+// values up, and ~5% more at 262k-1M values (benchmarks/results/nvidia-h100-80gb-hbm3_probe.md).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -32,28 +31,16 @@ namespace ek {
 namespace dfloat {
 namespace {
 
-constexpr int kThreads = kBlockSegments;                         // 256
-constexpr int kBlockWords = static_cast<int>(kBlockBits / 32);   // 2048 (+1 read past the end)
-constexpr int kLutBytes = kLutSize * 2;                           // 8192
-constexpr int kWordBytes = (kBlockWords + 1 + 3) / 4 * 16;        // 2049 words rounded to 16 B
+constexpr int kThreads = kBlockSegments;                                  // 256
+constexpr int kBlockWords = static_cast<int>(kBlockBits / 32);            // 2048
+constexpr int kLutBytes = kLutSize * 2;                                    // 8192
+constexpr int kShortBytes = block::kShortSize * 2;                         // 128: first-level table
+constexpr int kPaddedWordBytes = (block::kPaddedWords + 3) / 4 * 16;      // padded words, 16 B multiple
 constexpr int kScanBytes = 64;
-constexpr int kFixedSmem = kLutBytes + kWordBytes + kScanBytes;
-// variant 2: + 64-entry first-level table, padded words
-constexpr int kShortBytes = block::kShortSize * 2;
-constexpr int kPaddedWordBytes = (block::kPaddedWords + 3) / 4 * 16;
-constexpr int kFixedSmemV2 = kLutBytes + kShortBytes + kPaddedWordBytes + kScanBytes;
-
-template <int V>
-__host__ __device__ constexpr int fixed_smem() { return V == 1 ? kFixedSmem : kFixedSmemV2; }
+constexpr int kFixedSmem = kLutBytes + kShortBytes + kPaddedWordBytes + kScanBytes;
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
-// The 32 stream bits starting at local bit `pos` of the block's words.
-__device__ __forceinline__ uint32_t peek32(const uint32_t* sw, int pos) {
-  const int i = pos >> 5;
-  return __funnelshift_l(sw[i + 1], sw[i], pos & 31);
-}
 
 __device__ __forceinline__ uint32_t bf16_bits(uint32_t raw, uint32_t exponent) {
   return ((raw & 0x80u) << 8) | (exponent << 7) | (raw & 0x7fu);
@@ -65,52 +52,36 @@ __device__ __forceinline__ uint32_t pack2(uint32_t raw4, uint32_t exp4, int k) {
   return bf16_bits(r0, e0) | (bf16_bits(r1, e1) << 16);
 }
 
-template <int V>
 __global__ void __launch_bounds__(kThreads) decode_kernel(
     const uint32_t* __restrict__ words, int64_t num_words, const int64_t* __restrict__ block_starts,
     const uint8_t* __restrict__ gaps, int64_t num_gap_bytes, const uint16_t* __restrict__ lut,
     const uint8_t* __restrict__ raw, int64_t n, int64_t total_bits, int cap, uint16_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* slut = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* slut6 = reinterpret_cast<uint16_t*>(smem + kLutBytes);  // variant 2 only
-  uint32_t* sw = reinterpret_cast<uint32_t*>(smem + kLutBytes + (V == 1 ? 0 : kShortBytes));
-  int* warp_sums = reinterpret_cast<int*>(smem + fixed_smem<V>() - kScanBytes);
-  uint8_t* sexp = smem + fixed_smem<V>();
+  uint16_t* slut6 = reinterpret_cast<uint16_t*>(smem + kLutBytes);
+  uint32_t* sw = reinterpret_cast<uint32_t*>(smem + kLutBytes + kShortBytes);
+  int* warp_sums = reinterpret_cast<int*>(smem + kFixedSmem - kScanBytes);
+  uint8_t* sexp = smem + kFixedSmem;
 
   const int t = threadIdx.x;
   const int64_t b = blockIdx.x;
   for (int i = t; i < kLutBytes / 16; i += kThreads)
     reinterpret_cast<uint4*>(slut)[i] = __ldg(reinterpret_cast<const uint4*>(lut) + i);
   const int64_t w0 = b * kBlockWords;
-  if (V == 1) {
-    for (int i = t; i < kBlockWords + 1; i += kThreads) {
-      const int64_t wi = w0 + i;
-      sw[i] = wi < num_words ? __ldg(words + wi) : 0u;
-    }
-  } else {
-    for (int i = t; i < block::kLoadWords; i += kThreads) {
-      const int64_t wi = w0 + i;
-      sw[block::padded(i)] = wi < num_words ? __ldg(words + wi) : 0u;
-    }
+  for (int i = t; i < block::kLoadWords; i += kThreads) {
+    const int64_t wi = w0 + i;
+    sw[block::padded(i)] = wi < num_words ? __ldg(words + wi) : 0u;
   }
   __syncthreads();
-  if (V == 2) {
-    if (t < block::kShortSize) slut6[t] = block::short_entry(slut, t);
-    __syncthreads();
-  }
+  if (t < block::kShortSize) slut6[t] = block::short_entry(slut, t);
+  __syncthreads();
 
   // this thread's segment: codes starting in [gap, limit) relative to its first bit
   const int64_t seg = b * kBlockSegments + t;
   const int limit = static_cast<int>(max64(0, min64(kSegmentBits, total_bits - seg * kSegmentBits)));
   const int gap = (seg >> 1) < num_gap_bytes ? (__ldg(gaps + (seg >> 1)) >> ((seg & 1) * 4)) & 15 : 15;
-  const int base = t * kSegmentBits;
 
-  int count = 0;
-  if (V == 1) {
-    for (int p = gap; p < limit; ++count) p += max(1, (slut[peek32(sw, base + p) >> (32 - kMaxCodeLen)] >> 8) & 15);
-  } else {
-    count = block::walk_segment(t, gap, limit, sw, slut, slut6, [](uint32_t) {});
-  }
+  const int count = block::walk_segment(t, gap, limit, sw, slut, slut6, [](uint32_t) {});
 
   // block-wide exclusive prefix sum of the counts
   const int lane = t & 31, warp = t >> 5;
@@ -140,18 +111,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
   const int lead = static_cast<int>(first & 7);
   int q = lead + warp_sums[warp] + incl - count;
   const int q_end = lead + cap;
-  if (V == 1) {
-    for (int p = gap; p < limit; ++q) {
-      const uint32_t e = slut[peek32(sw, base + p) >> (32 - kMaxCodeLen)];
-      p += max(1, static_cast<int>((e >> 8) & 15));
-      if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
-    }
-  } else {
-    block::walk_segment(t, gap, limit, sw, slut, slut6, [&](uint32_t e) {
-      if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
-      ++q;
-    });
-  }
+  block::walk_segment(t, gap, limit, sw, slut, slut6, [&](uint32_t e) {
+    if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
+    ++q;
+  });
   __syncthreads();
 
   if (stop - first > cap || codes != stop - first) {  // the index disagrees with the stream
@@ -175,37 +138,26 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
     out[i] = static_cast<uint16_t>(bf16_bits(raw[i], sexp[i - shift]));
 }
 
-template <int V>
-int launch(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
-           const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
-           int64_t total_bits, int cap, uint16_t* out, cudaStream_t stream) {
-  const int smem = fixed_smem<V>() + (cap + 8 + 15) / 16 * 16;
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(decode_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return static_cast<int>(err);
-  }
-  decode_kernel<V><<<static_cast<unsigned>(num_blocks), kThreads, smem, stream>>>(
-      words, num_words, block_starts, gaps, num_gap_bytes, lut, raw, n, total_bits, cap, out);
-  return static_cast<int>(cudaGetLastError());
-}
-
 }  // namespace
 
 int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_starts, int64_t num_blocks,
                 const uint8_t* gaps, int64_t num_gap_bytes, const uint16_t* lut, const uint8_t* raw, int64_t n,
                 int64_t total_bits, int64_t max_block_values, uint16_t* out, int64_t out_capacity,
-                uintptr_t stream_int, int decoder) {
+                uintptr_t stream_int) {
   if (n == 0) return 0;
   // n values need at least one block to write them, and room for them
-  if (n < 0 || n > out_capacity || num_blocks <= 0 || num_blocks > 0x7fffffffLL || (decoder != 1 && decoder != 2))
+  if (n < 0 || n > out_capacity || num_blocks <= 0 || num_blocks > 0x7fffffffLL)
     return static_cast<int>(cudaErrorInvalidValue);
   auto stream = reinterpret_cast<cudaStream_t>(stream_int);
   const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
-  if (decoder == 2)
-    return launch<2>(words, num_words, block_starts, num_blocks, gaps, num_gap_bytes, lut, raw, n, total_bits, cap,
-                     out, stream);
-  return launch<1>(words, num_words, block_starts, num_blocks, gaps, num_gap_bytes, lut, raw, n, total_bits, cap,
-                   out, stream);
+  const int smem = kFixedSmem + (cap + 8 + 15) / 16 * 16;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  decode_kernel<<<static_cast<unsigned>(num_blocks), kThreads, smem, stream>>>(
+      words, num_words, block_starts, gaps, num_gap_bytes, lut, raw, n, total_bits, cap, out);
+  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace dfloat

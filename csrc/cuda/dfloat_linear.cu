@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(
 
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
   const int64_t b = blockIdx.x;
-  // step a: table, the block's stream words (padded as in decoder variant 2), x
+  // step a: table, the block's stream words (padded as in the decoder), x
   for (int i = t; i < kLutBytes / 16; i += kThreads)
     reinterpret_cast<uint4*>(slut)[i] = __ldg(reinterpret_cast<const uint4*>(lut) + i);
   const int64_t w0 = b * (kBlockBits / 32);
@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(
   if (t < block::kShortSize) slut6[t] = block::short_entry(slut, t);
   __syncthreads();
 
-  // step a: counting walk, block prefix sum, decoding walk (dfloat_decode.cu, variant 2)
+  // step a: counting walk, block prefix sum, decoding walk (as dfloat_decode.cu)
   const int64_t seg = b * kBlockSegments + t;
   const int limit = static_cast<int>(max64(0, min64(kSegmentBits, total_bits - seg * kSegmentBits)));
   const int gap = (seg >> 1) < num_gap_bytes ? (__ldg(gaps + (seg >> 1)) >> ((seg & 1) * 4)) & 15 : 15;

@@ -1,5 +1,5 @@
 """Steps of the GPU probe (:mod:`.probe`): ceilings, the ``tl.histogram`` micro-benchmark, EKDF
-decoder variants, Top-H, Clip-Cov / KL-Cov, entropy. The linear-softmax step is in
+decoder, Top-H, Clip-Cov / KL-Cov, entropy. The linear-softmax step is in
 :mod:`.probe_lsm`. Each step measures beside the switch that decides a default (the variant
 rows) and writes a check measured in the same run where one exists; its ``summary`` turns the
 rows into the lines printed at the end.
@@ -115,12 +115,12 @@ def _read_floor(ctx: Ctx) -> bool:
 
 
 def environment_extras(device: torch.device) -> dict:
-    """What else the probe's rows depend on: SMs, ncu, importable baselines, variant knobs.
+    """What else the probe's rows depend on: SMs, ncu, importable baselines.
 
     Example
     -------
     >>> sorted(environment_extras(torch.device("cpu")))
-    ['knobs', 'ncu', 'peers', 'sm_count']
+    ['ncu', 'peers', 'sm_count']
     """
     from ..kernels._launch import sm_count
 
@@ -131,11 +131,8 @@ def environment_extras(device: torch.device) -> dict:
         except Exception:
             return False
 
-    from ..ops import dfloat as D
-
     return {"sm_count": sm_count(device), "ncu": shutil.which("ncu"),
-            "peers": {n: importable(n) for n in ("transformers", "dfloat11", "cupy", "cut_cross_entropy", "liger_kernel")},
-            "knobs": {"ops.dfloat.DECODER": getattr(D, "DECODER", None)}}
+            "peers": {n: importable(n) for n in ("transformers", "dfloat11", "cupy", "cut_cross_entropy", "liger_kernel")}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +282,7 @@ def _histogram_summary(rows: List[dict]) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# EKDF decoder variants
+# EKDF decoder
 
 
 DFLOAT_SIZES = (262_144, 1_048_576, ANCHOR, 536_870_912)
@@ -294,36 +291,6 @@ NCU_METRICS = (
     "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum", "sm__warps_active.avg.pct_of_peak_sustained_active",
     "smsp__issue_active.avg.pct_of_peak_sustained_active",
 )
-
-
-def decoder_variants() -> List[int]:
-    """EKDF CUDA decoder variants to compare (``EK_PROBE_DFLOAT_DECODERS``, default 1,2).
-
-    Example
-    -------
-    >>> decoder_variants() if "EK_PROBE_DFLOAT_DECODERS" not in os.environ else [1, 2]
-    [1, 2]
-    """
-    return [int(v) for v in os.environ.get("EK_PROBE_DFLOAT_DECODERS", "1,2").split(",") if v.strip()]
-
-
-def set_decoder(variant: int) -> str:
-    """Select the decoder variant for the following calls: ``ops.dfloat.DECODER`` (read at each
-    launch) and ``EK_DFLOAT_DECODER`` (read at import, for processes started from here). Returns
-    how, or says that the switch is gone (then every variant row measures the default).
-
-    Example
-    -------
-    >>> set_decoder(2)    # doctest: +SKIP
-    'ops.dfloat.DECODER'
-    """
-    from ..ops import dfloat as D
-
-    os.environ["EK_DFLOAT_DECODER"] = str(variant)
-    if hasattr(D, "DECODER"):
-        D.DECODER = variant
-        return "ops.dfloat.DECODER"
-    return "no decoder switch in ops.dfloat: the default decoder"
 
 
 def _weights(n: int, device: torch.device, seed: int) -> torch.Tensor:
@@ -335,34 +302,31 @@ def _weights(n: int, device: torch.device, seed: int) -> torch.Tensor:
 _NCU_SCRIPT = """
 import sys, torch
 from entropy_kernels.decoding.dfloat import DFloatTensor
-from entropy_kernels.benchmarking.probe_steps import set_decoder
 x = (torch.randn({n}, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
 c = DFloatTensor.compress(x).to("cuda")
 o = torch.empty({n}, dtype=torch.bfloat16, device="cuda")
-for v in {variants}:
-    set_decoder(v)
-    c.decompress(out=o)
+c.decompress(out=o)
 torch.cuda.synchronize()
 """
 
 
-def ncu_counters(n: int, variants: Sequence[int], timeout_s: float = 90) -> Dict[int, Dict[str, str]]:
-    """``{variant: {metric: value}}`` of one decode per variant under Nsight Compute (clocks
-    not locked: the rates of a normal run).
+def ncu_counters(n: int, timeout_s: float = 90) -> Dict[str, str]:
+    """``{metric: value}`` of one decode of ``n`` values under Nsight Compute (clocks not
+    locked: the rates of a normal run).
 
     Example
     -------
-    >>> ncu_counters(16_777_216, [1, 2])[2]["gpu__time_duration.sum"]  # doctest: +SKIP
-    '66.3 usecond'
+    >>> ncu_counters(16_777_216)["gpu__time_duration.sum"]  # doctest: +SKIP
+    '76.7 usecond'
     """
     import csv
 
     with tempfile.TemporaryDirectory() as tmp:
         script, log = os.path.join(tmp, "decode.py"), os.path.join(tmp, "ncu.csv")
         with open(script, "w") as f:
-            f.write(_NCU_SCRIPT.format(n=n, variants=list(variants)))
+            f.write(_NCU_SCRIPT.format(n=n))
         cmd = [shutil.which("ncu") or "ncu", "--clock-control", "none", "--csv", "--log-file", log,
-               "--kernel-name", "regex:decode_kernel", "--launch-count", str(len(variants)),
+               "--kernel-name", "regex:decode_kernel", "--launch-count", "1",
                "--metrics", ",".join(NCU_METRICS), sys.executable, script]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         text = (open(log).read() if os.path.exists(log) else "") + "\n" + proc.stdout
@@ -371,12 +335,11 @@ def ncu_counters(n: int, variants: Sequence[int], timeout_s: float = 90) -> Dict
     if header is None:
         raise RuntimeError(f"no ncu metrics (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-300:]}")
     table = [row for row in csv.DictReader(lines[header:]) if row.get("ID", "").isdigit()]
-    ids = sorted({row["ID"] for row in table}, key=int)
-    out: Dict[int, Dict[str, str]] = {}
-    for variant, kid in zip(variants, ids):
-        out[variant] = {row["Metric Name"]: f"{row['Metric Value']} {row.get('Metric Unit', '')}".strip()
-                        for row in table if row["ID"] == kid}
-    return out
+    if not table:
+        raise RuntimeError(f"no ncu metrics (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-300:]}")
+    first = min((row["ID"] for row in table), key=int)  # the decode (one launch is profiled)
+    return {row["Metric Name"]: f"{row['Metric Value']} {row.get('Metric Unit', '')}".strip()
+            for row in table if row["ID"] == first}
 
 
 def _ekdf(ctx: Ctx) -> None:
@@ -390,7 +353,6 @@ def _ekdf(ctx: Ctx) -> None:
     from .dfloat import dfloat11_available, dfloat11_encode
 
     dev = ctx.device
-    variants = decoder_variants()
     sizes = (4096, 16_384) if ctx.dry else DFLOAT_SIZES
     for n in sizes:
         shape = f"N={n}"
@@ -405,17 +367,13 @@ def _ekdf(ctx: Ctx) -> None:
         for timing in ("eager", "graph"):
             ctx.record(lambda: dst.copy_(x), timing, calls=20, op="dfloat_decompress", mode="fwd", shape=shape,
                        dtype="bfloat16", provider=_name("floor: copy", timing=timing), kind="floor", derive=gbps)
-        for v in variants:
-            how = set_decoder(v)
-            out.fill_(float("nan"))
-            c.decompress(out=out)
-            exact = _bits_equal(out, x)
-            for timing in ("eager", "graph"):
-                ctx.record(lambda: c.decompress(out=out), timing, calls=20, op="dfloat_decompress", mode="fwd",
-                           shape=shape, dtype="bfloat16", provider=_name(f"entropy_kernels decoder={v}", timing=timing),
-                           variant=f"decoder={v}", check=exact, derive=gbps,
-                           info={"switch": how, "ratio": round(c.ratio, 4), "encode_s": round(encode_s, 2)})
-        set_decoder(variants[0])
+        out.fill_(float("nan"))
+        c.decompress(out=out)
+        exact = _bits_equal(out, x)
+        for timing in ("eager", "graph"):
+            ctx.record(lambda: c.decompress(out=out), timing, calls=20, op="dfloat_decompress", mode="fwd",
+                       shape=shape, dtype="bfloat16", provider=_name("entropy_kernels", timing=timing), check=exact,
+                       derive=gbps, info={"ratio": round(c.ratio, 4), "encode_s": round(encode_s, 2)})
         if ctx.cuda and n <= ANCHOR and dfloat11_available():
             try:
                 t0 = time.perf_counter()
@@ -440,9 +398,8 @@ def _ekdf(ctx: Ctx) -> None:
                 status="skipped: ncu not on PATH")
     else:
         try:
-            for v, metrics in ncu_counters(ANCHOR, variants).items():
-                ctx.row(op="dfloat_decompress", mode="ncu", shape=shape, dtype="bfloat16",
-                        provider=f"ncu counters decoder={v}", kind="info", variant=f"decoder={v}", info=metrics)
+            ctx.row(op="dfloat_decompress", mode="ncu", shape=shape, dtype="bfloat16", provider="ncu counters",
+                    kind="info", info=ncu_counters(ANCHOR))
         except Exception as exc:
             ctx.row(op="dfloat_decompress", mode="ncu", shape=shape, dtype="bfloat16", provider="ncu counters",
                     kind="info", status=f"error: {type(exc).__name__}: {str(exc)[:300]}")
@@ -450,14 +407,13 @@ def _ekdf(ctx: Ctx) -> None:
 
 def _ekdf_summary(rows: List[dict]) -> List[str]:
     out = []
-    variants = sorted({r["variant"] for r in rows if r.get("variant", "").startswith("decoder=")})
     for shape in dict.fromkeys(r["shape"] for r in rows if r["mode"] == "fwd"):
         cells = []
-        for v in variants:
-            r = _find(rows, shape=shape, variant=v, timing="graph") or _find(rows, shape=shape, variant=v, timing="eager")
-            if r:
-                exact = {True: "exact", False: "NOT EXACT", None: ""}[r.get("check")]
-                cells.append(f"{v} {_fmt(r['p50_ms'])} {(r.get('info') or {}).get('GB/s of output', '')}GB/s {exact}")
+        r = (_find(rows, shape=shape, provider="entropy_kernels (CUDA graph)")
+             or _find(rows, shape=shape, provider="entropy_kernels"))
+        if r:
+            exact = {True: "exact", False: "NOT EXACT", None: ""}[r.get("check")]
+            cells.append(f"ekdf {_fmt(r['p50_ms'])} {(r.get('info') or {}).get('GB/s of output', '')}GB/s {exact}")
         copy = _find(rows, shape=shape, provider="floor: copy (CUDA graph)") or _find(rows, shape=shape, provider="floor: copy")
         d11 = _find(rows, shape=shape, provider="dfloat11")
         out.append(f"{shape}: " + "; ".join(cells) + f"; copy {_fmt((copy or {}).get('p50_ms'))}"
@@ -465,10 +421,7 @@ def _ekdf_summary(rows: List[dict]) -> List[str]:
     for r in rows:
         if r["provider"].startswith("ncu counters") and r["status"] == "ok":
             i = r["info"]
-            out.append(f"ncu {r['variant']}: " + ", ".join(f"{k.split('.')[0].split('__')[-1]}={i[k]}" for k in NCU_METRICS if k in i))
-    if len(variants) >= 2:
-        out += decide([r for r in rows if r["mode"] == "fwd"], variants[0], variants[1], "EK_DFLOAT_DECODER",
-                      key=lambda r: (r["shape"], r["timing"]))
+            out.append("ncu: " + ", ".join(f"{k.split('.')[0].split('__')[-1]}={i[k]}" for k in NCU_METRICS if k in i))
     return out
 
 
@@ -762,7 +715,7 @@ def _entropy_summary(rows: List[dict]) -> List[str]:
 STEPS = [
     Step("ceilings", _ceilings, 20, _ceilings_summary, "1 GiB copy and read, bf16 GEMM at the CE shapes"),
     Step("histogram", _histogram, 25, _histogram_summary, "tl.histogram cost per call: bins x keys x spread"),
-    Step("ekdf", _ekdf, 100, _ekdf_summary, "EKDF decoder variants x sizes: graph replay, bit-exact, dfloat11, ncu"),
+    Step("ekdf", _ekdf, 100, _ekdf_summary, "EKDF decoder x sizes: graph replay, bit-exact, dfloat11, ncu"),
     Step("top_h", _top_h, 75, _top_h_summary, "Top-H: B x dtype x rule x mask/sample x EK_TOP_H_PREFILTER"),
     Step("cov", _cov, 45, _cov_summary, "Clip-Cov/KL-Cov and high_entropy_mask: eager, graph, kernels; EK_COV_FUSED"),
     Step("entropy", _entropy, 30, _entropy_summary, "entropy fwd, fwd+bwd: eager, graph, kernels, floors"),

@@ -567,7 +567,7 @@ class DFloatTensor:
 
     def _verify_decode(self) -> None:
         """Decode once on the CPU (its decoder checks the index against the stream, so the GPU
-        decoders give the same values) and compare with the stored checksum."""
+        decoder gives the same values) and compare with the stored checksum."""
         host = self.to("cpu")
         out = torch.empty(self.numel, dtype=torch.bfloat16)
         host.decompress(out=out)  # DFloatError if the index disagrees with the stream

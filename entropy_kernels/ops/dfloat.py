@@ -12,7 +12,7 @@ devices and alignment of the arrays and the integer arguments. Every decoder bou
 and write by the array sizes and writes every one of the ``numel`` output values. The CPU decoder
 also checks the index against the stream as it decodes (``block_starts`` rising from 0 to
 ``numel``, the segment ``gaps``, ``total_bits``, the table) and raises :class:`DFloatError` when
-they disagree; the CUDA decoders cannot raise without a sync, so a block whose index disagrees
+they disagree; the CUDA decoder cannot raise without a sync, so a block whose index disagrees
 with its codes writes NaN (bf16 ``0x7fc0``) there instead. Content checks (payload CRC, header
 CRC, a verifying decode) belong to ``DFloatTensor.validate``, run once when a payload is loaded.
 """
@@ -20,16 +20,12 @@ CRC, a verifying decode) belong to ``DFloatTensor.validate``, run once when a pa
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
 from .. import _backend
 
 LUT_SIZE = 4096
-# CUDA kernel variant (csrc/cuda/dfloat_decode.cu): 1 is the one measured on an H100; 2 removes its
-# shared-memory bank conflicts (logic emulated on the CPU by the tests; speed not yet measured).
-DECODER = int(os.environ.get("EK_DFLOAT_DECODER", "1"))
 SEGMENT_BITS = 256  # stream bits per GPU thread
 BLOCK_BITS = 256 * SEGMENT_BITS  # stream bits per GPU block
 
@@ -201,7 +197,7 @@ def launch(out: torch.Tensor, args: tuple) -> None:
         # switch devices only when needed: the context manager costs µs on every call
         same = out.device.index == torch.cuda.current_device()
         with contextlib.nullcontext() if same else torch.cuda.device(out.device):
-            C.dfloat_decode_cuda(*args, out.data_ptr(), out.numel(), _stream_handle(out.device), DECODER)
+            C.dfloat_decode_cuda(*args, out.data_ptr(), out.numel(), _stream_handle(out.device))
     else:
         status = C.dfloat_decode_cpu(*args, out.data_ptr(), out.numel())
         if status:
