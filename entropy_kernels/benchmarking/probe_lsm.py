@@ -10,13 +10,13 @@ launcher's argument list and its own launch parameters.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Dict, List, Tuple
 
 import torch
 
 from ..kernels.aot_check import LSM_FWD_SWEEP
+from ..kernels.linear_softmax import forward_splits
 from .probe import Ctx, Step
 from .probe_steps import _find, _fmt, _ok
 
@@ -26,26 +26,24 @@ DRY_SHAPES = (("tiny", 32, 32, 512),)
 DRY_PATH_SHAPE = ("tiny", 16, 32, 256)
 
 
-def sm_multiple_splits(n_tiles: int, sms: int, at_least: int, v_tiles: int) -> int:
-    """Smallest split count ≥ ``at_least`` that makes ``n_tiles·splits`` a multiple of the SM
-    count (whole waves), capped by the vocabulary tiles.
+def default_splits(n_tiles: int, v_tiles: int, sms: int) -> int:
+    """The forward launcher's split count (``kernels.linear_softmax.forward_splits``).
 
     Example
     -------
-    >>> sm_multiple_splits(64, 132, 5, 2000)      # 64 · 33 = 16 · 132
+    >>> default_splits(64, 2000, 132)     # 64 token tiles x 33 splits = 16 whole waves
     33
     """
-    step = sms // math.gcd(n_tiles, sms)
-    s = max(step, -(-at_least // step) * step)
-    return min(s, v_tiles)
+    return forward_splits(n_tiles, v_tiles, sms)
 
 
-def default_splits(n_tiles: int, v_tiles: int, sms: int) -> int:
-    """The forward launcher's split heuristic (~2 waves, ≥ 8 vocabulary tiles per split).
+def two_wave_splits(n_tiles: int, v_tiles: int, sms: int) -> int:
+    """The launcher's split rule before the 2026-11-28 probe: ~2 waves, >= 8 vocabulary tiles
+    per split, no whole-wave rounding (kept in the sweep as the comparison).
 
     Example
     -------
-    >>> default_splits(64, 2000, 132)     # 64 token tiles x 5 splits = 320 programs, 2.4 waves
+    >>> two_wave_splits(64, 2000, 132)     # 64 token tiles x 5 splits = 320 programs, 2.4 waves
     5
     """
     return max(1, min(-(-2 * sms // n_tiles), v_tiles // 8))
@@ -157,7 +155,7 @@ def _forward_sweep(ctx: Ctx, name: str, n: int, d: int, v: int, sms: int) -> Non
     for bn, bv, bd, stages in sweep:
         n_tiles, v_tiles = cdiv(n, bn), cdiv(v, bv)
         base = default_splits(n_tiles, v_tiles, sms)
-        for splits in dict.fromkeys((base, sm_multiple_splits(n_tiles, sms, base, v_tiles))):
+        for splits in dict.fromkeys((base, two_wave_splits(n_tiles, v_tiles, sms))):
             if not ctx.mine(("lsm_fwd", bn, bv, bd, stages)):  # the split count does not change the compile
                 continue
             if h is None:
@@ -253,7 +251,7 @@ def _paths(ctx: Ctx, shapes) -> None:
             if row is not None and row["status"] == "ok":
                 row_info = row.get("info") or {}
                 ctx.row(**{k: v for k, v in fields.items() if k != "info"}, provider=f"entropy_kernels {impl} breakdown",
-                        kind="info", timing="kernel", info=kernel_breakdown(row_info.get("kernels", [])))
+                        kind="info", timing="kernel", info=kernel_breakdown([(k, us / 1e3) for k, us in row_info.get("kernels", [])]))  # the row keeps µs
             del h, w, y
             if ctx.cuda:
                 torch.cuda.empty_cache()

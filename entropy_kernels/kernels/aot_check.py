@@ -96,8 +96,8 @@ def _sig(signature: Dict[str, str], **values) -> Dict[str, object]:
 
 # Forward tiles (BLOCK_N, BLOCK_V, BLOCK_D, num_stages) the GPU probe sweeps
 # (scripts/perf_probe.py, step lsm); the first is the launcher's default.
-LSM_FWD_SWEEP = (
-    (128, 128, 32, 3), (128, 128, 64, 3), (128, 128, 64, 4), (128, 256, 64, 3), (128, 256, 64, 4),
+LSM_FWD_SWEEP = (  # the first is the launcher's 16-bit default (linear_softmax.FWD_BLOCKS, FWD_STAGES)
+    (128, 256, 64, 3), (128, 128, 32, 3), (128, 128, 64, 3), (128, 128, 64, 4), (128, 256, 64, 4),
     (256, 128, 32, 3), (256, 128, 64, 3), (256, 128, 64, 4),
 )
 
@@ -152,7 +152,9 @@ def _configs() -> Iterator[Config]:
         for bias, cap in ((False, False), (True, True)):
             yield Config(f"lsm_fwd[{dt},bias={bias},softcap={cap}]", L._lsm_fwd_kernel,
                          _sig(fwd_sig, **shape, cols_per_split=400 * 128, n_splits=5),
-                         {"HAS_BIAS": bias, "SOFTCAP": cap, "PRECISION": prec, **dict(zip(BLOCK_NAMES, L.FWD_BLOCKS))})
+                         {"HAS_BIAS": bias, "SOFTCAP": cap, "PRECISION": prec,
+                          **dict(zip(BLOCK_NAMES, L.FWD_BLOCKS_FP32 if dt == "fp32" else L.FWD_BLOCKS))},
+                         num_stages=L.FWD_STAGES)
         if dt == "bf16":
             for bn, bv, bd, stages in LSM_FWD_SWEEP[1:]:
                 yield Config(f"lsm_fwd[bf16,{bn}x{bv}x{bd},s{stages}]", L._lsm_fwd_kernel,

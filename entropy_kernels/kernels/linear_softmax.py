@@ -17,6 +17,7 @@ chunk per launch; see :func:`linear_softmax_backward` for why not 16-bit atomics
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -204,11 +205,39 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# (BLOCK_N, BLOCK_V, BLOCK_D) with 8 warps: the largest tiles that compile for sm_90 without
-# register spills (checked with cuobjdump on the AOT build: kernels/aot_check.py). The backward
-# holds z, p and dz tiles at once, hence its thinner D step.
-FWD_BLOCKS = (128, 128, 32)
+# (BLOCK_N, BLOCK_V, BLOCK_D) with 8 warps, none spilling registers at its launch
+# (benchmarks/static/triton_kernels.md). The forward's 16-bit tile and stage count are the
+# fastest of the GPU probe's sweep (H100, 2026-11-28: 128x256x64 with 3 stages and whole-wave
+# splits ran the Gemma-2-2B / Llama-3-8B CE shapes in 20.8 / 17.3 ms against 39.8 / 35.0 ms for
+# the former 128x128x32 with ~2 waves). fp32 tiles are twice the bytes: 128x256x64 would need
+# ~290 KiB of shared memory, so fp32 keeps the smaller tile. The backward holds z, p and dz
+# tiles at once, hence its thinner D step.
+FWD_BLOCKS = (128, 256, 64)
+FWD_STAGES = 3
+FWD_BLOCKS_FP32 = (128, 128, 32)
 BWD_BLOCKS = (128, 128, 16)
+
+
+def forward_splits(n_tiles: int, v_tiles: int, sms: int) -> int:
+    """Vocabulary splits of the forward: ~2 waves with >= 8 vocabulary tiles per split, then,
+    while the grid is under 8 waves, rounded up so that ``n_tiles · splits`` is a whole number
+    of waves (no half-empty last wave; measured faster at both probe shapes), at most one split
+    per vocabulary tile.
+
+    Example
+    -------
+    >>> forward_splits(64, 1000, 132)   # 64 token tiles x 33 splits = 16 waves of 132
+    33
+    >>> forward_splits(512, 1000, 132)   # 3.9 waves of token tiles: rounded up to 128 whole waves
+    33
+    >>> forward_splits(2048, 1000, 132)  # 15.5 waves of token tiles already: 1 split
+    1
+    """
+    base = max(1, min(cdiv(2 * sms, n_tiles), v_tiles // 8))
+    if n_tiles * base < 8 * sms:
+        step = sms // math.gcd(n_tiles, sms)
+        base = max(step, cdiv(base, step) * step)
+    return max(1, min(base, v_tiles))
 
 
 def _blocks(n: int, defaults, block_n, block_v, block_d) -> Tuple[int, int, int]:
@@ -241,12 +270,11 @@ def linear_softmax_forward(
     stats = torch.empty((n, 4), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32, device=h.device)
     if n == 0:
         return stats
-    bn, bv, bd = _blocks(n, FWD_BLOCKS, block_n, block_v, block_d)
+    bn, bv, bd = _blocks(n, FWD_BLOCKS_FP32 if h.dtype in (torch.float32, torch.float64) else FWD_BLOCKS,
+                         block_n, block_v, block_d)
     n_tiles = cdiv(n, bn)
     v_tiles = cdiv(v, bv)
-    # enough programs for ~2 waves; every split keeps >= 8 vocabulary tiles to amortise the h loads
-    splits = num_splits or max(1, min(cdiv(2 * sm_count(h.device), n_tiles), v_tiles // 8))
-    splits = max(1, min(splits, v_tiles))
+    splits = max(1, min(num_splits or forward_splits(n_tiles, v_tiles, sm_count(h.device)), v_tiles))
     cols_per_split = cdiv(v_tiles, splits) * bv
     splits = cdiv(v, cols_per_split)
     part = torch.empty((n, splits, 5), dtype=torch.float32, device=h.device)
@@ -254,7 +282,7 @@ def linear_softmax_forward(
         h, weight, bias if bias is not None else weight, targets, part,
         n, v, d, h.stride(0), weight.stride(0), cols_per_split, splits, softcap, inv_temperature,
         HAS_BIAS=bias is not None, SOFTCAP=softcap > 0, PRECISION=_precision(h.dtype),
-        BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, num_warps=8 if bn * bv >= 128 * 128 else 4,
+        BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, num_warps=8 if bn * bv >= 128 * 128 else 4, num_stages=FWD_STAGES,
     )
     block_s = max(2, next_pow2(splits))
     block_r = max(1, min(64, 2048 // block_s))
