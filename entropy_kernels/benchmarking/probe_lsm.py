@@ -226,8 +226,12 @@ def _paths(ctx: Ctx, shapes) -> None:
                 def run(h=h, w=w, y=y, options=options):
                     torch.nn.functional.linear_cross_entropy(h, w, y, options=options).backward()
             elif op == "linear_cross_entropy":
-                def run(impl=impl, h=h, w=w, y=y):
-                    linear_cross_entropy(h, w, y, impl=impl).backward()
+                # "chunked@T": T tokens per chunk instead of the default (a larger chunk runs
+                # larger GEMMs and re-reads dW fewer times, for more logits memory)
+                base_impl, _, tokens = impl.partition("@")
+
+                def run(impl=base_impl, h=h, w=w, y=y, chunk=int(tokens) if tokens else None):
+                    linear_cross_entropy(h, w, y, impl=impl, chunk_size=chunk).backward()
             elif impl == "trl":  # TRL's chunked kernel, the peer of the TRL integration
                 g1, g2 = torch.randn(n, device=dev), torch.randn(n, device=dev)
 
@@ -271,10 +275,12 @@ def _lsm(ctx: Ctx) -> None:
     peers = ("trl",) if trl_available() else ()
     torch_ce = ("torch",) if hasattr(torch.nn.functional, "linear_cross_entropy") else ()
     if ctx.dry:  # the same probe code as on a GPU, without the slow interpreted tiles
-        _paths(ctx, [("linear_cross_entropy", ("chunked",) + torch_ce, DRY_PATH_SHAPE),
+        _paths(ctx, [("linear_cross_entropy", ("chunked", "chunked@8") + torch_ce, DRY_PATH_SHAPE),
                      ("linear_logprob_entropy", ("stored",) + peers, DRY_PATH_SHAPE)])
     else:
-        _paths(ctx, [("linear_cross_entropy", ("chunked", "fused") + torch_ce, s) for s in shapes]
+        # the default chunk is 512 MiB of logits (1024 / 2048 tokens at these vocabularies)
+        chunks = ("chunked@2048", "chunked@4096")
+        _paths(ctx, [("linear_cross_entropy", ("chunked",) + chunks + ("fused",) + torch_ce, s) for s in shapes]
                + [("linear_logprob_entropy", ("stored", "fused") + peers, LOGPROB_SHAPE)])
 
 
@@ -309,6 +315,12 @@ def _lsm_summary(rows: List[dict]) -> List[str]:
             winner = "chunked" if chunked["p50_ms"] < fused["p50_ms"] else "fused"
             out.append(f"CE fwd+bwd {shape}: chunked {_fmt(chunked['p50_ms'])} vs fused {_fmt(fused['p50_ms'])} "
                        f"-> {winner} is the faster default")
+        sizes = [r for r in rows if r["op"] == "linear_cross_entropy" and r["shape"] == shape and r["status"] == "ok"
+                 and r["provider"].startswith("entropy_kernels chunked") and r.get("timing") == "eager"]
+        if len(sizes) > 1:  # the chunk-size sweep: time and peak extra memory per chunk
+            cells = [f"{r['provider'][16:]} {_fmt(r['p50_ms'])}"
+                     + (f" ({r['peak_mem_bytes'] / 2**30:.2f} GiB)" if r.get("peak_mem_bytes") else "") for r in sizes]
+            out.append(f"CE chunk sizes {shape}: " + "; ".join(cells))
     return out
 
 
