@@ -127,11 +127,11 @@ class Lookup:
 
 # EKDF's CUDA decoder 2 became the only one (the probe of 2026-11-28): later probe files name its
 # rows "entropy_kernels", earlier ones "entropy_kernels decoder=2"; the newer name wins.
-def _ekdf_provider(q: "Lookup", key: tuple, decoder: int) -> str:
-    """The provider of ``key``'s graph-replay row of EKDF decoder ``decoder`` (1 or 2)."""
-    if decoder == 2 and q.row(*key, "entropy_kernels (CUDA graph)"):
+def _ekdf_provider(q: "Lookup", key: tuple) -> str:
+    """The provider of ``key``'s graph-replay row of the EKDF CUDA decoder."""
+    if q.row(*key, "entropy_kernels (CUDA graph)"):
         return "entropy_kernels (CUDA graph)"
-    return f"entropy_kernels decoder={decoder} (CUDA graph)"
+    return "entropy_kernels decoder=2 (CUDA graph)"
 
 
 def _joined(*cells: str) -> str:
@@ -184,7 +184,7 @@ def main_table(q: Lookup) -> List[str]:
                  "TopHLogitsWarper " + _joined(*(q.t(*k, "transformers TopHLogitsWarper") for k in th))])
     k = ("dfloat_decompress", "fwd", "N=16777216", BF)
     rows.append(["`dfloat_decompress`, 16.8M values (CUDA graph)",
-                 " / ".join(f"decoder {v} {q.t(*k, _ekdf_provider(q, k, v))}" for v in (1, 2)),
+                 q.t(*k, _ekdf_provider(q, k)),
                  DASH, f"dfloat11 {q.t(*k, 'dfloat11')}; copy {q.t(*k, 'floor: copy')}"])
     for tokens, (b, t) in (("65,536", (64, 1024)), ("1,048,576", (256, 4096))):
         k = ("policy_loss", "fwd+bwd", f"B={b} T={t}", "float32")
@@ -198,12 +198,12 @@ def main_table(q: Lookup) -> List[str]:
 
 
 def ekdf_table(q: Lookup) -> List[str]:
-    lines = ["| values | EKDF decoder 1 (graph replay) | EKDF decoder 2 (graph replay) | dfloat11 | bf16 copy |",
-             "|---|---|---|---|---|"]
+    lines = ["| values | EKDF (graph replay) | dfloat11 | bf16 copy |",
+             "|---|---|---|---|"]
     for n in (262_144, 1_048_576, 16_777_216, 536_870_912):
         k = ("dfloat_decompress", "fwd", f"N={n}", BF)
         cells = []
-        for provider in (_ekdf_provider(q, k, 1), _ekdf_provider(q, k, 2), "dfloat11"):
+        for provider in (_ekdf_provider(q, k), "dfloat11"):
             row = q.row(*k, provider)
             cells.append(f"{fmt_time(row['p50_ms'])} ({2 * n / row['p50_ms'] / 1e6:.0f} GB/s)" if row else DASH)
         copy = q.row(*k, "floor: copy (CUDA graph)") or q.row(*k, "floor: copy")
