@@ -26,6 +26,7 @@ from ..reference.cross_entropy import (
     token_losses_from_stats,
 )
 from ..reference.linear_softmax import logits_grad_coefficients, rows_grad_reference, rows_stats_reference
+from .dtensor_weights import unwrap_lm_head
 from .linear_softmax import linear_softmax_stats
 from .vocab_parallel import vocab_parallel_stats
 
@@ -362,6 +363,7 @@ def linear_cross_entropy(
     >>> torch.allclose(loss, torch.nn.functional.cross_entropy((h @ w.T).flatten(0, 1), y.flatten()), atol=1e-5)
     True
     """
+    weight, bias, process_group, vocab_offset = unwrap_lm_head(weight, bias, process_group, vocab_offset)
     _validate(hidden, weight, targets, bias, class_weight, dict(
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
         shift=shift, return_lse=return_lse, impl=impl, filter_eps=filter_eps, accum_fp32=accum_fp32, chunk_size=chunk_size,

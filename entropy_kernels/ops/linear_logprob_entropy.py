@@ -20,6 +20,7 @@ from .linear_softmax import linear_softmax_stats
 from .linear_cross_entropy import check_filter_eps, check_vocab_parallel
 from .linear_softmax_stored import linear_softmax_stats_stored
 from .vocab_parallel import vocab_parallel_stats
+from .dtensor_weights import unwrap_lm_head
 
 IMPLS = ("auto", "fused", "stored", "reference")
 
@@ -109,6 +110,7 @@ def logprob_entropy(hidden, weight, labels, *, bias=None, temperature=1.0, ignor
     ...
     TypeError: input_ids must be int64 or int32 class indices, got torch.float32
     """
+    weight, bias, process_group, vocab_offset = unwrap_lm_head(weight, bias, process_group, vocab_offset, weight_name)
     _validation.check_linear_head(hidden, weight, labels, bias, targets_name=labels_name, weight_name=weight_name)
     inv_t = 1.0 / _validation.check_positive_scalar("temperature", temperature)
     _validation.check_int("ignore_index", ignore_index)
