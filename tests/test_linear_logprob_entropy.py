@@ -62,10 +62,19 @@ def dtypes_for(backend):
 TOL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 
-@pytest.mark.parametrize("impl", ["fused", "stored", "reference"])
+@pytest.fixture
+def five_token_chunks(monkeypatch):
+    """The chunked impl's chunks at 5 tokens, so that every test crosses chunk boundaries
+    (and the last chunk is partial)."""
+    import entropy_kernels.ops.linear_logprob_entropy as mod
+
+    monkeypatch.setattr(mod, "chunk_tokens", lambda n, vocab, itemsize: 5)
+
+
+@pytest.mark.parametrize("impl", ["fused", "stored", "chunked", "reference"])
 @pytest.mark.parametrize("bias", [None, "random", "negative", "masked"])
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_values_and_grads_match_float64(backend, impl, bias, temperature):
+def test_values_and_grads_match_float64(backend, impl, bias, temperature, five_token_chunks):
     if impl == "reference" and backend.name != "cpu-reference":
         pytest.skip("plain torch: one backend is enough")
     for dtype in dtypes_for(backend):
@@ -75,8 +84,8 @@ def test_values_and_grads_match_float64(backend, impl, bias, temperature):
             lp, ent = ek.linear_logprob_entropy(inputs[0], inputs[1], y, bias=inputs[2] if b is not None else None,
                                                 temperature=temperature, impl=impl)
         refs = [t.detach().double().requires_grad_() for t in inputs]
-        # stored keeps logits in the input dtype (the numerics of torch's own bf16 logits)
-        logits_dtype = dtype if impl == "stored" and dtype != torch.float32 else None
+        # stored / chunked keep logits in the input dtype (the numerics of torch's own bf16 logits)
+        logits_dtype = dtype if impl in ("stored", "chunked") and dtype != torch.float32 else None
         lp_r, ent_r = oracle(refs[0], refs[1], y, refs[2] if b is not None else None, temperature, logits_dtype=logits_dtype)
         assert lp.shape == (3, 13) and lp.dtype == torch.float32 and ent.dtype == torch.float32
         assert rel(lp, lp_r) <= TOL[dtype] and rel(ent, ent_r) <= TOL[dtype]
@@ -122,11 +131,11 @@ def test_return_entropy_false(backend):
     assert ent is None and lp.shape == (N,)
 
 
-def test_gradcheck_float64(backend):
+def test_gradcheck_float64(backend, five_token_chunks):
     h, w, b, y = make(backend.device, torch.float64, (5,), bias="random")
     h, w, b = h[:, :6].contiguous(), w[:11, :6].contiguous(), b[:11].contiguous()
     y = torch.randint(0, 11, (5,), device=backend.device)
-    impls = ["fused", "stored", "reference"] if backend.name == "cpu-reference" else ["reference"]
+    impls = ["fused", "stored", "chunked", "reference"] if backend.name == "cpu-reference" else ["reference"]
     for impl in impls:
         def f(h, w, b):
             return ek.linear_logprob_entropy(h, w, y, bias=b, temperature=0.7, impl=impl)
@@ -149,8 +158,38 @@ def test_opcheck_stored(backend):
                               (torch.randn_like(stats), stats, logits, h.detach(), w.detach(), b.detach(), y, 0.0, 0.8), **tol)
 
 
+def test_opcheck_chunked(backend):
+    h, w, b, y = make(backend.device, torch.float32, (9,), bias="random")
+    tol = dict(rtol=2e-5, atol=1e-4)  # BLAS summation order, as for the stored path
+    with backend.context():
+        for chunk in (4, 9):
+            torch.library.opcheck(torch.ops.entropy_kernels.linear_softmax_stats_chunked.default,
+                                  (h.requires_grad_(), w.requires_grad_(), b.requires_grad_(), y, 0.0, 0.8, chunk), **tol)
+        stats = torch.ops.entropy_kernels.linear_softmax_stats_chunked(h.detach(), w.detach(), b.detach(), y, 0.0, 0.8, 4)
+        torch.library.opcheck(torch.ops.entropy_kernels.linear_softmax_chunked_backward.default,
+                              (torch.randn_like(stats), stats, h.detach(), w.detach(), b.detach(), y, 0.0, 0.8, 4), **tol)
+
+
+def test_auto_picks_chunked_for_a_backward_on_the_gpu_path(backend, monkeypatch):
+    """auto: chunked (cuBLAS, one chunk of logits) when a backward follows on the kernel path,
+    fused for a forward alone; the reference on the plain-torch CPU path."""
+    import entropy_kernels.ops.linear_logprob_entropy as mod
+
+    seen = []
+    for name in ("linear_softmax_stats_chunked", "linear_softmax_stats"):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _name=name: seen.append(_name) or _real(*a))
+    h, w, _, y = make(backend.device, torch.float32, (4,))
+    with backend.context():
+        ek.linear_logprob_entropy(h.requires_grad_(), w, y)
+        with torch.no_grad():
+            ek.linear_logprob_entropy(h, w, y)
+    kernels = backend.name != "cpu-reference"
+    assert seen == (["linear_softmax_stats_chunked", "linear_softmax_stats"] if kernels else []), seen
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-@pytest.mark.parametrize("impl", ["fused", "stored"])
+@pytest.mark.parametrize("impl", ["fused", "stored", "chunked"])
 def test_torch_compile_fullgraph_matches_eager(device, impl):
     torch._dynamo.reset()
     h, w, b, y = make(device, torch.float32, (2, 6), bias="random")

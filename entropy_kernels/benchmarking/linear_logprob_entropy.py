@@ -134,6 +134,7 @@ def linear_logprob_entropy_cases(size: str, device: torch.device) -> List[Case]:
             case.providers = [
                 _provider("entropy_kernels fused", "ours", lambda: functools.partial(linear_logprob_entropy, impl="fused")),
                 _provider("entropy_kernels stored", "ours", lambda: functools.partial(linear_logprob_entropy, impl="stored")),
+                _provider("entropy_kernels chunked", "ours", lambda: functools.partial(linear_logprob_entropy, impl="chunked")),
                 _provider("torch", "baseline", lambda: torch_logprob_entropy),
                 _provider("torch.compile", "baseline", _compiled),
             ]

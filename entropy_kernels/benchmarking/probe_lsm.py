@@ -276,12 +276,12 @@ def _lsm(ctx: Ctx) -> None:
     torch_ce = ("torch",) if hasattr(torch.nn.functional, "linear_cross_entropy") else ()
     if ctx.dry:  # the same probe code as on a GPU, without the slow interpreted tiles
         _paths(ctx, [("linear_cross_entropy", ("chunked", "chunked@8") + torch_ce, DRY_PATH_SHAPE),
-                     ("linear_logprob_entropy", ("stored",) + peers, DRY_PATH_SHAPE)])
+                     ("linear_logprob_entropy", ("stored", "chunked") + peers, DRY_PATH_SHAPE)])
     else:
         # the default chunk is 512 MiB of logits (1024 / 2048 tokens at these vocabularies)
         chunks = ("chunked@2048", "chunked@4096")
         _paths(ctx, [("linear_cross_entropy", ("chunked",) + chunks + ("fused",) + torch_ce, s) for s in shapes]
-               + [("linear_logprob_entropy", ("stored", "fused") + peers, LOGPROB_SHAPE)])
+               + [("linear_logprob_entropy", ("stored", "chunked", "fused") + peers, LOGPROB_SHAPE)])
 
 
 def _lsm_summary(rows: List[dict]) -> List[str]:
