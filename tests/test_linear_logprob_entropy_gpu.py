@@ -19,7 +19,7 @@ def _inputs(n, d, v, dtype=torch.bfloat16):
     return h, w, y
 
 
-@pytest.mark.parametrize("impl", ["fused", "stored"])
+@pytest.mark.parametrize("impl", ["fused", "stored", "chunked"])
 @pytest.mark.parametrize("n, d, v", [(1024, 512, 32000), (333, 520, 32003)])
 def test_bf16_matches_float64(impl, n, d, v):
     h, w, y = _inputs(n, d, v)
@@ -27,7 +27,7 @@ def test_bf16_matches_float64(impl, n, d, v):
     g1, g2 = torch.randn_like(lp), torch.randn_like(ent)
     torch.autograd.backward([lp, ent], [g1, g2])
     hr, wr = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    lp_r, ent_r = oracle(hr, wr, y, temperature=0.9, logits_dtype=torch.bfloat16 if impl == "stored" else None)
+    lp_r, ent_r = oracle(hr, wr, y, temperature=0.9, logits_dtype=torch.bfloat16 if impl in ("stored", "chunked") else None)
     torch.autograd.backward([lp_r, ent_r], [g1.double(), g2.double()])
     assert rel(lp, lp_r) <= 1e-2 and rel(ent, ent_r) <= 1e-2
     assert rel(h.grad, hr.grad) <= 2e-2 and rel(w.grad, wr.grad) <= 2e-2
@@ -62,3 +62,21 @@ def test_stored_memory_is_one_copy_of_the_logits():
     logits = n * v * 2
     assert peak <= grads + logits + 300 * 2**20  # + one backward chunk (256 MiB) and slack
     assert peak < grads + 2 * logits
+
+
+def test_chunked_memory_is_one_chunk_of_logits(monkeypatch):
+    """chunked keeps no logits between forward and backward: at most one chunk (and its
+    gradient, written in place) beyond the gradients, far below one copy of the logits."""
+    import entropy_kernels.ops.linear_softmax_chunked as chunked
+
+    n, d, v = 4096, 1024, 65536
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 64 * 2**20)  # 512 tokens of 65536 bf16 logits
+    h, w, y = _inputs(n, d, v)
+    _step(h, w, y, "chunked")
+    h.grad = w.grad = None
+    peak = peak_extra_bytes(lambda: _step(h, w, y, "chunked"))
+    grads = (n * d + v * d) * 2
+    chunk = 64 * 2**20
+    # one chunk of logits, the chunk's dh product before its copy, stats and coefficients
+    assert peak - grads <= chunk + 512 * d * 2 + 32 * 2**20, f"{(peak - grads) / 2**20:.1f} MiB beyond the gradients"
+    assert peak < grads + n * v * 2 // 4
