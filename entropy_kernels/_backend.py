@@ -22,6 +22,8 @@ from typing import Iterator, Optional
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
+from . import config
+
 __all__ = [
     "triton_available",
     "interpreting",
@@ -92,7 +94,8 @@ def eager_direct(t: torch.Tensor) -> bool:
     is being traced by torch.compile. Eagerly a torch.library op costs ~50-80 µs of host time per
     call (dispatch, schema default filling, the autograd wrapper) -- more than the GPU work of a
     decode step or a policy loss on 65K tokens -- while the kernels are the same either way.
-    ``EK_VIA_OPS=1`` routes every call through the ops (to compare, or to debug).
+    ``EK_VIA_OPS=1`` (``config.CONFIG.via_ops``) routes every call through the ops (to compare, or to
+    debug).
 
     Example
     -------
@@ -104,7 +107,7 @@ def eager_direct(t: torch.Tensor) -> bool:
         type(t) is torch.Tensor
         and not torch.compiler.is_compiling()
         and not torch._C._are_functorch_transforms_active()  # vmap/grad wrap tensors as plain Tensors
-        and os.environ.get("EK_VIA_OPS") != "1"
+        and not config.CONFIG.via_ops
     )
 
 

@@ -62,6 +62,11 @@ def _info(_args) -> int:
     for name in OPS:
         cpu, cuda = NATIVE_OPS.get(name, (_backend.describe_backend("cpu"), _backend.describe_backend("cuda")))
         print(f"{name:{width}s}{cpu:24s} {cuda}")
+    from . import config
+
+    print("\nswitch (environment, read at import)")
+    for var, value, meaning in config.describe():
+        print(f"{var}={value:3s} {meaning}")
     return 0
 
 

@@ -23,7 +23,7 @@ import time
 import torch
 
 import entropy_kernels as ek
-from entropy_kernels import _backend
+from entropy_kernels import _backend, config
 
 
 class _NoLaunch:
@@ -121,17 +121,14 @@ def main(argv=None) -> int:
     print(f"host µs per call (median of 7 x {args.reps}), torch {torch.__version__}, {os.cpu_count()} CPUs")
     print(f"{'case':50s} {'fast path':>10s} {'phases':>10s} {'via ops':>10s} {'ratio':>7s}")
     for name, fn in calls.items():
-        os.environ["EK_VIA_OPS"] = "0"
-        fast = median_us(fn, args.reps)
+        with config.override(via_ops=False):
+            fast = median_us(fn, args.reps)
         phases = "-"
         if "policy_loss" in name:
-            previous = os.environ.get("EK_COV_FUSED")
-            os.environ["EK_COV_FUSED"] = "0"
-            phases = f"{median_us(fn, args.reps):.1f}"
-            os.environ["EK_COV_FUSED"] = previous if previous is not None else "1"
-        os.environ["EK_VIA_OPS"] = "1"
-        via_ops = median_us(fn, args.reps)
-        os.environ.pop("EK_VIA_OPS")
+            with config.override(via_ops=False, cov_fused=False):
+                phases = f"{median_us(fn, args.reps):.1f}"
+        with config.override(via_ops=True):
+            via_ops = median_us(fn, args.reps)
         print(f"{name:50s} {fast:10.1f} {phases:>10s} {via_ops:10.1f} {via_ops / fast:6.2f}x")
     return 0
 

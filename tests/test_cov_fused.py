@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import entropy_kernels as ek
+from entropy_kernels import config
 from entropy_kernels.reference.policy_loss import LOSS_AGG_MODES
 from entropy_kernels.training import clip_cov_policy_loss, kl_cov_policy_loss
 from test_cov_select import clip_count, make_batch, oracle_clip_eligible, small_blocks  # noqa: F401  (fixture)
@@ -66,10 +67,10 @@ def _check_fused_equals_phases(backend, monkeypatch, mode, dtype, **extra):
     calls = []
     real_fused = K.fused
     monkeypatch.setattr(K, "fused", lambda *a: calls.append(1) or real_fused(*a))
-    monkeypatch.setenv("EK_COV_FUSED", "1")
+    monkeypatch.setattr(config.CONFIG, "cov_fused", True)
     fused = _both_losses(backend, old, lp, adv, mask, mode, seed, off, **extra)
     assert len(calls) == 2, "both losses must take the one-launch path"
-    monkeypatch.setenv("EK_COV_FUSED", "0")
+    monkeypatch.setattr(config.CONFIG, "cov_fused", False)
     phases = _both_losses(backend, old, lp, adv, mask, mode, seed, off, **extra)
     assert len(calls) == 2
     assert int(fused[4]) > 0 and int(fused[9]) > 0  # n_selected of both losses
@@ -125,7 +126,7 @@ def test_routing_one_launch_and_fallback(backend, monkeypatch):
     old, lp, adv, mask = make_batch(2, 40, backend.device, scale=2.0)
     seed, off = torch.tensor([2], device=backend.device), torch.tensor([0], device=backend.device)
     monkeypatch.setattr(K, "_grid", K._fused_grid)
-    monkeypatch.setenv("EK_COV_FUSED", "1")
+    monkeypatch.setattr(config.CONFIG, "cov_fused", True)
 
     def no_phases(*args):
         raise AssertionError("a phase launcher was called on the one-launch path")
@@ -163,11 +164,11 @@ def test_fused_selection_equals_the_phase_launches_bit_for_bit(backend, small_bl
     seed, off = torch.tensor([5], device=backend.device), torch.tensor([11], device=backend.device)
     monkeypatch.setattr(K, "_grid", K._fused_grid)
     monkeypatch.setattr(K, "FUSED_MAX_WARPS", 4)
-    monkeypatch.setenv("EK_COV_FUSED", "1")
+    monkeypatch.setattr(config.CONFIG, "cov_fused", True)
     with monkeypatch.context() as m:
         m.setattr(K, "select", lambda *a: pytest.fail("a phase launcher was called on the one-launch path"))
         fused = _both_selections(backend, old, lp, adv, mask, seed, off)
-    monkeypatch.setenv("EK_COV_FUSED", "0")
+    monkeypatch.setattr(config.CONFIG, "cov_fused", False)
     phases = _both_selections(backend, old, lp, adv, mask, seed, off)
     for got, want in zip(fused, phases):
         assert got.dtype == torch.bool and got.shape == (b, t) and int(got.sum()) > 0
@@ -186,9 +187,9 @@ def test_fused_selection_falls_back_to_the_phase_launches(backend, monkeypatch):
     _needs_triton(backend)
     old, lp, adv, mask = make_batch(2, 40, backend.device, scale=2.0)
     seed, off = torch.tensor([2], device=backend.device), torch.tensor([0], device=backend.device)
-    monkeypatch.setenv("EK_COV_FUSED", "0")
+    monkeypatch.setattr(config.CONFIG, "cov_fused", False)
     want = _both_selections(backend, old, lp, adv, mask, seed, off)
-    monkeypatch.setenv("EK_COV_FUSED", "1")
+    monkeypatch.setattr(config.CONFIG, "cov_fused", True)
 
     def refuse(*args):
         raise K.FusedLaunchUnavailable("too many blocks in cooperative launch")
@@ -215,13 +216,22 @@ def test_selection_only_and_explicit_selection_keep_the_phase_path(backend, monk
     assert int(metrics["n_selected"]) == int(sel.sum()) > 0 and torch.isfinite(loss)
 
 
-def test_fused_disabled_by_environment(monkeypatch):
+def test_fused_disabled_by_the_switch(monkeypatch):
+    """EK_COV_FUSED=0 (read into config.CONFIG at import, or by config.reload()) and
+    config.override turn the one-launch path off; unset, it is on."""
     if K is None:
         pytest.skip("no Triton")
-    monkeypatch.setenv("EK_COV_FUSED", "0")
-    assert not K.fused_enabled(torch.device("cpu"))
-    monkeypatch.delenv("EK_COV_FUSED")
-    assert K.fused_enabled(torch.device("cpu"))
+    with monkeypatch.context() as m:
+        m.setenv("EK_COV_FUSED", "0")
+        config.reload()
+        assert not K.fused_enabled(torch.device("cpu"))
+        m.delenv("EK_COV_FUSED")
+        config.reload()
+        assert K.fused_enabled(torch.device("cpu"))
+        with config.override(cov_fused=False):
+            assert not K.fused_enabled(torch.device("cpu"))
+        assert K.fused_enabled(torch.device("cpu"))
+    config.reload()  # back to this process's environment
 
 
 # ---- GPU ------------------------------------------------------------------------------------
@@ -243,7 +253,7 @@ def test_cuda_fused_ties_across_many_programs_vs_oracle(monkeypatch):
     want = torch.zeros(b * t, dtype=torch.bool)
     want[list(want_set)] = True
     for flag in ("1", "0"):
-        monkeypatch.setenv("EK_COV_FUSED", flag)
+        monkeypatch.setattr(config.CONFIG, "cov_fused", flag != "0")
         x = lp.cuda().requires_grad_()
         loss, metrics = kl_cov_policy_loss(old.cuda(), x, adv.cuda(), mask.cuda(), kl_cov_ratio=0.3, ppo_kl_coef=1.0)
         loss.backward()
@@ -267,7 +277,7 @@ def test_cuda_fused_many_programs_vs_phases(n_tokens):
     out = {}
     for flag in ("1", "0"):
         with pytest.MonkeyPatch.context() as m:
-            m.setenv("EK_COV_FUSED", flag)
+            m.setattr(config.CONFIG, "cov_fused", flag != "0")
             x = lp.clone().requires_grad_()
             a, ma = clip_cov_policy_loss(old, x, adv, mask, clip_cov_ratio=2e-3, seed=seed, offset=off)
             y = lp.clone().requires_grad_()

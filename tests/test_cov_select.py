@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import entropy_kernels as ek
+from entropy_kernels import config
 
 try:
     from entropy_kernels.kernels import cov_select as K
@@ -33,8 +34,8 @@ def small_blocks(request, monkeypatch):
 @pytest.fixture(params=["one-launch", "phases"])
 def launch_path(request, monkeypatch):
     """Eagerly the selection runs as one cooperative launch (``select_fused``) or, with
-    ``EK_COV_FUSED=0``, one launch per phase (several programs: their cross-program steps)."""
-    monkeypatch.setenv("EK_COV_FUSED", "1" if request.param == "one-launch" else "0")
+    ``cov_fused`` off (``EK_COV_FUSED=0``), one launch per phase (several programs: their cross-program steps)."""
+    monkeypatch.setattr(config.CONFIG, "cov_fused", request.param == "one-launch")
     return request.param
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from entropy_kernels import config
 from entropy_kernels.decoding.dfloat import (
     DFloatError,
     DFloatTensor,
@@ -336,7 +337,7 @@ def test_eager_fast_path_equals_the_registered_ops(device, monkeypatch):
     c = DFloatTensor.compress(x).to(device)
     got = []
     for via_ops in ("0", "1"):
-        monkeypatch.setenv("EK_VIA_OPS", via_ops)
+        monkeypatch.setattr(config.CONFIG, "via_ops", via_ops == "1")
         buf = torch.full((c.numel,), 7.0, dtype=torch.bfloat16, device=device)
         got += [c.decompress(), c.decompress(out=buf), buf]
         with pytest.raises(ValueError, match="out must be contiguous"):

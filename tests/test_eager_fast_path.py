@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import entropy_kernels as ek
+from entropy_kernels import config
 from entropy_kernels import _backend
 from entropy_kernels.ops import _eager
 
@@ -16,20 +17,20 @@ def both_paths(monkeypatch, fn):
     """[fn() with direct launches, fn() through the registered ops]."""
     out = []
     for via_ops in ("0", "1"):
-        monkeypatch.setenv("EK_VIA_OPS", via_ops)
+        monkeypatch.setattr(config.CONFIG, "via_ops", via_ops == "1")
         out.append(fn())
     return out
 
 
 def test_eager_direct_rule(monkeypatch):
     x = torch.ones(3)
-    monkeypatch.setenv("EK_VIA_OPS", "0")
+    monkeypatch.setattr(config.CONFIG, "via_ops", False)
     assert _backend.eager_direct(x)
     assert not _backend.eager_direct(torch.nn.Parameter(x))  # a Tensor subclass: take the op
     seen = []
     torch.func.vmap(lambda row: seen.append(_backend.eager_direct(row)) or row)(torch.ones(2, 3))
     assert seen == [False]  # under a functorch transform (batched tensors look like plain ones)
-    monkeypatch.setenv("EK_VIA_OPS", "1")
+    monkeypatch.setattr(config.CONFIG, "via_ops", True)
     assert not _backend.eager_direct(x)
 
 

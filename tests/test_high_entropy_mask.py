@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import entropy_kernels as ek
+from entropy_kernels import config
 from entropy_kernels.ops.high_entropy_mask import high_entropy_mask_op
 
 try:
@@ -39,7 +40,7 @@ def run(backend, *args, **kwargs):
 
 @pytest.fixture(params=["one launch", "four launches"])
 def launches(request, monkeypatch):
-    monkeypatch.setenv("EK_COV_FUSED", "1" if request.param == "one launch" else "0")
+    monkeypatch.setattr(config.CONFIG, "cov_fused", request.param == "one launch")
     return request.param
 
 
@@ -138,7 +139,7 @@ def test_one_launch_equals_four_launches(backend, monkeypatch):
     monkeypatch.setattr(K, "top_values_fused", lambda *a: calls.append(1) or real(*a))
     with backend.context():
         one = ek.high_entropy_mask(ent, mask, 0.3)
-        monkeypatch.setenv("EK_COV_FUSED", "0")
+        monkeypatch.setattr(config.CONFIG, "cov_fused", False)
         four = ek.high_entropy_mask(ent, mask, 0.3)
     assert calls == [1] and torch.equal(one, four)
 
@@ -180,7 +181,7 @@ def test_bad_input(kwargs, error, match):
 @pytest.mark.gpu
 @pytest.mark.parametrize("flag", ["1", "0"])
 def test_cuda_graph_capturable_million_tokens(flag, monkeypatch):
-    monkeypatch.setenv("EK_COV_FUSED", flag)
+    monkeypatch.setattr(config.CONFIG, "cov_fused", flag != "0")
     ent = torch.rand(1 << 20, device="cuda")
     mask = torch.rand(1 << 20, device="cuda") < 0.8
     ek.high_entropy_mask(ent, mask)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import entropy_kernels as ek
+from entropy_kernels import config
 from entropy_kernels.reference.policy_loss import verl_clip_cov_loss, verl_kl_cov_loss
 from entropy_kernels.training import LOSS_AGG_MODES, clip_cov_policy_loss, kl_cov_policy_loss, linear_cov_policy_loss
 
@@ -383,7 +384,7 @@ def test_eager_fast_path_equals_the_registered_ops(backend, monkeypatch, mode):
     seed, off = torch.tensor([11], device=backend.device), torch.tensor([5], device=backend.device)
     results = []
     for via_ops in ("0", "1"):
-        monkeypatch.setenv("EK_VIA_OPS", via_ops)
+        monkeypatch.setattr(config.CONFIG, "via_ops", via_ops == "1")
         x = lp.clone().requires_grad_()
         with backend.context():
             a, ma = clip_cov_policy_loss(old, x, adv, mask, mode, clip_cov_ratio=0.1, clip_cov_lb=0.05, seed=seed, offset=off)

@@ -11,11 +11,11 @@ the valid tokens (boolean indexing: a host synchronisation).
 from __future__ import annotations
 
 import functools
-import os
 from typing import List
 
 import torch
 
+from .. import config
 from ..ops.high_entropy_mask import high_entropy_mask
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
 from ..reference.high_entropy import high_entropy_mask_reference
@@ -109,15 +109,8 @@ def _quantile_mask(entropy, mask, top_fraction=0.2):
 
 def _mask_four_launches(entropy, mask, top_fraction=0.2):
     """high_entropy_mask with ``EK_COV_FUSED=0``: four launches instead of one cooperative launch."""
-    previous = os.environ.get("EK_COV_FUSED")
-    os.environ["EK_COV_FUSED"] = "0"
-    try:
+    with config.override(cov_fused=False):
         return high_entropy_mask(entropy, mask, top_fraction)
-    finally:
-        if previous is None:
-            del os.environ["EK_COV_FUSED"]
-        else:
-            os.environ["EK_COV_FUSED"] = previous
 
 
 def _sort_mask(entropy, mask, top_fraction=0.2):

@@ -13,11 +13,11 @@ device copy of the four ``[B, T]`` inputs (read once, written once).
 
 from __future__ import annotations
 
-import os
 from typing import List
 
 import torch
 
+from .. import config
 from ..reference.policy_loss import verl_clip_cov_loss, verl_kl_cov_loss
 from ..training.policy_loss import clip_cov_policy_loss, kl_cov_policy_loss
 from .cases import Case, Provider
@@ -42,15 +42,8 @@ def _phase_launches(fn):
     """``fn`` with ``EK_COV_FUSED=0``: the losses launch one kernel per phase."""
 
     def run():
-        previous = os.environ.get("EK_COV_FUSED")
-        os.environ["EK_COV_FUSED"] = "0"
-        try:
+        with config.override(cov_fused=False):
             fn()
-        finally:
-            if previous is None:
-                del os.environ["EK_COV_FUSED"]
-            else:
-                os.environ["EK_COV_FUSED"] = previous
 
     return run
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _backend, native
+from .. import _backend, config, native
 from .cases import Case
 from .probe import Ctx, Step, env_vars
 
@@ -611,7 +611,7 @@ def _cov(ctx: Ctx) -> None:
                 if not ctx.mine(("cov", loss, fused, b * t)):
                     continue
                 tags = () if fused == "1" else ("phase launches",)
-                with env_vars(EK_COV_FUSED=fused):
+                with config.override(cov_fused=fused == "1"):
                     lp.grad = None
                     value = ctx.call(step).detach().clone()
                     results[fused] = (value, lp.grad.clone())
@@ -630,7 +630,7 @@ def _cov(ctx: Ctx) -> None:
         if not ctx.mine(("high_entropy_mask", fused)):
             continue
         tags = () if fused == "1" else ("four launches",)
-        with env_vars(EK_COV_FUSED=fused):
+        with config.override(cov_fused=fused == "1"):
             fn = lambda: high_entropy_mask(ent, valid, 0.2)  # noqa: E731
             got = ctx.call(fn)
             for timing in ("eager", "graph", "wall", "kernel"):

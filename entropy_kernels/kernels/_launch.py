@@ -1,10 +1,11 @@
 """Launch-configuration helpers shared by the kernel modules."""
 
 import functools
-import os
 
 import torch
 from torch.library import wrap_triton
+
+from .. import config
 
 
 def sm_count(device: torch.device) -> int:
@@ -53,6 +54,6 @@ def launcher(kernel, probe: torch.Tensor):
     >>> launcher("k", torch.ones(1))      # a plain tensor, not tracing: the kernel itself
     'k'
     """
-    if type(probe) is torch.Tensor and not torch.compiler.is_compiling() and os.environ.get("EK_WRAP_TRITON") != "1":
+    if type(probe) is torch.Tensor and not config.CONFIG.wrap_triton and not torch.compiler.is_compiling():
         return kernel
     return wrap_triton(kernel)

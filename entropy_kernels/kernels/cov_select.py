@@ -40,13 +40,13 @@ pass; ``k = max(1, ceil(ρ·#valid − 1e-9))``).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import config
 from ._launch import cdiv, launcher, next_pow2, sm_count
 from .top_h import _pick_digit
 
@@ -721,10 +721,10 @@ def fused_enabled(device: torch.device) -> bool:
 
     Example
     -------
-    >>> fused_enabled(torch.device("cpu")) == (os.environ.get("EK_COV_FUSED") != "0")
+    >>> fused_enabled(torch.device("cpu")) == config.CONFIG.cov_fused
     True
     """
-    if os.environ.get("EK_COV_FUSED") == "0":
+    if not config.CONFIG.cov_fused:
         return False
     if device.type == "cuda":
         return device.index not in _FUSED_FAILED
