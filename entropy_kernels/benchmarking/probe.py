@@ -233,7 +233,7 @@ def _json_default(obj):
 @contextlib.contextmanager
 def env_vars(**values: Optional[str]) -> Iterator[None]:
     """Set (or, for None, unset) environment variables inside the block: the variant switches
-    the ops read at each call (EK_TOP_H_PREFILTER, EK_COV_FUSED).
+    the ops read at each call (EK_COV_FUSED).
 
     Example
     -------
