@@ -181,10 +181,10 @@ def _configs() -> Iterator[Config]:
             cap = T.CAND_CAPACITY
             yield Config(f"top_h[{dt},exact={exact}]", T._top_h_kernel, _sig({
                 "x_ptr": f"*{dt}", "stride_row": "i32", "n_cols": "i32", "alpha_ptr": "*fp32", "inv_temp": "fp32",
-                "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64",
+                "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64", "stats_ptr": "*fp32",
                 "scratch_ptr": "*i64", "maxima_ptr": "*i64", "cand_ptr": "*i64", "n_select": "i32",
             }, stride_row=v, n_cols=v, n_select=n_select),
-                {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "CAND": cand, "BLOCK": block,
+                {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "STATS": True, "CAND": cand, "BLOCK": block,
                  "PREFILTER": True, "GROUP": group, "NSUB": nsub, "CAP": cap, "BLOCK_C": min(1024, cap)})
     yield from _cov_configs(C)
     yield Config("lsm_combine", L._lsm_combine_kernel, _sig(
