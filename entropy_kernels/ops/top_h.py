@@ -91,7 +91,8 @@ def _token_logprobs(x: torch.Tensor, tokens: torch.Tensor, temperature: float, s
 
 def check_options(alpha, temperature, mode: str, top_n: int) -> float:
     """The scalar settings of Top-H (also checked by the decoding wrappers when they are built);
-    returns the temperature as a float. A tensor ``alpha`` is checked against the logits later.
+    returns the temperature as a float (a tensor ``temperature`` as it is). A tensor ``alpha`` or
+    ``temperature`` is checked against the logits later.
 
     Example
     -------
@@ -105,7 +106,21 @@ def check_options(alpha, temperature, mode: str, top_n: int) -> float:
     _validation.check_int("top_n", top_n, 1)
     if not isinstance(alpha, torch.Tensor):
         _validation.check_real("alpha", alpha, 0.0, 1.0, low_open=True)
+    if isinstance(temperature, torch.Tensor):
+        return temperature
     return _validation.check_positive_scalar("temperature", temperature)
+
+
+def _per_row(name: str, t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """A float scalar or ``[B]`` tensor on the logits' device, as fp32 ``[B]`` (values unchecked:
+    that would synchronise with the GPU)."""
+    b = logits.shape[0]
+    _validation.check_tensor(name, t)
+    _validation.check_float_dtype(name, t)
+    _validation.check_same_device(name, t, "logits", logits)
+    if t.numel() not in (1, b) or t.dim() > 1:
+        raise ValueError(f"{name} must be a float, a scalar tensor or a [batch] = [{b}] tensor, got shape {tuple(t.shape)}")
+    return t.reshape(-1).expand(b).to(torch.float32)
 
 
 def _prepare(logits, alpha, temperature, mode, top_n):
@@ -118,14 +133,14 @@ def _prepare(logits, alpha, temperature, mode, top_n):
     temperature = check_options(alpha, temperature, mode, top_n)
     b = logits.shape[0]
     if isinstance(alpha, torch.Tensor):
-        _validation.check_tensor("alpha", alpha)
-        _validation.check_float_dtype("alpha", alpha)
-        _validation.check_same_device("alpha", alpha, "logits", logits)
-        if alpha.numel() not in (1, b) or alpha.dim() > 1:
-            raise ValueError(f"alpha must be a float, a scalar tensor or a [batch] = [{b}] tensor, got shape {tuple(alpha.shape)}")
-        alpha_t = alpha.reshape(-1).expand(b).to(torch.float32).contiguous()
+        alpha_t = _per_row("alpha", alpha, logits).contiguous()
     else:
         alpha_t = torch.full((b,), float(alpha), dtype=torch.float32, device=logits.device)
+    if isinstance(temperature, torch.Tensor):
+        # per-row temperature: the logits are scaled here (one fp32 pass over [B, V]) and the
+        # kernel runs at T = 1
+        logits = logits.float() / _per_row("temperature", temperature, logits).unsqueeze(1)
+        temperature = 1.0
     x = logits if logits.stride(-1) == 1 else logits.contiguous()
     return x, alpha_t, temperature
 
@@ -134,7 +149,7 @@ def top_h_mask(
     logits: torch.Tensor,
     alpha: Union[float, torch.Tensor],
     *,
-    temperature: float = 1.0,
+    temperature: Union[float, torch.Tensor] = 1.0,
     mode: str = "transformers",
     top_n: int = 100,
     return_log_mass: bool = False,
@@ -148,7 +163,8 @@ def top_h_mask(
     alpha : float in (0, 1], or a per-row tensor ``[B]`` (its values are not checked: that
         would synchronise with the GPU).
     temperature : float > 0, divides the logits first (as the temperature warper does in
-        ``generate``).
+        ``generate``); or a per-row tensor ``[B]`` (values not checked; the logits are then
+        scaled in one fp32 pass before the kernel).
     mode : ``"transformers"`` reproduces ``TopHLogitsWarper`` (top ``top_n`` candidates,
         cumulative ``−q log q ≤ α·H(q)``); ``"exact"`` is the paper's rule over the whole
         vocabulary (longest prefix with renormalised entropy ``≤ α·H(p)``).
@@ -173,6 +189,8 @@ def top_h_mask(
     tensor([[ True,  True, False, False, False]])
     >>> ek.top_h_mask(logits, 1.0, mode="exact")
     tensor([[True, True, True, True, True]])
+    >>> ek.top_h_mask(logits.expand(2, -1), torch.tensor([0.9, 0.9]), temperature=torch.tensor([1.0, 0.1])).sum(1)
+    tensor([2, 1])
     >>> mask, log_mass = ek.top_h_mask(logits, 0.9, return_log_mass=True)
     >>> round(float(log_mass.exp()), 4)    # the kept tokens' share of the probability
     0.9814
@@ -189,7 +207,7 @@ def top_h_sample(
     logits: torch.Tensor,
     alpha: Union[float, torch.Tensor],
     *,
-    temperature: float = 1.0,
+    temperature: Union[float, torch.Tensor] = 1.0,
     mode: str = "transformers",
     top_n: int = 100,
     generator: Optional[torch.Generator] = None,
@@ -198,6 +216,9 @@ def top_h_sample(
     return_logprobs: bool = False,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Token ids ``[B]`` sampled ∝ ``softmax(logits / T)`` over the Top-H kept set, in one pass.
+
+    ``alpha``, ``temperature``, ``mode``, ``top_n``: as in :func:`top_h_mask` (per-row tensors
+    ``[B]`` accepted for ``alpha`` and ``temperature``).
 
     Sampling is Gumbel-max over the kept tokens (no normalisation pass, no host sync).
     Randomness comes from, in order of precedence: explicit ``seed`` and ``offset`` (one-element
