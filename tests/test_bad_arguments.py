@@ -192,6 +192,7 @@ TABLE = {
         "temperature": number(low=0.0, low_open=True),
         "mode": choice(),
         "top_n": integer(low=1),
+        "return_log_mass": flag(),
     }),
     "top_h_sample": (ek.top_h_sample, lambda: dict(logits=torch.randn(B, V), alpha=0.5), {
         "logits": float_tensor(torch.zeros(B, V), [(V,)]),
@@ -199,6 +200,7 @@ TABLE = {
         "generator": [("str", lambda: "gen"), ("int", lambda: 3)],
         "seed": seed_tensor(),
         "offset": seed_tensor(),
+        "return_logprobs": flag(),
     }),
     "clip_cov_select": (ek.clip_cov_select, _policy_good, _policy_bad(clip=True, select=True)),
     "kl_cov_select": (ek.kl_cov_select, lambda: {k: v for k, v in _policy_good().items() if k != "old_log_prob"},

@@ -39,7 +39,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -228,35 +228,6 @@ def _json_default(obj):
     if isinstance(obj, (set, tuple)):
         return list(obj)
     return str(obj)
-
-
-@contextlib.contextmanager
-def env_vars(**values: Optional[str]) -> Iterator[None]:
-    """Set (or, for None, unset) environment variables inside the block: the variant switches
-    the ops read at each call (EK_TOP_H_PREFILTER, EK_COV_FUSED).
-
-    Example
-    -------
-    >>> with env_vars(EK_PROBE_EXAMPLE="1"):
-    ...     os.environ["EK_PROBE_EXAMPLE"]
-    '1'
-    >>> "EK_PROBE_EXAMPLE" in os.environ
-    False
-    """
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # ---------------------------------------------------------------------------------------------

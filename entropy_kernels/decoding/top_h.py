@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -23,7 +23,9 @@ class TopHLogitsProcessor(_Base):
     """Sets the logits of tokens outside the Top-H kept set to ``filter_value``.
 
     Use it in ``model.generate(..., do_sample=True, logits_processor=[TopHLogitsProcessor(0.4)])``
-    or in any loop that post-processes ``[batch, vocab]`` scores.
+    or in any loop that post-processes ``[batch, vocab]`` scores. ``top_h`` is a float in (0, 1],
+    or a per-row float tensor ``[batch]`` (one α per row of the scores it is called on; its
+    values are not checked, and it is moved to the scores' device at each call).
 
     Example
     -------
@@ -32,18 +34,31 @@ class TopHLogitsProcessor(_Base):
     >>> proc = TopHLogitsProcessor(0.9)
     >>> proc(None, torch.tensor([[5.0, 4.0, 1.0, 0.0]]))
     tensor([[5., 4., -inf, -inf]])
+    >>> TopHLogitsProcessor(torch.tensor([0.9, 0.01]))(None, torch.tensor([[5.0, 4.0, 1.0, 0.0]] * 2))
+    tensor([[5., 4., -inf, -inf],
+            [5., -inf, -inf, -inf]])
     """
 
-    def __init__(self, top_h: float, *, mode: str = "transformers", top_n: int = 100, filter_value: float = -float("inf")):
+    def __init__(self, top_h: Union[float, torch.Tensor], *, mode: str = "transformers", top_n: int = 100, filter_value: float = -float("inf")):
         # checked here, not at the first generation step
-        _validation.check_real("top_h", top_h, 0.0, 1.0, low_open=True)
+        if isinstance(top_h, torch.Tensor):
+            _validation.check_tensor("top_h", top_h)
+            _validation.check_float_dtype("top_h", top_h)
+            if top_h.dim() > 1:
+                raise ValueError(f"top_h must be a float or a [batch] tensor, got shape {tuple(top_h.shape)}")
+        else:
+            _validation.check_real("top_h", top_h, 0.0, 1.0, low_open=True)
+            top_h = float(top_h)
         check_options(0.5, 1.0, mode, top_n)
         if isinstance(filter_value, bool) or not isinstance(filter_value, Real) or math.isnan(filter_value):
             raise TypeError(f"filter_value must be a number (e.g. -inf), not NaN, got {filter_value!r}")
-        self.top_h, self.mode, self.top_n, self.filter_value = float(top_h), mode, top_n, filter_value
+        self.top_h, self.mode, self.top_n, self.filter_value = top_h, mode, top_n, filter_value
 
     def __call__(self, input_ids: Optional[torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
-        keep = top_h_mask(scores, self.top_h, mode=self.mode, top_n=self.top_n)
+        top_h = self.top_h
+        if isinstance(top_h, torch.Tensor) and isinstance(scores, torch.Tensor):
+            top_h = top_h.to(scores.device, non_blocking=True)
+        keep = top_h_mask(scores, top_h, mode=self.mode, top_n=self.top_n)
         return scores.masked_fill(~keep, self.filter_value)
 
 

@@ -178,16 +178,16 @@ def _configs() -> Iterator[Config]:
             "stats_ptr": "*fp32", "coef_ptr": "*fp32", "V": "i32", "softcap": "fp32", "inv_temp": "fp32",
         }, stride_row=v, out_stride_row=v, V=v), {"SOFTCAP": True, "BLOCK": block})
         for exact, cand, n_select in ((False, 128, 100), (True, 1024, 1024)):
-            for prefilter in (True, False):
-                group, nsub = T.prefilter_groups(v, n_select, block) if prefilter else (16, 16)
-                cap = T.CAND_CAPACITY if prefilter else 16
-                yield Config(f"top_h[{dt},exact={exact},prefilter={prefilter}]", T._top_h_kernel, _sig({
-                    "x_ptr": f"*{dt}", "stride_row": "i32", "n_cols": "i32", "alpha_ptr": "*fp32", "inv_temp": "fp32",
-                    "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64",
-                    "scratch_ptr": "*i64", "maxima_ptr": "*i64", "cand_ptr": "*i64", "n_select": "i32",
-                }, stride_row=v, n_cols=v, n_select=n_select),
-                    {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "CAND": cand, "BLOCK": block,
-                     "PREFILTER": prefilter, "GROUP": group, "NSUB": nsub, "CAP": cap, "BLOCK_C": min(1024, cap)})
+            # V = 151936 always takes the prefilter (kernels.top_h.prefilter_groups)
+            group, nsub = T.prefilter_groups(v, n_select, block)
+            cap = T.CAND_CAPACITY
+            yield Config(f"top_h[{dt},exact={exact}]", T._top_h_kernel, _sig({
+                "x_ptr": f"*{dt}", "stride_row": "i32", "n_cols": "i32", "alpha_ptr": "*fp32", "inv_temp": "fp32",
+                "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64", "stats_ptr": "*fp32",
+                "scratch_ptr": "*i64", "maxima_ptr": "*i64", "cand_ptr": "*i64", "n_select": "i32",
+            }, stride_row=v, n_cols=v, n_select=n_select),
+                {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "STATS": True, "CAND": cand, "BLOCK": block,
+                 "PREFILTER": True, "GROUP": group, "NSUB": nsub, "CAP": cap, "BLOCK_C": min(1024, cap)})
     yield from _cov_configs(C)
     yield Config("lsm_combine", L._lsm_combine_kernel, _sig(
         {"part_ptr": "*fp32", "stats_ptr": "*fp32", "N": "i32", "n_splits": "i32"}, N=8192, n_splits=5),

@@ -47,33 +47,52 @@ def top_h_op(
     write_mask: bool,
     seed: Optional[torch.Tensor],
     offset: Optional[torch.Tensor],
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(mask [B, V] bool or [0, 0], samples [B] int64 or [0])``. Internal: use the public API."""
+    with_stats: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mask [B, V] bool or [0, 0], samples [B] int64 or [0], stats [B, 2] fp32 or [0, 2])``;
+    ``stats`` rows are ``(lse, log Σ_kept p)`` of ``logits / temperature``. Internal: use the
+    public API."""
     if _backend.use_triton(logits):
-        return _kernels.top_h(logits, alpha, temperature, exact, top_n, write_mask, seed, offset)
+        return _kernels.top_h(logits, alpha, temperature, exact, top_n, write_mask, seed, offset, with_stats)
     b, v = logits.shape
     keep = top_h_mask_reference(logits, alpha, temperature, "exact" if exact else "transformers", top_n)
     samples = torch.empty((0,), dtype=torch.int64, device=logits.device)
+    z = logits.float() / temperature if seed is not None or with_stats else None
     if seed is not None:
-        z = logits.float() / temperature
         gumbel = -torch.log(-torch.log(_uniform_reference(seed, offset, b, v, logits.device)))
         score = torch.where(keep, z.double() + gumbel, torch.full_like(gumbel, float("-inf")))
         samples = score.argmax(dim=-1)
+    stats = torch.empty((0, 2), dtype=torch.float32, device=logits.device)
+    if with_stats:
+        z = torch.where(torch.isnan(z), float("-inf"), z)  # NaN counts as -inf, as in the kernel
+        lse = torch.logsumexp(z, dim=-1)
+        kept = torch.logsumexp(torch.where(keep, z, float("-inf")), dim=-1)
+        stats = torch.stack([lse, kept - lse], dim=-1)
     mask = keep if write_mask else torch.zeros((0, 0), dtype=torch.bool, device=logits.device)
-    return mask, samples
+    return mask, samples, stats
 
 
-def _run(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset):
+def _run(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset, with_stats=False):
     """:func:`top_h_op`, or its kernel launched directly in eager mode (``_backend.eager_direct``:
     on a decoding step the dispatcher would cost more host time than the kernel)."""
     if _backend.launch_triton_directly(x):
-        return _kernels.top_h(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset)
-    return top_h_op(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset)
+        return _kernels.top_h(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset, with_stats)
+    return top_h_op(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset, with_stats)
+
+
+def _token_logprobs(x: torch.Tensor, tokens: torch.Tensor, temperature: float, stats: torch.Tensor):
+    """``(log p_token, log p_token − log Σ_kept p)`` from the kernel's ``(lse, log Σ_kept p)``:
+    a gather and two subtractions on the device (no host sync)."""
+    z = x.gather(1, tokens.unsqueeze(1)).squeeze(1).float() / temperature
+    z = torch.where(torch.isnan(z), float("-inf"), z)
+    logprob = z - stats[:, 0]
+    return logprob, logprob - stats[:, 1]
 
 
 def check_options(alpha, temperature, mode: str, top_n: int) -> float:
     """The scalar settings of Top-H (also checked by the decoding wrappers when they are built);
-    returns the temperature as a float. A tensor ``alpha`` is checked against the logits later.
+    returns the temperature as a float (a tensor ``temperature`` as it is). A tensor ``alpha`` or
+    ``temperature`` is checked against the logits later.
 
     Example
     -------
@@ -87,7 +106,21 @@ def check_options(alpha, temperature, mode: str, top_n: int) -> float:
     _validation.check_int("top_n", top_n, 1)
     if not isinstance(alpha, torch.Tensor):
         _validation.check_real("alpha", alpha, 0.0, 1.0, low_open=True)
+    if isinstance(temperature, torch.Tensor):
+        return temperature
     return _validation.check_positive_scalar("temperature", temperature)
+
+
+def _per_row(name: str, t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """A float scalar or ``[B]`` tensor on the logits' device, as fp32 ``[B]`` (values unchecked:
+    that would synchronise with the GPU)."""
+    b = logits.shape[0]
+    _validation.check_tensor(name, t)
+    _validation.check_float_dtype(name, t)
+    _validation.check_same_device(name, t, "logits", logits)
+    if t.numel() not in (1, b) or t.dim() > 1:
+        raise ValueError(f"{name} must be a float, a scalar tensor or a [batch] = [{b}] tensor, got shape {tuple(t.shape)}")
+    return t.reshape(-1).expand(b).to(torch.float32)
 
 
 def _prepare(logits, alpha, temperature, mode, top_n):
@@ -100,14 +133,14 @@ def _prepare(logits, alpha, temperature, mode, top_n):
     temperature = check_options(alpha, temperature, mode, top_n)
     b = logits.shape[0]
     if isinstance(alpha, torch.Tensor):
-        _validation.check_tensor("alpha", alpha)
-        _validation.check_float_dtype("alpha", alpha)
-        _validation.check_same_device("alpha", alpha, "logits", logits)
-        if alpha.numel() not in (1, b) or alpha.dim() > 1:
-            raise ValueError(f"alpha must be a float, a scalar tensor or a [batch] = [{b}] tensor, got shape {tuple(alpha.shape)}")
-        alpha_t = alpha.reshape(-1).expand(b).to(torch.float32).contiguous()
+        alpha_t = _per_row("alpha", alpha, logits).contiguous()
     else:
         alpha_t = torch.full((b,), float(alpha), dtype=torch.float32, device=logits.device)
+    if isinstance(temperature, torch.Tensor):
+        # per-row temperature: the logits are scaled here (one fp32 pass over [B, V]) and the
+        # kernel runs at T = 1
+        logits = logits.float() / _per_row("temperature", temperature, logits).unsqueeze(1)
+        temperature = 1.0
     x = logits if logits.stride(-1) == 1 else logits.contiguous()
     return x, alpha_t, temperature
 
@@ -116,10 +149,11 @@ def top_h_mask(
     logits: torch.Tensor,
     alpha: Union[float, torch.Tensor],
     *,
-    temperature: float = 1.0,
+    temperature: Union[float, torch.Tensor] = 1.0,
     mode: str = "transformers",
     top_n: int = 100,
-) -> torch.Tensor:
+    return_log_mass: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Bool ``[B, V]`` mask of the tokens Top-H keeps, found without sorting the vocabulary.
 
     Parameters
@@ -129,11 +163,18 @@ def top_h_mask(
     alpha : float in (0, 1], or a per-row tensor ``[B]`` (its values are not checked: that
         would synchronise with the GPU).
     temperature : float > 0, divides the logits first (as the temperature warper does in
-        ``generate``).
+        ``generate``); or a per-row tensor ``[B]`` (values not checked; the logits are then
+        scaled in one fp32 pass before the kernel).
     mode : ``"transformers"`` reproduces ``TopHLogitsWarper`` (top ``top_n`` candidates,
         cumulative ``−q log q ≤ α·H(q)``); ``"exact"`` is the paper's rule over the whole
         vocabulary (longest prefix with renormalised entropy ``≤ α·H(p)``).
     top_n : int, candidates of the transformers rule (transformers uses 100).
+    return_log_mass : bool, also return ``log_mass`` fp32 ``[B]``: ``log Σ_kept p`` with ``p =
+        softmax(logits / temperature)`` over the whole vocabulary (≤ 0; the log-normaliser of
+        the renormalised kept distribution). Computed on the device by the same launch, no host
+        sync. A row without a finite logit (all ``-inf``/NaN), or with a ``+inf`` one, gives NaN.
+
+    Returns ``mask``, or ``(mask, log_mass)`` given ``return_log_mass=True``.
 
     Ties between equal logits are broken by the lower vocabulary index, and a token whose
     cumulative entropy equals the threshold is kept (to a relative 1e-5, the same on every
@@ -148,9 +189,17 @@ def top_h_mask(
     tensor([[ True,  True, False, False, False]])
     >>> ek.top_h_mask(logits, 1.0, mode="exact")
     tensor([[True, True, True, True, True]])
+    >>> ek.top_h_mask(logits.expand(2, -1), torch.tensor([0.9, 0.9]), temperature=torch.tensor([1.0, 0.1])).sum(1)
+    tensor([2, 1])
+    >>> mask, log_mass = ek.top_h_mask(logits, 0.9, return_log_mass=True)
+    >>> round(float(log_mass.exp()), 4)    # the kept tokens' share of the probability
+    0.9814
     """
+    _validation.check_bool("return_log_mass", return_log_mass)
     x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)
-    mask, _ = _run(x, alpha_t, temperature, mode == "exact", top_n, True, None, None)
+    mask, _, stats = _run(x, alpha_t, temperature, mode == "exact", top_n, True, None, None, return_log_mass)
+    if return_log_mass:
+        return mask, stats[:, 1]
     return mask
 
 
@@ -158,14 +207,18 @@ def top_h_sample(
     logits: torch.Tensor,
     alpha: Union[float, torch.Tensor],
     *,
-    temperature: float = 1.0,
+    temperature: Union[float, torch.Tensor] = 1.0,
     mode: str = "transformers",
     top_n: int = 100,
     generator: Optional[torch.Generator] = None,
     seed: Optional[torch.Tensor] = None,
     offset: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+    return_logprobs: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Token ids ``[B]`` sampled ∝ ``softmax(logits / T)`` over the Top-H kept set, in one pass.
+
+    ``alpha``, ``temperature``, ``mode``, ``top_n``: as in :func:`top_h_mask` (per-row tensors
+    ``[B]`` accepted for ``alpha`` and ``temperature``).
 
     Sampling is Gumbel-max over the kept tokens (no normalisation pass, no host sync).
     Randomness comes from, in order of precedence: explicit ``seed`` and ``offset`` (one-element
@@ -174,6 +227,13 @@ def top_h_sample(
     or torch's default generator. Identical seeds give identical samples on the same device;
     the CPU path uses a different counter-based generator than the CUDA kernel.
 
+    ``return_logprobs=True`` returns ``(tokens, logprob, logprob_kept)``, fp32 ``[B]`` each:
+    the sampled token's log-probability under the full ``softmax(logits / T)`` and under the
+    renormalised kept set (``logprob − log Σ_kept p``, ≤ 0; the distribution the token was drawn
+    from). The kernel writes the row's lse and kept mass in the same launch; no host sync. A row
+    without a finite logit (all ``-inf``/NaN) gives NaN for both (its token is meaningless), and
+    so does a row with a ``+inf`` logit.
+
     Example
     -------
     >>> import torch, entropy_kernels as ek
@@ -181,8 +241,15 @@ def top_h_sample(
     >>> g = torch.Generator().manual_seed(0)
     >>> int(ek.top_h_sample(logits, 0.9, generator=g)) in (0, 1)   # only kept tokens come out
     True
+    >>> tokens, logprob, logprob_kept = ek.top_h_sample(logits, 0.9, generator=g, return_logprobs=True)
+    >>> bool((logprob <= logprob_kept).all() and (logprob_kept <= 0).all())
+    True
     """
+    _validation.check_bool("return_logprobs", return_logprobs)
     x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)
     seed, offset = _validation.seed_and_offset(generator, seed, offset, "logits", logits)
-    _, samples = _run(x, alpha_t, temperature, mode == "exact", top_n, False, seed.reshape(1), offset.reshape(1))
+    _, samples, stats = _run(x, alpha_t, temperature, mode == "exact", top_n, False, seed.reshape(1), offset.reshape(1),
+                             return_logprobs)
+    if return_logprobs:
+        return (samples, *_token_logprobs(x, samples, temperature, stats))
     return samples
