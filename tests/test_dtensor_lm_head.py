@@ -47,7 +47,9 @@ def _check_placements(mesh, rank, world):
         wd = distribute_tensor(w.clone(), mesh, [placement]).requires_grad_()
         bd = distribute_tensor(b.clone(), mesh, [placement]).requires_grad_()
         hp = h.clone().requires_grad_()
-        loss = ek.linear_cross_entropy(hp, wd, y, bias=bd)
+        # a vocabulary shard runs vocabulary-parallel only when the caller confirms the group
+        group = mesh.get_group() if isinstance(placement, Shard) else None
+        loss = ek.linear_cross_entropy(hp, wd, y, bias=bd, process_group=group)
         _close(loss, loss_ref, f"loss {placement}")
         loss.backward()
         _close(hp.grad, dh_ref, f"dh {placement}")
@@ -60,7 +62,7 @@ def _check_placements(mesh, rank, world):
         wd2 = distribute_tensor(w.clone(), mesh, [placement]).requires_grad_()
         hp2 = h.clone().requires_grad_()
         yl = y.clamp_min(0)
-        lp, ent = ek.linear_logprob_entropy(hp2, wd2, yl, temperature=0.7)
+        lp, ent = ek.linear_logprob_entropy(hp2, wd2, yl, temperature=0.7, process_group=group)
         h64, w64 = h.double().requires_grad_(), w.double().requires_grad_()
         logp = torch.log_softmax(h64 @ w64.T / 0.7, -1)
         lp_ref, ent_ref = logp.gather(-1, yl[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
@@ -77,8 +79,19 @@ def _check_placements(mesh, rank, world):
     bad = distribute_tensor(w.clone(), mesh, [Shard(1)])
     with pytest.raises(ValueError, match="weight"):
         ek.linear_cross_entropy(h, bad, y)
+    # a row-sharded weight without the confirming group: it may be an FSDP2 shard (different
+    # tokens per rank), which must never be run vocabulary-parallel silently
+    sharded = distribute_tensor(w.clone(), mesh, [Shard(0)])
+    with pytest.raises(ValueError, match="FSDP2"):
+        ek.linear_cross_entropy(h, sharded, y)
+    with pytest.raises(ValueError, match="FSDP2"):
+        ek.linear_logprob_entropy(h, sharded, y.clamp_min(0))
     with pytest.raises(ValueError, match="process_group"):
-        ek.linear_cross_entropy(h, distribute_tensor(w.clone(), mesh, [Shard(0)]), y, process_group=dist.group.WORLD)
+        ek.linear_cross_entropy(h, distribute_tensor(w.clone(), mesh, [Replicate()]), y, process_group=mesh.get_group())
+    # torch.chunk leaves a rank without rows: every rank raises (none enters a collective)
+    with pytest.raises(ValueError, match="leave a rank with none"):
+        ek.linear_cross_entropy(h, distribute_tensor(w[:1].clone(), mesh, [Shard(0)]), y.clamp(0, 0),
+                                process_group=mesh.get_group())
 
 
 def _check_fully_shard(mesh):
