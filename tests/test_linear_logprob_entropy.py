@@ -162,17 +162,22 @@ def test_opcheck_chunked(backend):
     h, w, b, y = make(backend.device, torch.float32, (9,), bias="random")
     tol = dict(rtol=2e-5, atol=1e-4)  # BLAS summation order, as for the stored path
     with backend.context():
-        for chunk in (4, 9):
+        for chunk, accum in ((4, False), (9, True)):
             torch.library.opcheck(torch.ops.entropy_kernels.linear_softmax_stats_chunked.default,
-                                  (h.requires_grad_(), w.requires_grad_(), b.requires_grad_(), y, 0.0, 0.8, chunk), **tol)
-        stats = torch.ops.entropy_kernels.linear_softmax_stats_chunked(h.detach(), w.detach(), b.detach(), y, 0.0, 0.8, 4)
-        torch.library.opcheck(torch.ops.entropy_kernels.linear_softmax_chunked_backward.default,
-                              (torch.randn_like(stats), stats, h.detach(), w.detach(), b.detach(), y, 0.0, 0.8, 4), **tol)
+                                  (h.requires_grad_(), w.requires_grad_(), b.requires_grad_(), y, 0.0, 0.8, chunk, accum),
+                                  **tol)
+        stats = torch.ops.entropy_kernels.linear_softmax_stats_chunked(h.detach(), w.detach(), b.detach(), y, 0.0, 0.8, 4,
+                                                                       False)
+        for need_dh, need_dw in ((True, True), (True, False), (False, True)):
+            torch.library.opcheck(torch.ops.entropy_kernels.linear_softmax_chunked_backward.default,
+                                  (torch.randn_like(stats), stats, h.detach(), w.detach(), b.detach(), y, 0.0, 0.8, 4, False,
+                                   need_dh, need_dw), **tol)
 
 
-def test_auto_picks_chunked_for_a_backward_on_the_gpu_path(backend, monkeypatch):
-    """auto: chunked (cuBLAS, one chunk of logits) when a backward follows on the kernel path,
-    fused for a forward alone; the reference on the plain-torch CPU path."""
+def test_auto_picks_chunked_on_the_kernel_path(backend, monkeypatch):
+    """auto: chunked (cuBLAS, one chunk of logits) on the kernel path, with and without a
+    backward (so that no_grad log-probs round like the trained ones), fused with gradient
+    filtering; the reference on the plain-torch CPU path."""
     import entropy_kernels.ops.linear_logprob_entropy as mod
 
     seen = []
@@ -184,8 +189,34 @@ def test_auto_picks_chunked_for_a_backward_on_the_gpu_path(backend, monkeypatch)
         ek.linear_logprob_entropy(h.requires_grad_(), w, y)
         with torch.no_grad():
             ek.linear_logprob_entropy(h, w, y)
+        ek.linear_logprob_entropy(h, w, y, filter_eps=1e-6)
     kernels = backend.name != "cpu-reference"
-    assert seen == (["linear_softmax_stats_chunked", "linear_softmax_stats"] if kernels else []), seen
+    want = ["linear_softmax_stats_chunked", "linear_softmax_stats_chunked", "linear_softmax_stats"]
+    assert seen == (want if kernels else []), seen
+
+
+@pytest.mark.parametrize("accum_fp32", [False, True])
+def test_chunked_frozen_head_and_fp32_accumulation(backend, five_token_chunks, accum_fp32):
+    """A frozen LM head (LoRA): the chunked backward gives dh and no dW; with accum_fp32 the
+    dW sum over chunks is fp32. Both against float64."""
+    for dtype in dtypes_for(backend):
+        h, w, _, y = make(backend.device, dtype, (3, 13))
+        hk = h.clone().requires_grad_()
+        with backend.context():
+            lp, ent = ek.linear_logprob_entropy(hk, w, y, impl="chunked", accum_fp32=accum_fp32)
+            (lp.sum() + ent.sum()).backward()
+        hr, wr = h.double().requires_grad_(), w.double()
+        lp_r, ent_r = oracle(hr, wr, y, logits_dtype=dtype if dtype != torch.float32 else None)
+        (lp_r.sum() + ent_r.sum()).backward()
+        assert w.grad is None and rel(hk.grad, hr.grad) <= 2 * TOL[dtype]
+        hk2, wk = h.clone(), w.clone().requires_grad_()
+        with backend.context():
+            lp, ent = ek.linear_logprob_entropy(hk2, wk, y, impl="chunked", accum_fp32=accum_fp32)
+            (lp.sum() + ent.sum()).backward()
+        wr = w.double().requires_grad_()
+        lp_r, ent_r = oracle(h.double(), wr, y, logits_dtype=dtype if dtype != torch.float32 else None)
+        (lp_r.sum() + ent_r.sum()).backward()
+        assert wk.grad.dtype == dtype and rel(wk.grad, wr.grad) <= 2 * TOL[dtype]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

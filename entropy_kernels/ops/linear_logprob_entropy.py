@@ -65,14 +65,16 @@ def linear_logprob_entropy(
         ``stored``: the logits (input dtype) are kept for a 3-GEMM backward — faster, N·V
         memory. ``chunked``: cuBLAS GEMMs over chunks of tokens (512 MiB of logits alive),
         the chunk's logits recomputed in the backward — 4 GEMMs. ``auto``: ``stored`` when
-        ``N·V·itemsize <= logits_budget`` bytes, else ``chunked`` when a backward follows and
-        ``fused`` when none does; ``reference`` on CPU (no kernels there).
+        ``N·V·itemsize <= logits_budget`` bytes, else ``chunked`` -- ``fused`` under
+        torch.compile (the chunk loop would specialise the graph on N) or with ``filter_eps``;
+        ``reference`` on CPU (no kernels there).
     logits_budget : int
         Bytes of logits ``auto`` may keep (default 0: never).
     filter_eps : float, optional
         Backward tile skipping of the fused impl (off by default: entropy gradients are dense).
     accum_fp32 : bool
-        Fused backward: one fp32 dW buffer for the whole vocabulary instead of 256 MiB chunks.
+        Fused backward: one fp32 dW buffer for the whole vocabulary instead of 256 MiB chunks;
+        chunked backward: dW summed over the token chunks in fp32 instead of the weight dtype.
     process_group, vocab_offset
         Vocabulary-parallel LM head, as in :func:`entropy_kernels.linear_cross_entropy`
         (``impl`` must be ``auto``/``fused``).
@@ -138,15 +140,17 @@ def logprob_entropy(hidden, weight, labels, *, bias=None, temperature=1.0, ignor
     if process_group is not None:
         impl = "vocab_parallel"
     if impl == "auto":
-        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
         if not _backend.use_triton(h):
             impl = "reference"
         elif h.shape[0] * w.shape[0] * h.element_size() <= logits_budget:
             impl = "stored"
-        elif needs_grad:
+        elif filter_eps is None and not torch.compiler.is_compiling():
             # cuBLAS GEMMs with one chunk of logits alive: the fused Triton backward took 4x the
             # stored path's time on an H100 (246 against 51 ms at 8192x4096x151936); this path
-            # is the stored one plus one GEMM (~12 ms there)
+            # is the stored one plus one GEMM (~12 ms there). Chosen with or without a backward,
+            # so that log-probs computed under no_grad (an RL step's old log-probs) and with
+            # gradients round alike. Not while compiling: its Python chunk loop specialises the
+            # graph on N (one recompile per token count); not with gradient filtering (fused only).
             impl = "chunked"
         else:
             impl = "fused"
@@ -159,7 +163,8 @@ def logprob_entropy(hidden, weight, labels, *, bias=None, temperature=1.0, ignor
     elif impl == "stored":
         stats, _ = linear_softmax_stats_stored(h, w, bias, y, 0.0, inv_t)
     elif impl == "chunked":
-        stats = linear_softmax_stats_chunked(h, w, bias, y, 0.0, inv_t, chunk_tokens(h.shape[0], vocab, h.element_size()))
+        stats = linear_softmax_stats_chunked(h, w, bias, y, 0.0, inv_t, chunk_tokens(h.shape[0], vocab, h.element_size()),
+                                             accum_fp32)
     else:
         stats = _reference_stats(h, w, bias, y, inv_t)
 

@@ -63,8 +63,10 @@ def linear_softmax_stats_chunked(
     softcap: float,
     inv_temperature: float,
     chunk_size: int,
+    accum_fp32: bool,
 ) -> torch.Tensor:
-    """``stats [N, 4]`` (lse, entropy, Σz, z_y), fp32 (fp64 for fp64 inputs)."""
+    """``stats [N, 4]`` (lse, entropy, Σz, z_y), fp32 (fp64 for fp64 inputs). ``accum_fp32``:
+    the backward accumulates ``dW`` over the chunks in fp32 (else in the weight's dtype)."""
     n = h.shape[0]
     stats = torch.empty((n, 4), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32, device=h.device)
     triton_path = _backend.use_triton(h)
@@ -90,16 +92,21 @@ def linear_softmax_chunked_backward(
     softcap: float,
     inv_temperature: float,
     chunk_size: int,
+    accum_fp32: bool,
+    need_dh: bool,
+    need_dw: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dh, dW, db)`` recomputing each chunk's logits; ``db`` is empty without bias."""
+    """``(dh, dW, db)`` recomputing each chunk's logits; ``db`` is empty without bias, ``dh`` /
+    ``dW`` empty when not needed (a frozen LM head: no ``[V, D]`` buffer, no ``dW`` GEMM)."""
     n, d = h.shape
     vocab = weight.shape[0]
     coeffs = logits_grad_coefficients(grad_stats.to(stats.dtype), stats).contiguous()
-    dh = torch.empty_like(h)
-    # dW accumulates in the weight dtype across the chunks (each GEMM accumulates in fp32
-    # internally), as the stored-logits backward does: an fp32 [V, D] buffer would cost more
-    # memory than a chunk of logits
-    dw = torch.zeros((vocab, d), dtype=h.dtype, device=h.device)
+    dh = torch.empty_like(h) if need_dh else h.new_empty((0, d))
+    # dW accumulates across the chunks in the weight dtype by default (each GEMM accumulates in
+    # fp32 internally), as the stored-logits backward does: an fp32 [V, D] buffer costs twice
+    # the memory; accum_fp32 takes it (the bf16 sum's error grows with the number of chunks)
+    acc = torch.float32 if accum_fp32 and h.dtype != torch.float64 else h.dtype
+    dw = torch.zeros((vocab if need_dw else 0, d), dtype=acc, device=h.device)
     db = torch.zeros((vocab if bias is not None else 0,), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32,
                      device=h.device)
     triton_path = _backend.use_triton(h)
@@ -110,28 +117,35 @@ def linear_softmax_chunked_backward(
             dz = _rows.rows_grad_(logits, targets[sl], stats[sl], coeffs[sl], softcap, inv_temperature)  # in place
         else:
             dz = rows_grad_reference(logits, targets[sl], stats[sl], coeffs[sl], softcap, inv_temperature).to(logits.dtype)
-        dh[sl] = dz @ weight
-        dw.addmm_(dz.T, h[sl])
+        if need_dh:
+            dh[sl] = dz @ weight
+        if need_dw:
+            if acc == dz.dtype:
+                dw.addmm_(dz.T, h[sl])
+            else:
+                dw.addmm_(dz.T.to(acc), h[sl].to(acc))
         if bias is not None:
             db += dz.sum(0, dtype=db.dtype)
         del logits, dz
-    return dh, dw, db.to(bias.dtype) if bias is not None else db
+    return dh, dw.to(weight.dtype), db.to(bias.dtype) if bias is not None else db
 
 
 def _setup_context(ctx, inputs, output):
-    h, weight, bias, targets, softcap, inv_temperature, chunk_size = inputs
+    h, weight, bias, targets, softcap, inv_temperature, chunk_size, accum_fp32 = inputs
     ctx.save_for_backward(h, weight, bias, targets, output)
-    ctx.options = (softcap, inv_temperature, chunk_size)
+    ctx.options = (softcap, inv_temperature, chunk_size, accum_fp32)
 
 
 def _backward(ctx, grad_stats):
     h, weight, bias, targets, stats = ctx.saved_tensors
-    dh, dw, db = linear_softmax_chunked_backward(grad_stats, stats, h, weight, bias, targets, *ctx.options)
+    need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dh, dw, db = linear_softmax_chunked_backward(grad_stats, stats, h, weight, bias, targets, *ctx.options,
+                                                 need_dh, need_dw)
     return (
-        dh if ctx.needs_input_grad[0] else None,
-        dw if ctx.needs_input_grad[1] else None,
+        dh if need_dh else None,
+        dw if need_dw else None,
         db if bias is not None and ctx.needs_input_grad[2] else None,
-        None, None, None, None,
+        None, None, None, None, None,
     )
 
 
