@@ -183,7 +183,7 @@ class Ctx:
         with self.launch():
             if timing == "eager":
                 m = measure(fn, self.device, grad_to_none=list(grads), warmup_ms=10, rep_ms=50, cpu_rep=3, cpu_warmup=1)
-                return {"p50_ms": m.p50_ms, "p20_ms": m.p20_ms, "p80_ms": m.p80_ms}
+                return {"p50_ms": m.p50_ms, "p20_ms": m.p20_ms, "p80_ms": m.p80_ms, "peak_mem_bytes": m.peak_mem_bytes}
             if timing == "wall":
                 ms = wall_per_call(fn, self.device, calls=calls if self.cuda else 2, grad_to_none=grads)
                 return {"p50_ms": ms}

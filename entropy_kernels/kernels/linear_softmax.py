@@ -207,9 +207,9 @@ def _precision(dtype: torch.dtype) -> str:
 
 # (BLOCK_N, BLOCK_V, BLOCK_D) with 8 warps, none spilling registers at its launch
 # (benchmarks/static/triton_kernels.md). The forward's 16-bit tile and stage count are the
-# fastest of the GPU probe's sweep (H100, 2026-11-28: 128x256x64 with 3 stages and whole-wave
-# splits ran the Gemma-2-2B / Llama-3-8B CE shapes in 20.8 / 17.3 ms against 39.8 / 35.0 ms for
-# the former 128x128x32 with ~2 waves). fp32 tiles are twice the bytes: 128x256x64 would need
+# fastest of the GPU probe's sweep, or within 0.4% of it (H100, 2026-11-28: 128x256x64 with 3
+# stages and more splits ran the Gemma-2-2B / Llama-3-8B CE shapes in 20.8 / 17.3 ms against
+# 39.8 / 35.0 ms for the former 128x128x32 with ~2 waves; 256x128x64 s4: 20.7 / 17.7 ms). fp32 tiles are twice the bytes: 128x256x64 would need
 # ~290 KiB of shared memory, so fp32 keeps the smaller tile. The backward holds z, p and dz
 # tiles at once, hence its thinner D step.
 FWD_BLOCKS = (128, 256, 64)
@@ -219,24 +219,23 @@ BWD_BLOCKS = (128, 128, 16)
 
 
 def forward_splits(n_tiles: int, v_tiles: int, sms: int) -> int:
-    """Vocabulary splits of the forward: ~2 waves with >= 8 vocabulary tiles per split, then,
-    while the grid is under 8 waves, rounded up so that ``n_tiles · splits`` is a whole number
-    of waves (no half-empty last wave; measured faster at both probe shapes), at most one split
-    per vocabulary tile.
+    """Vocabulary splits of the forward: ~2 waves with >= 8 vocabulary tiles per split, then
+    raised toward a whole number of waves (``n_tiles · splits`` a multiple of the SM count)
+    when that at most multiplies the splits by 8 -- the probe measured 33 splits faster than 5
+    at 64 token tiles on 132 SMs -- and at most one split per vocabulary tile.
 
     Example
     -------
     >>> forward_splits(64, 1000, 132)   # 64 token tiles x 33 splits = 16 waves of 132
     33
-    >>> forward_splits(512, 1000, 132)   # 3.9 waves of token tiles: rounded up to 128 whole waves
-    33
-    >>> forward_splits(2048, 1000, 132)  # 15.5 waves of token tiles already: 1 split
+    >>> forward_splits(512, 1000, 132)  # 33 splits would be 32x the ~2-wave count: 1 split
     1
     """
     base = max(1, min(cdiv(2 * sms, n_tiles), v_tiles // 8))
-    if n_tiles * base < 8 * sms:
-        step = sms // math.gcd(n_tiles, sms)
-        base = max(step, cdiv(base, step) * step)
+    step = sms // math.gcd(n_tiles, sms)
+    whole = max(step, cdiv(base, step) * step)
+    if whole <= 8 * base:
+        base = whole
     return max(1, min(base, v_tiles))
 
 
