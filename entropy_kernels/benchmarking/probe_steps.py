@@ -528,6 +528,7 @@ def _top_h(ctx: Ctx) -> None:
             ctx.record(fn, "graph", op="top_h", mode="fwd", shape=f"B={b} V={v} peaked=zipf", dtype="float32",
                        provider=_name(f"entropy_kernels {rule} mask", timing="graph"),
                        check=_top_h_check(x, rule, ctx.call(fn), False))
+    _top_h_stats_rows(ctx, batches, dtypes, vocab("transformers"), seed, off)
     try:
         from transformers.generation.logits_process import TopHLogitsWarper
     except Exception as exc:
@@ -542,6 +543,33 @@ def _top_h(ctx: Ctx) -> None:
                 ctx.record(lambda: warper(None, x), timing, op="top_h", mode="fwd", shape=f"B={b} V={v}",
                            dtype=str(dtype).replace("torch.", ""), kind="baseline",
                            provider=_name("transformers TopHLogitsWarper", timing=timing))
+
+
+def _top_h_stats_rows(ctx: Ctx, batches, dtypes, v: int, seed, off) -> None:
+    """The sampler with ``return_logprobs`` and the mask with ``return_log_mass`` (transformers
+    rule): their cost over the plain calls, each output checked against float64 -- the sampled
+    token's log-prob under the full softmax, and log Σ p over the kernel's own kept set."""
+    from ..ops.top_h import top_h_mask, top_h_sample
+
+    for b in batches:
+        for dtype in dtypes:
+            if not ctx.mine(("top_h stats", b, dtype)):
+                continue
+            x = (torch.randn(b, v, device=ctx.device) * 3).to(dtype)
+            logp64 = torch.log_softmax(x.double(), -1)
+            tol = 1e-4 if dtype == torch.float32 else 2e-3
+            sample = lambda: top_h_sample(x, 0.4, mode="transformers", seed=seed, offset=off, return_logprobs=True)  # noqa: E731
+            tokens, logp, _ = ctx.call(sample)
+            check = bool(((logp.double() - logp64.gather(-1, tokens[:, None].long())[:, 0]).abs() <= tol * (1 + logp64.abs().max())).all())
+            mask_fn = lambda: top_h_mask(x, 0.4, mode="transformers", return_log_mass=True)  # noqa: E731
+            keep, log_mass = ctx.call(mask_fn)
+            want = torch.logsumexp(logp64.masked_fill(~keep, float("-inf")), -1)
+            check_mass = bool(((log_mass.double() - want).abs() <= tol * (1 + want.abs())).all())
+            for fn, what, ok in ((sample, "sample return_logprobs", check), (mask_fn, "mask return_log_mass", check_mass)):
+                for timing in ("eager", "graph"):
+                    ctx.record(fn, timing, op="top_h", mode="fwd", shape=f"B={b} V={v}",
+                               dtype=str(dtype).replace("torch.", ""),
+                               provider=_name(f"entropy_kernels transformers {what}", timing=timing), check=ok)
 
 
 def _top_h_check(x: torch.Tensor, rule: str, out: torch.Tensor, sample: bool) -> bool:
