@@ -85,7 +85,9 @@ def _generate(ctx: Ctx) -> None:
 
     def tokens_per_s(m) -> tuple:
         with torch.no_grad():
-            m.generate(ids, max_new_tokens=2, do_sample=False)  # warm-up
+            # warm-up at the full length: the first H100 run's 2-token warm-up left one-time
+            # costs in the timed bf16 call (80 ms per token for a 6-layer model)
+            m.generate(ids, max_new_tokens=new, do_sample=False, min_new_tokens=new)
             ctx.sync()
             t0 = time.perf_counter()
             out = m.generate(ids, max_new_tokens=new, do_sample=False, min_new_tokens=new)
