@@ -1,11 +1,14 @@
 """What a benchmark is: a :class:`Case` (op, mode, shape, dtype) and the :class:`Provider` s
-timed on it (ours, baselines, floors). Each op contributes a ``cases(size, device)`` function
-in its own module; :data:`CASES` names the ops that have one."""
+timed on it (ours, baselines, floors). Each op contributes a ``<op>_cases(size, device)``
+function in a module of this package; :data:`CASES` names the ops that have one (found by
+reading the sources, so no list is kept by hand)."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -46,16 +49,20 @@ def pick_shapes(size: str, device: torch.device, full, quick):
     return quick["cuda" if gpu else "cpu"], torch.bfloat16 if gpu else torch.float32
 
 
-# op name -> "module:function" of its cases, imported on demand (the suites import the ops)
-_SUITES = {
-    "entropy": "entropy:entropy_cases",
-    "linear_cross_entropy": "linear_cross_entropy:linear_cross_entropy_cases",
-    "linear_logprob_entropy": "linear_logprob_entropy:linear_logprob_entropy_cases",
-    "high_entropy_mask": "linear_logprob_entropy:high_entropy_mask_cases",
-    "top_h": "top_h:top_h_cases",
-    "dfloat": "dfloat:dfloat_cases",
-    "policy_loss": "policy_loss:policy_loss_cases",
-}
+def _discover_suites() -> Dict[str, str]:
+    """op name -> "module:function" for every ``def <op>_cases(size, device)`` in this package,
+    found by reading the sources (importing the suites would import every op): a new op's
+    benchmark module is picked up without a list to edit."""
+    suites: Dict[str, str] = {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.endswith("_cases") and \
+                    [a.arg for a in node.args.args] == ["size", "device"]:
+                suites[node.name[: -len("_cases")]] = f"{path.stem}:{node.name}"
+    return suites
+
+
+_SUITES = _discover_suites()
 
 
 def _suite(name: str) -> Callable[[str, torch.device], List[Case]]:

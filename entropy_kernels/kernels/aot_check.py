@@ -461,6 +461,57 @@ def find_config(name: str) -> Config:
     raise KeyError(f"no configuration named {name!r}")
 
 
+def _typed_ops(cfg: Config, target, signature, constexprs, attrs, options):
+    """Counter of ``(operation, result type)`` in the TTIR of ``cfg`` with this specialisation."""
+    from collections import Counter
+
+    from triton._C.libtriton import ir
+    from triton.compiler import ASTSource, make_backend
+
+    backend = make_backend(target)
+    opts = backend.parse_options({k: v for k, v in options.items() if k in ("num_warps", "num_stages", "num_ctas")})
+    ctx = ir.context()
+    ir.load_dialects(ctx)
+    backend.load_dialects(ctx)
+    mod = ASTSource(fn=cfg.kernel, signature=signature, constexprs=constexprs, attrs=attrs).make_ir(
+        target, opts, backend.get_codegen_implementation(opts), backend.get_module_map(), ctx)
+    ops = Counter()
+    for line in str(mod).splitlines():
+        m = re.search(r'=\s*"?([a-z_]+\.[a-z_.]+)"?.*?:\s*(.*)$', line)
+        if m:
+            ops[(m.group(1), re.sub(r"loc\(.*\)", "", m.group(2)).strip())] += 1
+    return ops
+
+
+def fp64_float_check(cfg: Config, arch: int) -> str:
+    """``"same"`` if ``cfg`` does the same typed arithmetic when its float arguments arrive as
+    fp64 -- how torch.compile's launcher of a user kernel types a Python float, where Triton's
+    own launcher uses fp32 -- as with fp32; ``"no floats"`` if it has none; otherwise what
+    differs. The fp64 form may only add the casts back (``arith.truncf``) and calls of helpers
+    (whose bodies are compared too). Seen on a GPU before this check: a policy loss's fp32
+    accumulator turned fp64 (a compile error) and Clip-Cov's clipping ran in fp64.
+
+    Example
+    -------
+    >>> fp64_float_check(find_config("entropy_combine"), 90)   # doctest: +SKIP
+    'no floats'
+    """
+    from triton.backends.compiler import GPUTarget
+
+    target = GPUTarget("cuda", arch, 32)
+    signature, constexprs, attrs, options, _ = specialise(cfg, target)
+    if "fp32" not in signature.values():
+        return "no floats"
+    sig64 = {k: "fp64" if v == "fp32" else v for k, v in signature.items()}
+    try:
+        extra = _typed_ops(cfg, target, sig64, constexprs, attrs, options) - \
+            _typed_ops(cfg, target, signature, constexprs, attrs, options)
+    except Exception as exc:
+        return f"does not compile with fp64 floats: {str(exc).strip().splitlines()[-1][:200]}"
+    extra = [op for op in extra if op[0] not in ("arith.truncf", "tt.call")]
+    return f"fp64 floats add {extra[:3]}" if extra else "same"
+
+
 def compile_config(cfg: Config, arch: int) -> Dict[str, object]:
     """Compile ``cfg`` for ``sm_<arch>``: a row with its key, status ("ok" or the error),
     registers, shared memory (dynamic, as launched, plus static) and spill/stack bytes.
@@ -477,7 +528,10 @@ def compile_config(cfg: Config, arch: int) -> Dict[str, object]:
         usage = resource_usage(compiled.asm["cubin"])
         row.update(status="ok", num_stages=getattr(compiled.metadata, "num_stages", None),
                    regs=usage.get("regs"), smem_bytes=int(compiled.metadata.shared) + usage.get("static_smem_bytes", 0),
-                   local_bytes=usage.get("local_bytes"), stack_bytes=usage.get("stack_bytes"))
+                   local_bytes=usage.get("local_bytes"), stack_bytes=usage.get("stack_bytes"),
+                   fp64_floats=fp64_float_check(cfg, arch))
+        if row["fp64_floats"] not in ("same", "no floats"):
+            row["status"] = f"torch.compile's fp64 floats change the kernel: {row['fp64_floats']}"
     except Exception as exc:  # report every failure, not just the first
         row["status"] = f"{type(exc).__name__}: {str(exc).strip()[-600:]}"
     return row
@@ -513,7 +567,12 @@ def compile_all(archs: Sequence[int], cached: Optional[Dict[str, dict]] = None, 
                 key = None
             hit = (cached or {}).get(key)
             if hit is not None and hit.get("status") == "ok":
-                rows.append(dict(hit, name=cfg.name, arch=arch))
+                row = dict(hit, name=cfg.name, arch=arch)
+                if "fp64_floats" not in row:  # a report written before the check existed
+                    row["fp64_floats"] = fp64_float_check(cfg, arch)
+                    if row["fp64_floats"] not in ("same", "no floats"):
+                        row["status"] = f"torch.compile's fp64 floats change the kernel: {row['fp64_floats']}"
+                rows.append(row)
             else:
                 rows.append(None)
                 todo.append((len(rows) - 1, i, arch))

@@ -1,6 +1,8 @@
 """``entropy_kernels::entropy_fwd`` / ``entropy_bwd`` and the public :func:`entropy`.
 
-This module is the template every op of the package copies (see ``ops/__init__.py``).
+This module is the template every op of the package copies (see ``docs/contributing.md``):
+the op's typed signature, its backward, sample calls for the shared tests, one
+:func:`~entropy_kernels.ops._registry.define_op` per op, then the public function.
 """
 
 from __future__ import annotations
@@ -8,10 +10,9 @@ from __future__ import annotations
 from typing import Optional, Tuple, Union
 
 import torch
-from torch.library import triton_op
 
 from .. import _backend, _validation
-from . import _eager
+from ._registry import define_op
 from ..reference.entropy import entropy_backward_reference, entropy_forward_reference
 
 if _backend.triton_available():
@@ -20,19 +21,14 @@ else:  # pragma: no cover - Triton ships with torch's CUDA wheels
     _kernels = None
 
 
-@triton_op("entropy_kernels::entropy_fwd", mutates_args=())
-def entropy_fwd(
+def _entropy_fwd_signature(
     logits: torch.Tensor, row_temperature: Optional[torch.Tensor], temperature: float
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(entropy, lse, stats) of softmax(logits / T) over the last dim; ``stats[..., 2]`` =
     (row max, log-normaliser) is saved for the backward. Internal: use :func:`entropy`."""
-    if _backend.use_triton(logits):
-        return _kernels.entropy_forward(logits, row_temperature, temperature)
-    return entropy_forward_reference(logits, row_temperature, temperature)
 
 
-@triton_op("entropy_kernels::entropy_bwd", mutates_args=())
-def entropy_bwd(
+def _entropy_bwd_signature(
     grad_entropy: torch.Tensor,
     grad_lse: torch.Tensor,
     logits: torch.Tensor,
@@ -41,10 +37,7 @@ def entropy_bwd(
     row_temperature: Optional[torch.Tensor],
     temperature: float,
 ) -> torch.Tensor:
-    """d(logits) of Σ g_H·H + g_lse·lse. Internal: the backward of :func:`entropy_fwd`."""
-    if _backend.use_triton(logits):
-        return _kernels.entropy_backward(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, temperature)
-    return entropy_backward_reference(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, temperature)
+    """d(logits) of Σ g_H·H + g_lse·lse. Internal: the backward of ``entropy_fwd``."""
 
 
 def _setup_context(ctx, inputs, output):
@@ -62,24 +55,35 @@ def _backward(ctx, grad_entropy, grad_lse, _grad_stats):
         grad_entropy = torch.zeros_like(entropy)
     if grad_lse is None:
         grad_lse = torch.zeros_like(entropy)
-    bwd = _kernels.entropy_backward if _backend.launch_triton_directly(logits) else entropy_bwd
-    grad_logits = bwd(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, ctx.temperature)
+    grad_logits = ENTROPY_BWD(grad_entropy, grad_lse, logits, entropy, stats, row_temperature, ctx.temperature)
     # The temperature is not differentiated (a per-row temperature is a sampling setting).
     return grad_logits, None, None
 
 
-entropy_fwd.register_autograd(_backward, setup_context=_setup_context)
+def _fwd_samples():
+    yield (torch.randn(3, 50) * 3, None, 1.0), "rows"
+    yield (torch.randn(2, 3, 40), torch.rand(2, 3) + 0.5, 1.0), "row temperature"
+    yield (torch.randn(4, 30).to(torch.float16), None, 0.7), "fp16, T=0.7"
 
 
-# Eager fast path (_backend.eager_direct): outside tracing, entropy() runs the same kernels
-# through an autograd.Function twin of the op, skipping the dispatcher's host cost.
+def _bwd_samples():
+    for (logits, row_t, t), label in _fwd_samples():
+        h, _, stats = entropy_forward_reference(logits, row_t, t)
+        yield (torch.randn_like(h), torch.randn_like(h), logits, h, stats, row_t, t), label
 
 
-def _forward_implementation(logits, row_temperature, temperature):
-    return _kernels.entropy_forward(logits, row_temperature, temperature)
-
-
-_EntropyFunction = _eager.autograd_function("_EntropyFunction", _forward_implementation, _setup_context, _backward)
+ENTROPY_FWD = define_op(
+    "entropy_fwd", _entropy_fwd_signature, public="entropy",
+    kernel=_kernels.entropy_forward if _kernels else None, reference=entropy_forward_reference,
+    backward=_backward, setup_context=_setup_context, samples=_fwd_samples,
+)
+ENTROPY_BWD = define_op(
+    "entropy_bwd", _entropy_bwd_signature, public="entropy",
+    kernel=_kernels.entropy_backward if _kernels else None, reference=entropy_backward_reference,
+    samples=_bwd_samples,
+)
+# the torch.library ops themselves (what torch.compile sees)
+entropy_fwd, entropy_bwd = ENTROPY_FWD.op, ENTROPY_BWD.op
 
 
 def entropy(
@@ -136,6 +140,5 @@ def entropy(
         scalar_temperature = 1.0
     else:
         scalar_temperature = _validation.check_positive_scalar("temperature", temperature)
-    fwd = _EntropyFunction.apply if _backend.launch_triton_directly(logits) else entropy_fwd
-    h, lse, _ = fwd(logits, row_temperature, scalar_temperature)
+    h, lse, _ = ENTROPY_FWD(logits, row_temperature, scalar_temperature)
     return (h, lse) if return_lse else h
