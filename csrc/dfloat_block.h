@@ -1,7 +1,7 @@
-// The per-thread steps of the EKDF block decoder, written once for the CUDA kernel
-// (csrc/cuda/dfloat_decode.cu; the fused kernels of dfloat_linear.h walk the same way) and for
-// its CPU emulation (dfloat_cpu.cpp: decode_block_emulated), which runs the same steps thread by
-// thread so the tests check this exact logic without a GPU.
+// The per-thread steps of the EKDF block decoder, written once for the CUDA kernels
+// (csrc/cuda/dfloat_block.cuh, which the decoder and the fused linear kernel run) and for their
+// CPU emulations (dfloat_block_emulated.h), which run the same steps thread by thread so the
+// tests check this exact logic without a GPU.
 //
 // Shared-memory layout of one block (see dfloat.h for the format):
 //   lut[4096]        the full decode table
@@ -20,6 +20,12 @@
 #else
 #define EK_HD inline
 #endif
+// A load of data the kernel never writes: through the read-only cache on the GPU.
+#if defined(__CUDA_ARCH__)
+#define EK_LDG(p) __ldg(p)
+#else
+#define EK_LDG(p) (*(p))
+#endif
 
 namespace ek {
 namespace dfloat {
@@ -31,6 +37,48 @@ constexpr int kLoadWords = static_cast<int>(kBlockBits / 32) + 4;  // a thread r
 constexpr int kPaddedWords = kLoadWords + kLoadWords / 8 + 1;
 
 EK_HD int padded(int i) { return i + (i >> 3); }
+
+// The bf16 bits of the value with raw byte `raw` (sign << 7 | mantissa) and exponent `exponent`.
+EK_HD uint32_t bf16_bits(uint32_t raw, uint32_t exponent) {
+  return ((raw & 0x80u) << 8) | (exponent << 7) | (raw & 0x7fu);
+}
+
+// Room for exponents a block gets: max_block_values clamped to [0, kBlockBits] (a block never
+// holds more values than its bits, whatever the argument says).
+EK_HD int exponent_capacity(int64_t max_block_values) {
+  return static_cast<int>(max_block_values < 0 ? 0 : (max_block_values > kBlockBits ? kBlockBits : max_block_values));
+}
+
+// Block b's value range [*first, *stop): block_starts clamped to [0, n], the first block from 0
+// and the last one to n whatever the index says, so the blocks' ranges cover [0, n).
+EK_HD void block_range(const int64_t* block_starts, int64_t b, int64_t num_blocks, int64_t n, int64_t* first,
+                       int64_t* stop) {
+  const int64_t lo = block_starts[b] < 0 ? 0 : (block_starts[b] > n ? n : block_starts[b]);
+  *first = b == 0 ? 0 : lo;
+  int64_t hi = block_starts[b + 1] > n ? n : block_starts[b + 1];
+  hi = hi < *first ? *first : hi;
+  *stop = b + 1 == num_blocks ? n : hi;
+}
+
+// Thread t (of `stride` threads) of block b copies its share of the block's stream words to the
+// padded layout `sw` (words past the stream read as 0).
+EK_HD void load_words(uint32_t* sw, const uint32_t* words, int64_t num_words, int64_t b, int t, int stride) {
+  const int64_t w0 = b * (kBlockBits / 32);
+  for (int i = t; i < kLoadWords; i += stride) {
+    const int64_t wi = w0 + i;
+    sw[padded(i)] = wi < num_words ? EK_LDG(words + wi) : 0u;
+  }
+}
+
+// Stream segment `seg`: its codes start in [segment_gap, segment_limit) relative to its first bit.
+EK_HD int segment_limit(int64_t total_bits, int64_t seg) {
+  const int64_t left = total_bits - seg * kSegmentBits;
+  return static_cast<int>(left < 0 ? 0 : (left > kSegmentBits ? kSegmentBits : left));
+}
+
+EK_HD int segment_gap(const uint8_t* gaps, int64_t num_gap_bytes, int64_t seg) {
+  return (seg >> 1) < num_gap_bytes ? (EK_LDG(gaps + (seg >> 1)) >> ((seg & 1) * 4)) & 15 : 15;
+}
 
 // lut6[v] for v in [0, 64): the full entry when the code under prefix v is <= 6 bits, else 0.
 EK_HD uint16_t short_entry(const uint16_t* lut, int v) {
@@ -84,6 +132,16 @@ EK_HD int walk_segment(int t, int gap, int limit, const uint32_t* words, const u
     emit(e & 0xffu);
   }
   return count;
+}
+
+// The decoding walk: the exponents of the codes starting in [gap, limit) of thread t's segment go
+// to sexp[q], sexp[q + 1], ... (those at or past q_end are dropped: the block holds too many).
+EK_HD void write_exponents(int t, int gap, int limit, const uint32_t* words, const uint16_t* lut,
+                           const uint16_t* lut6, uint8_t* sexp, int q, int q_end) {
+  walk_segment(t, gap, limit, words, lut, lut6, [&](uint32_t e) {
+    if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
+    ++q;
+  });
 }
 
 }  // namespace block

@@ -11,6 +11,7 @@
 
 #include "dfloat.h"
 #include "dfloat_block.h"
+#include "dfloat_block_emulated.h"
 
 namespace ek {
 namespace dfloat {
@@ -344,8 +345,7 @@ int decode_cpu(const uint32_t* words, int64_t num_words, const int64_t* block_st
         buf <<= len;
         nbits -= len;
         pos += len;
-        const uint16_t r = raw[i];
-        out[i] = static_cast<uint16_t>(((r & 0x80u) << 8) | ((e & 0xffu) << 7) | (r & 0x7fu));
+        out[i] = static_cast<uint16_t>(block::bf16_bits(raw[i], e & 0xffu));
       }
       // where the next code starts: at the next block's first gap, or the stream ends exactly
       if (ok) {
@@ -367,50 +367,20 @@ int decode_block_emulated(const uint32_t* words, int64_t num_words, const int64_
                           uint16_t* out, int64_t out_capacity) {
   if (n <= 0) return n == 0 ? kDecodeOk : kBadSizes;
   if (out_capacity < n || num_blocks <= 0) return kBadSizes;
-  const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
-  std::vector<uint16_t> lut6(block::kShortSize);
-  for (int v = 0; v < block::kShortSize; ++v) lut6[v] = block::short_entry(lut, v);
-  std::vector<uint32_t> sw(block::kPaddedWords);
-  std::vector<int> offset(kBlockSegments);
-  std::vector<uint8_t> sexp(static_cast<size_t>(cap) + 16);
+  block::Emulator emulator(words, num_words, gaps, num_gap_bytes, lut, total_bits, max_block_values);
+  const int cap = emulator.cap();
   for (int64_t b = 0; b < num_blocks; ++b) {
-    const int64_t w0 = b * (kBlockBits / 32);
-    for (int i = 0; i < block::kLoadWords; ++i) sw[block::padded(i)] = w0 + i < num_words ? words[w0 + i] : 0u;
-    auto segment = [&](int t, int* gap, int* limit) {
-      const int64_t seg = b * kBlockSegments + t;
-      *limit = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(kSegmentBits, total_bits - seg * kSegmentBits)));
-      *gap = (seg >> 1) < num_gap_bytes ? (gaps[seg >> 1] >> ((seg & 1) * 4)) & 15 : 15;
-    };
-    int run = 0;
-    for (int t = 0; t < kBlockSegments; ++t) {  // counting pass + exclusive prefix sum
-      int gap, limit;
-      segment(t, &gap, &limit);
-      offset[t] = run;
-      run += block::walk_segment(t, gap, limit, sw.data(), lut, lut6.data(), [](uint32_t) {});
-    }
-    // the block's values: the first block starts at 0 and the last ends at n whatever the index
-    // says, so the blocks' ranges cover [0, n) (see dfloat_decode.cu)
-    const int64_t first = b == 0 ? 0 : std::min<int64_t>(std::max<int64_t>(block_starts[b], 0), n);
-    const int64_t stop =
-        b == num_blocks - 1 ? n : std::min<int64_t>(std::max<int64_t>(block_starts[b + 1], first), n);
+    int64_t first, stop;
+    block::block_range(block_starts, b, num_blocks, n, &first, &stop);
     const int lead = static_cast<int>(first & 7);
-    for (int t = 0; t < kBlockSegments; ++t) {  // decoding pass
-      int gap, limit;
-      segment(t, &gap, &limit);
-      int q = lead + offset[t];
-      block::walk_segment(t, gap, limit, sw.data(), lut, lut6.data(), [&](uint32_t e) {
-        if (q < lead + cap) sexp[q] = static_cast<uint8_t>(e);
-        ++q;
-      });
-    }
-    if (stop - first > cap || run != stop - first) {  // the index disagrees with the stream
+    const int codes = emulator.decode(b, lead);
+    if (stop - first > cap || codes != stop - first) {  // the index disagrees with the stream
       std::fill(out + first, out + stop, kUndecodable);
       continue;
     }
-    for (int64_t i = first; i < stop; ++i) {
-      const uint32_t r = raw[i], e = sexp[i - first + lead];
-      out[i] = static_cast<uint16_t>(((r & 0x80u) << 8) | (e << 7) | (r & 0x7fu));
-    }
+    const uint8_t* sexp = emulator.exponents();
+    for (int64_t i = first; i < stop; ++i)
+      out[i] = static_cast<uint16_t>(block::bf16_bits(raw[i], sexp[i - first + lead]));
   }
   return kDecodeOk;
 }

@@ -44,25 +44,22 @@ constexpr int kMaxRows = 16;              // the most rows of x the fused kernel
 // lookups. (Not measured yet: the threshold is a guess to revisit on a GPU.)
 constexpr int64_t kSharedXBytes = 32 * 1024;
 
-EK_HD float bits_to_float(uint32_t u) {
+// A float's bits and back: the intrinsics on the GPU, memcpy (the defined way) on the host.
 #if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
+EK_HD float bits_to_float(uint32_t u) { return __uint_as_float(u); }
+EK_HD uint32_t float_to_bits(float f) { return __float_as_uint(f); }
 #else
+EK_HD float bits_to_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
-#endif
 }
-
 EK_HD uint32_t float_to_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
-#endif
 }
+#endif
 
 EK_HD float bf16_to_float(uint32_t bits) { return bits_to_float((bits & 0xffffu) << 16); }
 
@@ -77,17 +74,7 @@ EK_HD uint16_t float_to_bf16(float f) {
 
 // The value of W (flattened) whose raw byte is r and exponent e.
 EK_HD float weight_value(uint32_t r, uint32_t e) {
-  return bf16_to_float(((r & 0x80u) << 8) | ((e & 0xffu) << 7) | (r & 0x7fu));
-}
-
-// Block b's value range, clamped as the decoder clamps it (dfloat_decode.cu).
-EK_HD void block_range(const int64_t* block_starts, int64_t b, int64_t num_blocks, int64_t n, int64_t* first,
-                       int64_t* stop) {
-  const int64_t lo = block_starts[b] < 0 ? 0 : (block_starts[b] > n ? n : block_starts[b]);
-  *first = b == 0 ? 0 : lo;
-  int64_t hi = block_starts[b + 1] > n ? n : block_starts[b + 1];
-  hi = hi < *first ? *first : hi;
-  *stop = b + 1 == num_blocks ? n : hi;
+  return bf16_to_float(block::bf16_bits(r, e & 0xffu));
 }
 
 // Whether block b may contribute: its codes are exactly its values, at most `cap` of them, and its

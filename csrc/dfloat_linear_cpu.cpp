@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "dfloat_block_emulated.h"
 #include "dfloat_linear.h"
 
 namespace ek {
@@ -18,46 +19,20 @@ int linear_emulated(const uint32_t* words, int64_t num_words, const int64_t* blo
                     const uint16_t* bias, uint16_t* y, float* partial) {
   if (M < 1 || M > kMaxRows || N < 1 || K < 1 || K > n || n % K != 0 || n / K != N || num_blocks <= 0)
     return kBadSizes;
-  const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
+  block::Emulator emulator(words, num_words, gaps, num_gap_bytes, lut, total_bits, max_block_values);
+  const int cap = emulator.cap();
   int* failed = reinterpret_cast<int*>(partial + 2 * num_blocks * M);
   *failed = 0;  // the launcher's memset
-  std::vector<uint16_t> lut6(block::kShortSize);
-  for (int v = 0; v < block::kShortSize; ++v) lut6[v] = block::short_entry(lut, v);
-  std::vector<uint32_t> sw(block::kPaddedWords);
-  std::vector<int> offset(kThreads);
-  std::vector<uint8_t> sexp(static_cast<size_t>(cap) + 16);
   std::vector<float> acc(static_cast<size_t>(kThreads) * kMaxRows);  // acc[t * kMaxRows + m]
   std::vector<float> red(static_cast<size_t>(kWarps) * kMaxRows);
   auto xv = [&](int m, int64_t col) -> float { return bf16_to_float(x[m * K + col]); };
 
   for (int64_t b = 0; b < num_blocks; ++b) {
     // step a: the block's words, counting walk + exclusive prefix sum, decoding walk
-    const int64_t w0 = b * (kBlockBits / 32);
-    for (int i = 0; i < block::kLoadWords; ++i) sw[block::padded(i)] = w0 + i < num_words ? words[w0 + i] : 0u;
-    auto segment = [&](int t, int* gap, int* limit) {
-      const int64_t seg = b * kBlockSegments + t;
-      *limit = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(kSegmentBits, total_bits - seg * kSegmentBits)));
-      *gap = (seg >> 1) < num_gap_bytes ? (gaps[seg >> 1] >> ((seg & 1) * 4)) & 15 : 15;
-    };
-    int codes = 0;
-    for (int t = 0; t < kThreads; ++t) {
-      int gap, limit;
-      segment(t, &gap, &limit);
-      offset[t] = codes;
-      codes += block::walk_segment(t, gap, limit, sw.data(), lut, lut6.data(), [](uint32_t) {});
-    }
     int64_t first, stop;
-    block_range(block_starts, b, num_blocks, n, &first, &stop);
+    block::block_range(block_starts, b, num_blocks, n, &first, &stop);
     const int lead = static_cast<int>(first & 7);
-    for (int t = 0; t < kThreads; ++t) {
-      int gap, limit;
-      segment(t, &gap, &limit);
-      int q = lead + offset[t];
-      block::walk_segment(t, gap, limit, sw.data(), lut, lut6.data(), [&](uint32_t e) {
-        if (q < lead + cap) sexp[q] = static_cast<uint8_t>(e);
-        ++q;
-      });
-    }
+    const int codes = emulator.decode(b, lead);
     // step b
     if (!index_ok(block_starts, b, num_blocks, n, first, stop, codes, cap)) {
       *failed = 1;
@@ -71,7 +46,7 @@ int linear_emulated(const uint32_t* words, int64_t num_words, const int64_t* blo
       const int64_t lo = std::max(first, row_begin), hi = std::min(stop, row_begin + K);
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int t = 0; t < kThreads; ++t)
-        thread_row_dot<kMaxRows>(t, lo, hi, row_begin, M, raw, sexp.data(), shift, xv, &acc[t * kMaxRows]);
+        thread_row_dot<kMaxRows>(t, lo, hi, row_begin, M, raw, emulator.exponents(), shift, xv, &acc[t * kMaxRows]);
       for (int w = 0; w < kWarps; ++w) {
         for (int m = 0; m < M; ++m) {  // acc[m] += __shfl_xor_sync(acc[m], o) in every lane at once
           float v[32], u[32];

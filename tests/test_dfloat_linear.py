@@ -43,6 +43,14 @@ def assert_close_to_fp64(y, x, w, bias=None):
     assert bool((err <= bound).all()), f"max error {err.max().item()} (bound {bound[err > bound].min().item()})"
 
 
+def linear_case(n: int, k: int, m: int, with_bias: bool):
+    """``(W [n, k], x [m, k], bias [n] or None, W compressed)``, random in that order."""
+    w = weight(n, k)
+    x = torch.randn(m, k).to(BF16)
+    b = torch.randn(n).to(BF16) if with_bias else None
+    return w, x, b, DFloatTensor.compress(w)
+
+
 def cut_rows(c: DFloatTensor, k: int) -> int:
     """Rows of W split between EKDF blocks (the partial-sum path of the kernel)."""
     starts = c.block_starts[1:-1]
@@ -58,10 +66,7 @@ CASES = [(37, 3001, 1), (37, 3001, 3), (200, 999, 16), (61, 2039, 5), (1, 100003
 @pytest.mark.parametrize("n,k,m", CASES)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_kernel_algorithm_emulated_on_cpu_matches_float64(n, k, m, with_bias):
-    w = weight(n, k)
-    x = torch.randn(m, k).to(BF16)
-    b = torch.randn(n).to(BF16) if with_bias else None
-    c = DFloatTensor.compress(w)
+    w, x, b, c = linear_case(n, k, m, with_bias)
     if n * k > 100_000:
         assert c.block_starts.numel() - 1 >= 3 and cut_rows(c, k) >= 2
     assert_close_to_fp64(lin.emulated(x, *c.payload(), *c.sizes(), n, k, b), x, w, b)
@@ -356,10 +361,7 @@ GPU_CASES = [(37, 3001, 1), (37, 3001, 16), (200, 999, 7), (1, 100003, 2), (5000
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_cuda_kernel_equals_its_emulation_and_f_linear(n, k, m, with_bias):
     """x in shared memory (M*K*2 <= 32 KB) and through the cache, every accumulator width."""
-    w = weight(n, k)
-    x = torch.randn(m, k).to(BF16)
-    b = torch.randn(n).to(BF16) if with_bias else None
-    c = DFloatTensor.compress(w)
+    w, x, b, c = linear_case(n, k, m, with_bias)
     expected = lin.emulated(x, *c.payload(), *c.sizes(), n, k, b)
     cg = c.to("cuda")
     y = cg.linear(x.cuda(), None if b is None else b.cuda())

@@ -16,40 +16,28 @@
 // (or than max_block_values) writes kUndecodable there instead of stale shared memory.
 // The chains are short (~100 codes per thread) and there are ~64 blocks per million values, so
 // the latency of the dependent shared-memory lookups is hidden by many resident warps.
-// The per-thread steps are in dfloat_block.h, which the CPU emulation (decode_block_emulated,
-// run by the tests) shares. On an H100 this walk took 0.55-0.58x the time of the earlier one
-// (two unpadded stream words and a 4096-entry lookup per code: 8-way bank conflicts) from 16.8M
-// values up, and ~5% more at 262k-1M values (benchmarks/results/nvidia-h100-80gb-hbm3_probe.md).
+// Steps 1-4 are in dfloat_block.cuh (the fused linear kernel runs them too), their per-thread
+// walks in dfloat_block.h, which the CPU emulation (decode_block_emulated, run by the tests)
+// shares. On an H100 this walk took 0.55-0.58x the time of the earlier one (two unpadded stream
+// words and a 4096-entry lookup per code: 8-way bank conflicts) from 16.8M values up, and ~5%
+// more at 262k-1M values (benchmarks/results/nvidia-h100-80gb-hbm3_probe.md).
 #include <cuda_runtime.h>
 
-#include <algorithm>
-
 #include "dfloat.h"
-#include "dfloat_block.h"
+#include "dfloat_block.cuh"
 
 namespace ek {
 namespace dfloat {
 namespace {
 
-constexpr int kThreads = kBlockSegments;                                  // 256
-constexpr int kBlockWords = static_cast<int>(kBlockBits / 32);            // 2048
-constexpr int kLutBytes = kLutSize * 2;                                    // 8192
-constexpr int kShortBytes = block::kShortSize * 2;                         // 128: first-level table
-constexpr int kPaddedWordBytes = (block::kPaddedWords + 3) / 4 * 16;      // padded words, 16 B multiple
-constexpr int kScanBytes = 64;
-constexpr int kFixedSmem = kLutBytes + kShortBytes + kPaddedWordBytes + kScanBytes;
-
-__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
-__device__ __forceinline__ uint32_t bf16_bits(uint32_t raw, uint32_t exponent) {
-  return ((raw & 0x80u) << 8) | (exponent << 7) | (raw & 0x7fu);
-}
+using block::kThreads;
+using block::max64;
+using block::min64;
 
 __device__ __forceinline__ uint32_t pack2(uint32_t raw4, uint32_t exp4, int k) {
   const uint32_t r0 = (raw4 >> (16 * k)) & 0xffu, r1 = (raw4 >> (16 * k + 8)) & 0xffu;
   const uint32_t e0 = (exp4 >> (16 * k)) & 0xffu, e1 = (exp4 >> (16 * k + 8)) & 0xffu;
-  return bf16_bits(r0, e0) | (bf16_bits(r1, e1) << 16);
+  return block::bf16_bits(r0, e0) | (block::bf16_bits(r1, e1) << 16);
 }
 
 __global__ void __launch_bounds__(kThreads) decode_kernel(
@@ -57,64 +45,20 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
     const uint8_t* __restrict__ gaps, int64_t num_gap_bytes, const uint16_t* __restrict__ lut,
     const uint8_t* __restrict__ raw, int64_t n, int64_t total_bits, int cap, uint16_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
-  uint16_t* slut = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* slut6 = reinterpret_cast<uint16_t*>(smem + kLutBytes);
-  uint32_t* sw = reinterpret_cast<uint32_t*>(smem + kLutBytes + kShortBytes);
-  int* warp_sums = reinterpret_cast<int*>(smem + kFixedSmem - kScanBytes);
-  uint8_t* sexp = smem + kFixedSmem;
+  const block::SharedTables tables(smem);
+  uint8_t* sexp = smem + block::kExponentSmem;
 
   const int t = threadIdx.x;
   const int64_t b = blockIdx.x;
-  for (int i = t; i < kLutBytes / 16; i += kThreads)
-    reinterpret_cast<uint4*>(slut)[i] = __ldg(reinterpret_cast<const uint4*>(lut) + i);
-  const int64_t w0 = b * kBlockWords;
-  for (int i = t; i < block::kLoadWords; i += kThreads) {
-    const int64_t wi = w0 + i;
-    sw[block::padded(i)] = wi < num_words ? __ldg(words + wi) : 0u;
-  }
-  __syncthreads();
-  if (t < block::kShortSize) slut6[t] = block::short_entry(slut, t);
-  __syncthreads();
-
-  // this thread's segment: codes starting in [gap, limit) relative to its first bit
-  const int64_t seg = b * kBlockSegments + t;
-  const int limit = static_cast<int>(max64(0, min64(kSegmentBits, total_bits - seg * kSegmentBits)));
-  const int gap = (seg >> 1) < num_gap_bytes ? (__ldg(gaps + (seg >> 1)) >> ((seg & 1) * 4)) & 15 : 15;
-
-  const int count = block::walk_segment(t, gap, limit, sw, slut, slut6, [](uint32_t) {});
-
-  // block-wide exclusive prefix sum of the counts
-  const int lane = t & 31, warp = t >> 5;
-  int incl = count;
-#pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    const int v = __shfl_up_sync(0xffffffffu, incl, d);
-    if (lane >= d) incl += v;
-  }
-  if (lane == 31) warp_sums[warp] = incl;
-  __syncthreads();
-  if (t == 0) {
-    int run = 0;
-    for (int w = 0; w < kThreads / 32; ++w) {
-      const int v = warp_sums[w];
-      warp_sums[w] = run;
-      run += v;
-    }
-    warp_sums[kThreads / 32] = run;  // the block's number of codes
-  }
-  __syncthreads();
-  const int codes = warp_sums[kThreads / 32];
-
-  // decoding pass: exponent of block value j goes to sexp[lead + j] (lead aligns 8-value groups)
-  const int64_t first = b == 0 ? 0 : min64(max64(block_starts[b], 0), n);
-  const int64_t stop = b + 1 == gridDim.x ? n : min64(max64(block_starts[b + 1], first), n);
+  block::load_block(tables, lut, words, num_words, b, t);
+  const block::SegmentWalk walk = block::count_codes(tables, gaps, num_gap_bytes, total_bits, b, t);
+  const int codes = walk.codes;
+  int64_t first, stop;
+  block::block_range(block_starts, b, gridDim.x, n, &first, &stop);
   const int lead = static_cast<int>(first & 7);
-  int q = lead + warp_sums[warp] + incl - count;
-  const int q_end = lead + cap;
-  block::walk_segment(t, gap, limit, sw, slut, slut6, [&](uint32_t e) {
-    if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
-    ++q;
-  });
+  // decoding pass: exponent of block value j goes to sexp[lead + j] (lead aligns 8-value groups)
+  block::write_exponents(t, walk.gap, walk.limit, tables.words, tables.lut, tables.lut6, sexp, lead + walk.offset,
+                         lead + cap);
   __syncthreads();
 
   if (stop - first > cap || codes != stop - first) {  // the index disagrees with the stream
@@ -127,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
   const int64_t body_end = max64(body_begin, end & ~int64_t(7));
   const int64_t shift = first - lead;  // sexp index of value i is i - shift
   for (int64_t i = first + t; i < body_begin; i += kThreads)
-    out[i] = static_cast<uint16_t>(bf16_bits(raw[i], sexp[i - shift]));
+    out[i] = static_cast<uint16_t>(block::bf16_bits(raw[i], sexp[i - shift]));
   for (int64_t v = body_begin / 8 + t; v < body_end / 8; v += kThreads) {
     const uint2 r = __ldg(reinterpret_cast<const uint2*>(raw) + v);
     const uint2 e = *reinterpret_cast<const uint2*>(sexp + (v * 8 - shift));
@@ -135,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(
                                                   pack2(r.y, e.y, 1));
   }
   for (int64_t i = body_end + t; i < end; i += kThreads)
-    out[i] = static_cast<uint16_t>(bf16_bits(raw[i], sexp[i - shift]));
+    out[i] = static_cast<uint16_t>(block::bf16_bits(raw[i], sexp[i - shift]));
 }
 
 }  // namespace
@@ -149,8 +93,8 @@ int decode_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_s
   if (n < 0 || n > out_capacity || num_blocks <= 0 || num_blocks > 0x7fffffffLL)
     return static_cast<int>(cudaErrorInvalidValue);
   auto stream = reinterpret_cast<cudaStream_t>(stream_int);
-  const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
-  const int smem = kFixedSmem + (cap + 8 + 15) / 16 * 16;
+  const int cap = block::exponent_capacity(max_block_values);
+  const int smem = block::kExponentSmem + (cap + 8 + 15) / 16 * 16;
   if (smem > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return static_cast<int>(err);

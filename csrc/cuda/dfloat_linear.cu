@@ -14,6 +14,7 @@
 
 #include <algorithm>
 
+#include "dfloat_block.cuh"
 #include "dfloat_linear.h"
 
 namespace ek {
@@ -21,18 +22,14 @@ namespace dfloat {
 namespace linear {
 namespace {
 
-constexpr int kLutBytes = kLutSize * 2;                                        // 8192
-constexpr int kShortBytes = block::kShortSize * 2;                             // 128
-constexpr int kPaddedWordBytes = (block::kPaddedWords + 3) / 4 * 16;
-constexpr int kScanBytes = 64;                                                 // warp sums + total
-constexpr int kRedBytes = kWarps * kMaxRows * 4;                               // per-warp row sums
-constexpr int kFixedSmem = kLutBytes + kShortBytes + kPaddedWordBytes + kScanBytes + kRedBytes;
+constexpr int kRedBytes = kWarps * kMaxRows * 4;                       // per-warp row sums
+constexpr int kFixedSmem = block::kExponentSmem + kRedBytes;           // the decoder's tables, then these
 
 __host__ __device__ constexpr int round16(int64_t v) { return static_cast<int>((v + 15) / 16 * 16); }
 __host__ __device__ constexpr int exponent_bytes(int cap) { return round16(cap + 8); }
 
-__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+using block::max64;
+using block::min64;
 
 // MT: rows of x rounded up to a power of two (accumulators per thread); XS: x in shared memory.
 template <int MT, bool XS>
@@ -42,64 +39,27 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(
     const uint8_t* __restrict__ raw, int64_t n, int64_t total_bits, int cap, const uint16_t* __restrict__ x, int M,
     int64_t N, int64_t K, const uint16_t* __restrict__ bias, uint16_t* __restrict__ y, float* __restrict__ partial) {
   extern __shared__ __align__(16) unsigned char smem[];
-  uint16_t* slut = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* slut6 = reinterpret_cast<uint16_t*>(smem + kLutBytes);
-  uint32_t* sw = reinterpret_cast<uint32_t*>(smem + kLutBytes + kShortBytes);
-  int* warp_sums = reinterpret_cast<int*>(smem + kLutBytes + kShortBytes + kPaddedWordBytes);
-  float* red = reinterpret_cast<float*>(smem + kFixedSmem - kRedBytes);
+  const block::SharedTables tables(smem);
+  float* red = reinterpret_cast<float*>(smem + block::kExponentSmem);
   uint8_t* sexp = smem + kFixedSmem;
   uint16_t* xs = reinterpret_cast<uint16_t*>(smem + kFixedSmem + exponent_bytes(cap));
 
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
   const int64_t b = blockIdx.x;
   // step a: table, the block's stream words (padded as in the decoder), x
-  for (int i = t; i < kLutBytes / 16; i += kThreads)
-    reinterpret_cast<uint4*>(slut)[i] = __ldg(reinterpret_cast<const uint4*>(lut) + i);
-  const int64_t w0 = b * (kBlockBits / 32);
-  for (int i = t; i < block::kLoadWords; i += kThreads) {
-    const int64_t wi = w0 + i;
-    sw[block::padded(i)] = wi < num_words ? __ldg(words + wi) : 0u;
-  }
+  block::load_block(tables, lut, words, num_words, b, t);
   if (XS) {
     for (int64_t i = t; i < int64_t(M) * K; i += kThreads) xs[i] = __ldg(x + i);
   }
-  __syncthreads();
-  if (t < block::kShortSize) slut6[t] = block::short_entry(slut, t);
-  __syncthreads();
-
   // step a: counting walk, block prefix sum, decoding walk (as dfloat_decode.cu)
-  const int64_t seg = b * kBlockSegments + t;
-  const int limit = static_cast<int>(max64(0, min64(kSegmentBits, total_bits - seg * kSegmentBits)));
-  const int gap = (seg >> 1) < num_gap_bytes ? (__ldg(gaps + (seg >> 1)) >> ((seg & 1) * 4)) & 15 : 15;
-  const int count = block::walk_segment(t, gap, limit, sw, slut, slut6, [](uint32_t) {});
-  int incl = count;
-#pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    const int v = __shfl_up_sync(0xffffffffu, incl, d);
-    if (lane >= d) incl += v;
-  }
-  if (lane == 31) warp_sums[warp] = incl;
-  __syncthreads();
-  if (t == 0) {
-    int run = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      const int v = warp_sums[w];
-      warp_sums[w] = run;
-      run += v;
-    }
-    warp_sums[kWarps] = run;
-  }
-  __syncthreads();
-  const int codes = warp_sums[kWarps];
+  const block::SegmentWalk walk = block::count_codes(tables, gaps, num_gap_bytes, total_bits, b, t);
+  const int codes = walk.codes;
   int64_t first, stop;
-  block_range(block_starts, b, num_blocks, n, &first, &stop);
+  block::block_range(block_starts, b, num_blocks, n, &first, &stop);
   const int lead = static_cast<int>(first & 7);
-  int q = lead + warp_sums[warp] + incl - count;
-  const int q_end = lead + cap;
-  block::walk_segment(t, gap, limit, sw, slut, slut6, [&](uint32_t e) {
-    if (q < q_end) sexp[q] = static_cast<uint8_t>(e);
-    ++q;
-  });
+  // decoding pass: exponent of block value j goes to sexp[lead + j] (lead aligns 8-value groups)
+  block::write_exponents(t, walk.gap, walk.limit, tables.words, tables.lut, tables.lut6, sexp, lead + walk.offset,
+                         lead + cap);
   __syncthreads();
 
   // step b
@@ -184,7 +144,7 @@ int linear_cuda(const uint32_t* words, int64_t num_words, const int64_t* block_s
       num_blocks > 0x7fffffffLL)
     return static_cast<int>(cudaErrorInvalidValue);
   auto stream = reinterpret_cast<cudaStream_t>(stream_int);
-  const int cap = static_cast<int>(std::min<int64_t>(std::max<int64_t>(max_block_values, 0), kBlockBits));
+  const int cap = block::exponent_capacity(max_block_values);
   // x in shared memory only while the block stays within 99 KB, the most any sm_80+ GPU grants
   // (sm_86/89); without x it needs at most 18 KB + 64 KB of exponents, so it always launches
   const int64_t x_bytes = int64_t(M) * K * 2;

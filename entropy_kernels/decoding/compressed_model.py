@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.dfloat_linear import MAX_FUSED_ROWS
-from .dfloat import DFloatTensor, load_file, save_file
+from .dfloat_safetensors import load_file, save_file
+from .dfloat_tensor import DFloatTensor
 
 WEIGHTS_FILE = "model.ekdf.safetensors"
 META_KEY = "ekdf_model"

@@ -42,7 +42,9 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 
 from .compressed_model import _progress
-from .dfloat import DFloatError, DFloatTensor, load_file, read_metadata, save_file
+from .dfloat_format import DFloatError
+from .dfloat_safetensors import load_file, read_metadata, save_file
+from .dfloat_tensor import DFloatTensor
 
 
 class OutputPathError(ValueError):

@@ -20,6 +20,7 @@ CRC, a verifying decode) belong to ``DFloatTensor.validate``, run once when a pa
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 
@@ -182,37 +183,91 @@ def _stream_handle(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def extension(cuda_launcher: Optional[str] = None):
+    """The compiled extension ``entropy_kernels._C``; RuntimeError when it failed to import or,
+    with ``cuda_launcher``, was built without that CUDA function (no nvcc at build time).
+
+    Example
+    -------
+    >>> hasattr(extension(), "dfloat_decode_cpu")
+    True
+    """
+    C = _backend.native()
+    if C is None:
+        raise RuntimeError(f"entropy_kernels._C failed to import: {_backend.native_error()}")
+    if cuda_launcher is not None and not hasattr(C, cuda_launcher):
+        raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
+    return C
+
+
+def on_device(device: torch.device):
+    """A context that makes ``device`` (CUDA) current for a raw launch, or a no-op when it
+    already is: switching costs µs on every call.
+
+    Example
+    -------
+    >>> with on_device(torch.device("cpu")):
+    ...     pass
+    """
+    if device.type != "cuda" or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
 def launch(out: torch.Tensor, args: tuple) -> None:
     """Decode into ``out`` (checked by :func:`check_out`) with the :func:`launch_args` of its
     payload: the C++ decoder on CPU, the CUDA kernel on torch's current stream of ``out``'s device."""
     if args[8] == 0:  # numel
         return
-    C = _backend.native()
-    if C is None:
-        raise RuntimeError(f"entropy_kernels._C failed to import: {_backend.native_error()}")
     # the decoders get out's own size too: whatever the arguments, they never write past it
     if out.device.type == "cuda":
-        if not hasattr(C, "dfloat_decode_cuda"):
-            raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
-        # switch devices only when needed: the context manager costs µs on every call
-        same = out.device.index == torch.cuda.current_device()
-        with contextlib.nullcontext() if same else torch.cuda.device(out.device):
+        C = extension("dfloat_decode_cuda")
+        with on_device(out.device):
             C.dfloat_decode_cuda(*args, out.data_ptr(), out.numel(), _stream_handle(out.device))
     else:
-        status = C.dfloat_decode_cpu(*args, out.data_ptr(), out.numel())
+        status = extension().dfloat_decode_cpu(*args, out.data_ptr(), out.numel())
         if status:
             raise DFloatError(f"cannot decode: {_STATUS.get(status, f'decoder status {status}')}")
 
 
+def direct(words: torch.Tensor, out: Optional[torch.Tensor] = None) -> bool:
+    """Whether a decode of this payload may skip the dispatcher and call :func:`decode_direct`
+    (:func:`entropy_kernels._backend.eager_direct`, and ``out`` None or a plain tensor).
+
+    Example
+    -------
+    >>> direct(torch.zeros(2, dtype=torch.int32)) in (True, False)
+    True
+    """
+    return _backend.eager_direct(words) and (out is None or type(out) is torch.Tensor)
+
+
+def decode_direct(args: tuple, shape, device: torch.device, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The one decode path under both ops and the eager calls: decode the payload of
+    :func:`launch_args` ``args`` (a payload :func:`check_payload` accepted) into ``out``
+    (checked here) or a fresh bf16 tensor of ``shape`` on ``device``; returns it.
+
+    Example
+    -------
+    >>> from entropy_kernels.decoding import DFloatTensor
+    >>> c = DFloatTensor.compress(torch.full((2, 4), 3.0, dtype=torch.bfloat16))
+    >>> decode_direct(launch_args(*c.payload(), *c.sizes()), (2, 4), c.device).sum().item()
+    24.0
+    """
+    if out is None:
+        out = torch.empty(shape, dtype=torch.bfloat16, device=device)
+    else:
+        check_out(out, args[8], device)
+    launch(out, args)
+    return out
+
+
 def _decode(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int,
             out=None) -> torch.Tensor:
-    """Check the payload (and ``out``), allocate ``out`` if not given, launch; returns ``out``.
-    The body of both ops and of the eager fast path."""
-    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
-    if out is None:
-        out = torch.empty((numel,), dtype=torch.bfloat16, device=words.device)
-    launch(out, launch_args(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values))
-    return out
+    """Check the payload, then :func:`decode_direct`; returns ``out`` (fresh ``[numel]`` if None)."""
+    check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
+    return decode_direct(launch_args(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values),
+                         (numel,), words.device, out)
 
 
 @torch.library.custom_op("entropy_kernels::dfloat_decompress", mutates_args=(), device_types=("cpu", "cuda"))
@@ -250,14 +305,13 @@ def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, gaps: torch.T
 
     Example
     -------
-    >>> import torch
     >>> from entropy_kernels.decoding import DFloatTensor
-    >>> x = torch.randn(64).to(torch.bfloat16)
-    >>> c = DFloatTensor.compress(x)
+    >>> ones, twos = (DFloatTensor.compress(torch.full((64,), v, dtype=torch.bfloat16)) for v in (1.0, 2.0))
     >>> buf = torch.empty(64, dtype=torch.bfloat16)
-    >>> torch.ops.entropy_kernels.dfloat_decompress_into(buf, *c.payload(), *c.sizes())
-    >>> torch.equal(buf, x)
-    True
+    >>> torch.ops.entropy_kernels.dfloat_decompress_into(buf, *ones.payload(), *ones.sizes())
+    >>> torch.ops.entropy_kernels.dfloat_decompress_into(buf, *twos.payload(), *twos.sizes())
+    >>> buf.unique().tolist()
+    [2.0]
     """
     _decode(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
 
@@ -279,15 +333,13 @@ def decompress(words, gaps, block_starts, lut, raw, numel: int, total_bits: int,
 
     Example
     -------
-    >>> import torch
     >>> from entropy_kernels.decoding import DFloatTensor
-    >>> x = torch.randn(1000).to(torch.bfloat16)
-    >>> c = DFloatTensor.compress(x)
-    >>> y = decompress(*c.payload(), *c.sizes())
-    >>> torch.equal(y, x)
-    True
+    >>> c = DFloatTensor.compress(torch.linspace(-1, 1, 300).to(torch.bfloat16))
+    >>> buf = torch.empty(300, dtype=torch.bfloat16)
+    >>> decompress(*c.payload(), *c.sizes(), out=buf) is buf, buf[-1].item()
+    (True, 1.0)
     """
-    if not (_backend.eager_direct(words) and (out is None or type(out) is torch.Tensor)):
+    if not direct(words, out):
         if out is None:
             return dfloat_decompress(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
         dfloat_decompress_into(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)

@@ -20,13 +20,11 @@ from) and a :class:`~entropy_kernels.ops.dfloat.DFloatError` on the CPU.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .. import _backend
 from . import dfloat as _dfloat
 
 MAX_FUSED_ROWS = 16  # rows of x the fused CUDA kernel takes (csrc/dfloat_linear.h kMaxRows)
@@ -81,11 +79,7 @@ def _cpu(x, bias, rows: int, cols: int, args: tuple) -> torch.Tensor:
 
 
 def _cuda_fused(x, bias, rows: int, cols: int, args: tuple) -> torch.Tensor:
-    C = _backend.native()
-    if C is None:
-        raise RuntimeError(f"entropy_kernels._C failed to import: {_backend.native_error()}")
-    if not hasattr(C, "dfloat_linear_cuda"):
-        raise RuntimeError("entropy_kernels._C was built without CUDA; reinstall where nvcc is available")
+    C = _dfloat.extension("dfloat_linear_cuda")
     x = x.contiguous()
     bias = None if bias is None else bias.contiguous()
     m = x.shape[0]
@@ -93,8 +87,7 @@ def _cuda_fused(x, bias, rows: int, cols: int, args: tuple) -> torch.Tensor:
     blocks = args[3]
     # fp32 partial sums of the rows cut by block boundaries, then the error flag (csrc/dfloat_linear.h)
     scratch = torch.empty(2 * blocks * m + 1, dtype=torch.float32, device=x.device)
-    same = x.device.index == torch.cuda.current_device()
-    with contextlib.nullcontext() if same else torch.cuda.device(x.device):
+    with _dfloat.on_device(x.device):
         C.dfloat_linear_cuda(*args, x.data_ptr(), m, rows, cols, 0 if bias is None else bias.data_ptr(),
                              y.data_ptr(), scratch.data_ptr(), _dfloat._stream_handle(x.device))
     return y
@@ -175,14 +168,11 @@ def emulated(x, words, gaps, block_starts, lut, raw, numel: int, total_bits: int
 
     Example
     -------
-    >>> import torch
     >>> from entropy_kernels.decoding import DFloatTensor
-    >>> w = (torch.randn(8, 32) * 0.02).to(torch.bfloat16)
-    >>> x = torch.randn(2, 32).to(torch.bfloat16)
-    >>> c = DFloatTensor.compress(w)
-    >>> y = emulated(x, *c.payload(), *c.sizes(), 8, 32)
-    >>> bool((y.float() - torch.nn.functional.linear(x.float(), w.float())).abs().max() < 0.01)
-    True
+    >>> c = DFloatTensor.compress(torch.eye(4, 32).to(torch.bfloat16))  # y = the first 4 columns of x
+    >>> x = torch.arange(64.0).view(2, 32).to(torch.bfloat16)
+    >>> emulated(x, *c.payload(), *c.sizes(), 4, 32).tolist()
+    [[0.0, 1.0, 2.0, 3.0], [32.0, 33.0, 34.0, 35.0]]
     """
     _dfloat.check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
     check_inputs(x, bias, rows, cols, numel, words.device)
@@ -196,9 +186,9 @@ def emulated(x, words, gaps, block_starts, lut, raw, numel: int, total_bits: int
     args = _dfloat.launch_args(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
     y = torch.empty((m, rows), dtype=torch.bfloat16)
     scratch = torch.empty(2 * args[3] * m + 1, dtype=torch.float32)
-    status = _backend.native().dfloat_linear_emulated(*args, x.data_ptr(), m, rows, cols,
-                                                      0 if bias is None else bias.data_ptr(), y.data_ptr(),
-                                                      scratch.data_ptr())
+    status = _dfloat.extension().dfloat_linear_emulated(*args, x.data_ptr(), m, rows, cols,
+                                                        0 if bias is None else bias.data_ptr(), y.data_ptr(),
+                                                        scratch.data_ptr())
     if status:
         raise ValueError(f"the emulation refused its arguments (status {status})")
     return y
