@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from .. import _backend
+from ._registry import define_op
 
 LUT_SIZE = 4096
 SEGMENT_BITS = 256  # stream bits per GPU thread
@@ -270,9 +271,9 @@ def _decode(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, ma
                          (numel,), words.device, out)
 
 
-@torch.library.custom_op("entropy_kernels::dfloat_decompress", mutates_args=(), device_types=("cpu", "cuda"))
-def dfloat_decompress(words: torch.Tensor, gaps: torch.Tensor, block_starts: torch.Tensor, lut: torch.Tensor,
-                      raw: torch.Tensor, numel: int, total_bits: int, max_block_values: int) -> torch.Tensor:
+def _dfloat_decompress_signature(words: torch.Tensor, gaps: torch.Tensor, block_starts: torch.Tensor,
+                                 lut: torch.Tensor, raw: torch.Tensor, numel: int, total_bits: int,
+                                 max_block_values: int) -> torch.Tensor:
     """Decode an EKDF payload into a fresh bf16 tensor ``[numel]`` on the payload's device.
 
     Example
@@ -285,10 +286,8 @@ def dfloat_decompress(words: torch.Tensor, gaps: torch.Tensor, block_starts: tor
     >>> torch.equal(y.view(torch.int16), x.view(torch.int16))
     True
     """
-    return _decode(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
 
 
-@dfloat_decompress.register_fake
 def _dfloat_decompress_fake(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values):
     # also what runs when one argument is a meta tensor: the dispatcher picks the meta kernel for
     # the whole call, and an unchecked one would return an empty tensor on the others' device
@@ -296,10 +295,9 @@ def _dfloat_decompress_fake(words, gaps, block_starts, lut, raw, numel, total_bi
     return words.new_empty((numel,), dtype=torch.bfloat16)
 
 
-@torch.library.custom_op("entropy_kernels::dfloat_decompress_into", mutates_args=("out",), device_types=("cpu", "cuda"))
-def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, gaps: torch.Tensor, block_starts: torch.Tensor,
-                           lut: torch.Tensor, raw: torch.Tensor, numel: int, total_bits: int,
-                           max_block_values: int) -> None:
+def _dfloat_decompress_into_signature(out: torch.Tensor, words: torch.Tensor, gaps: torch.Tensor,
+                                      block_starts: torch.Tensor, lut: torch.Tensor, raw: torch.Tensor, numel: int,
+                                      total_bits: int, max_block_values: int) -> None:
     """Decode an EKDF payload into the existing bf16 buffer ``out`` (``numel`` contiguous elements,
     16-byte aligned on CUDA) -- for decoding many weights into one reused buffer.
 
@@ -313,17 +311,41 @@ def dfloat_decompress_into(out: torch.Tensor, words: torch.Tensor, gaps: torch.T
     >>> buf.unique().tolist()
     [2.0]
     """
+
+
+def _decode_into(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values) -> None:
     _decode(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
 
 
-@dfloat_decompress_into.register_fake
 def _dfloat_decompress_into_fake(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values):
     check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out, fake=True)
     return None
 
 
-# ------------------------------------------------------------------------------------------------
-# eager fast path (see _backend.eager_direct: the dispatcher costs more than a small decode)
+def _payload_samples():
+    from ..decoding import DFloatTensor
+
+    for n, label in ((1000, "1000 values"), (7, "7 values"), (0, "empty")):
+        c = DFloatTensor.compress((torch.randn(n) * 0.02).to(torch.bfloat16))
+        yield (*c.payload(), *c.sizes()), label
+
+
+def _into_samples():
+    for args, label in _payload_samples():
+        yield (torch.empty(args[5], dtype=torch.bfloat16), *args), label
+
+
+_NATIVE = ("C++ (_C)", "CUDA C++ (_C)")
+DECOMPRESS = define_op(
+    "dfloat_decompress", _dfloat_decompress_signature, public="DFloatTensor.decompress", kernel=_decode,
+    fake=_dfloat_decompress_fake, samples=_payload_samples, backends=_NATIVE,
+)
+DECOMPRESS_INTO = define_op(
+    "dfloat_decompress_into", _dfloat_decompress_into_signature, public="DFloatTensor.decompress",
+    kernel=_decode_into, fake=_dfloat_decompress_into_fake, mutates_args=("out",), samples=_into_samples,
+    backends=_NATIVE,
+)
+dfloat_decompress, dfloat_decompress_into = DECOMPRESS.op, DECOMPRESS_INTO.op
 
 
 def decompress(words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int,
@@ -339,12 +361,10 @@ def decompress(words, gaps, block_starts, lut, raw, numel: int, total_bits: int,
     >>> decompress(*c.payload(), *c.sizes(), out=buf) is buf, buf[-1].item()
     (True, 1.0)
     """
-    if not direct(words, out):
-        if out is None:
-            return dfloat_decompress(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
-        dfloat_decompress_into(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
-        return out
-    return _decode(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, out=out)
+    if out is None:
+        return DECOMPRESS(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
+    DECOMPRESS_INTO(out, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values)
+    return out
 
 
 from . import dfloat_linear  # noqa: E402,F401  (entropy_kernels::dfloat_linear, built on the above)
