@@ -38,6 +38,7 @@ from .linear_head_args import (  # check_options is imported from here by the lo
 from .linear_softmax import linear_softmax_stats
 from .logits_chunks import accumulate_chunk_grads, chunk_logits, rows_grad, rows_stats, stats_dtype
 from .vocab_parallel import vocab_parallel_stats
+
 DEFAULT_FILTER_EPS = 2.0**-12  # below bf16 resolution relative to the row's gradient scale
 DEFAULT_CHUNK_BYTES = 512 * 2**20  # logits of one chunk in the chunked impl
 
@@ -317,6 +318,7 @@ def linear_cross_entropy(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
+    # a vocabulary-parallel weight: the fused stats op on each shard, combined over the group
     chosen = "fused" if process_group is not None else _choose_impl(impl, reduction, return_lse, needs_grad, h2)
     token_weight = _token_weights(y, valid, class_weight, stats_dtype(h2.dtype)) if class_weight is not None else None
     loss, lse = _LOSSES[chosen](h2, w, bias, y, valid, token_weight, options)
