@@ -59,16 +59,32 @@ def make_inputs(case: Case, requires_grad: bool):
     return h.requires_grad_(requires_grad), w.requires_grad_(requires_grad), y
 
 
-def _loss_provider(name, kind, make_fn, available=lambda case: True) -> Provider:
+def head_provider(name, kind, make_fn, make_inputs, backward_run, available=lambda case: True) -> Provider:
+    """A provider timing ``fn = make_fn()`` on LM-head inputs ``make_inputs(case, requires_grad)
+    -> (h, w, y)``: ``fn(h, w, y)`` for a ``fwd`` case, else ``backward_run(case, fn, h, w, y)``
+    (a callable that runs the forward and the backward; the grads of ``h`` and ``w`` are reset between runs).
+
+    Example
+    -------
+    >>> p = head_provider("torch", "baseline", lambda: torch_linear_cross_entropy, make_inputs,
+    ...                   lambda case, fn, h, w, y: lambda: fn(h, w, y).backward())
+    >>> p.name, p.kind
+    ('torch', 'baseline')
+    """
     def setup(case: Case):
         fn = make_fn()
         if case.mode == "fwd":
             h, w, y = make_inputs(case, False)
             return (lambda: fn(h, w, y)), []
         h, w, y = make_inputs(case, True)
-        return (lambda: fn(h, w, y).backward()), [h, w]
+        return backward_run(case, fn, h, w, y), [h, w]
 
     return Provider(name, kind, setup, available)
+
+
+def _loss_provider(name, kind, make_fn, available=lambda case: True) -> Provider:
+    return head_provider(name, kind, make_fn, make_inputs, lambda case, fn, h, w, y: lambda: fn(h, w, y).backward(),
+                         available)
 
 
 def _importable(module: str) -> bool:

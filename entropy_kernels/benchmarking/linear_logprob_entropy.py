@@ -20,7 +20,7 @@ from ..ops.high_entropy_mask import high_entropy_mask
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
 from ..reference.high_entropy import high_entropy_mask_reference
 from .cases import Case, Provider, pick_shapes
-from .linear_cross_entropy import _gemm_floor
+from .linear_cross_entropy import _gemm_floor, head_provider
 
 FULL = [(8192, 4096, 151936)]
 QUICK = {"cpu": [(256, 64, 2048)], "cuda": [(2048, 1024, 32000)]}
@@ -73,23 +73,20 @@ def _inputs(case: Case, grad: bool):
     return h, w, torch.randint(0, v, (n,), device=case.device)
 
 
+def _backward_of_both(case: Case, fn, h, w, y):
+    """Forward and backward with random upstream gradients for both outputs."""
+    g1 = torch.randn(case.shape["N"], device=case.device)
+    g2 = torch.randn(case.shape["N"], device=case.device)
+
+    def run():
+        lp, ent = fn(h, w, y)
+        torch.autograd.backward([lp, ent], [g1, g2])
+
+    return run
+
+
 def _provider(name, kind, make_fn) -> Provider:
-    def setup(case: Case):
-        fn = make_fn()
-        if case.mode == "fwd":
-            h, w, y = _inputs(case, False)
-            return (lambda: fn(h, w, y)), []
-        h, w, y = _inputs(case, True)
-        g1 = torch.randn(case.shape["N"], device=case.device)
-        g2 = torch.randn(case.shape["N"], device=case.device)
-
-        def run():
-            lp, ent = fn(h, w, y)
-            torch.autograd.backward([lp, ent], [g1, g2])
-
-        return run, [h, w]
-
-    return Provider(name, kind, setup)
+    return head_provider(name, kind, make_fn, _inputs, _backward_of_both)
 
 
 def _mask_provider(name, kind, fn) -> Provider:

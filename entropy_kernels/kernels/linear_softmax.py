@@ -245,16 +245,9 @@ def _blocks(n: int, defaults, block_n, block_v, block_d) -> Tuple[int, int, int]
 
 
 def linear_softmax_forward(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    softcap: float,
-    inv_temperature: float,
-    *,
-    block_n: Optional[int] = None,
-    block_v: Optional[int] = None,
-    block_d: Optional[int] = None,
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+    softcap: float, inv_temperature: float, *,
+    block_n: Optional[int] = None, block_v: Optional[int] = None, block_d: Optional[int] = None,
     num_splits: Optional[int] = None,
 ) -> torch.Tensor:
     """``[N, 4]`` stats (lse, entropy, sum_z, z_y) for ``h [N, D]``, ``weight [V, D]``; fp32
@@ -295,23 +288,11 @@ DW_CHUNK_BYTES = 256 * 2**20  # fp32 dW accumulator per backward launch (vocabul
 
 
 def linear_softmax_backward(
-    coeffs: torch.Tensor,
-    thresh: Optional[torch.Tensor],
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    stats: torch.Tensor,
-    softcap: float,
-    inv_temperature: float,
-    accum_fp32: bool,
-    *,
-    block_n: Optional[int] = None,
-    block_v: Optional[int] = None,
-    block_d: Optional[int] = None,
-    vocab_chunk: Optional[int] = None,
-    need_dh: bool = True,
-    need_dw: bool = True,
+    coeffs: torch.Tensor, thresh: Optional[torch.Tensor], h: torch.Tensor, weight: torch.Tensor,
+    bias: Optional[torch.Tensor], targets: torch.Tensor, stats: torch.Tensor,
+    softcap: float, inv_temperature: float, accum_fp32: bool, *,
+    block_n: Optional[int] = None, block_v: Optional[int] = None, block_d: Optional[int] = None,
+    vocab_chunk: Optional[int] = None, need_dh: bool = True, need_dw: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dh, dW, db)`` for logits-gradient coefficients ``coeffs [N, 4]`` (db empty w/o bias).
 

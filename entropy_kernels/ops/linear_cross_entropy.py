@@ -13,6 +13,7 @@ without ``[tokens, vocab]`` logits. Three implementations behind one function:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Tuple, Union
 
 import torch
@@ -25,18 +26,19 @@ from ..reference.cross_entropy import (
     reduce_losses,
     token_losses_from_stats,
 )
-from ..reference.linear_softmax import logits_grad_coefficients, rows_grad_reference, rows_stats_reference
+from ..reference.linear_softmax import logits_grad_coefficients
 from .dtensor_weights import unwrap_lm_head
+from .linear_head_args import (  # check_options is imported from here by the loss module and the transformers patch
+    LinearSoftmaxOptions,
+    check_class_weight,
+    check_options,
+    flatten_head,
+    shift_amount,
+)
 from .linear_softmax import linear_softmax_stats
+from .logits_chunks import accumulate_chunk_grads, chunk_logits, rows_grad, rows_stats, stats_dtype
 from .vocab_parallel import vocab_parallel_stats
 
-if _backend.triton_available():
-    from ..kernels import logits_rows as _rows
-else:  # pragma: no cover
-    _rows = None
-
-IMPLS = ("auto", "fused", "chunked", "reference")
-REDUCTIONS = ("mean", "sum", "none")
 DEFAULT_FILTER_EPS = 2.0**-12  # below bf16 resolution relative to the row's gradient scale
 DEFAULT_CHUNK_BYTES = 512 * 2**20  # logits of one chunk in the chunked impl
 
@@ -55,55 +57,32 @@ def default_chunk_size(n_tokens: int, vocab: int, itemsize: int, budget_bytes: i
 
 @triton_op("entropy_kernels::linear_cross_entropy_chunked", mutates_args=())
 def linear_cross_entropy_chunked(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    token_weight: torch.Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    chunk_size: int,
-    accum_fp32: bool,
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor, token_weight: torch.Tensor,
+    ignore_index: int, label_smoothing: float, z_loss: float, softcap: float, chunk_size: int, accum_fp32: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(Σ_i w_i·loss_i, stats [N, 4], dh, dW, db)``: the loss and its gradients, chunk by chunk.
 
     The gradients are those of the returned scalar; autograd scales them by the upstream
     gradient. ``db`` is empty without bias.
     """
-    n, d = h.shape
     vocab = weight.shape[0]
-    acc = torch.float32 if (accum_fp32 or h.dtype == torch.float32) else h.dtype
-    dh = torch.empty((n, d), dtype=h.dtype, device=h.device)
-    dw = torch.zeros((vocab, d), dtype=acc, device=h.device)
-    db = torch.zeros((vocab if bias is not None else 0,), dtype=torch.float32, device=h.device)
-    stats = torch.empty((n, 4), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32, device=h.device)
+    stats = torch.empty((h.shape[0], 4), dtype=stats_dtype(h.dtype), device=h.device)
     triton_path = _backend.use_triton(h)
-    for start in range(0, n, chunk_size):
-        end = min(start + chunk_size, n)
-        h_c, y_c, w_c = h[start:end], targets[start:end], token_weight[start:end]
-        logits = h_c @ weight.T if bias is None else torch.addmm(bias, h_c, weight.T)
-        stats_c = _rows.rows_stats(logits, y_c, softcap, 1.0) if triton_path else rows_stats_reference(logits, y_c, softcap)
-        grad_stats = cross_entropy_grad_stats(stats_c, w_c, vocab, label_smoothing, z_loss)
+
+    def chunk_grad(rows: slice) -> torch.Tensor:
+        y_c = targets[rows]
+        logits = chunk_logits(h[rows], weight, bias, gemm=True)
+        stats_c = rows_stats(logits, y_c, softcap, 1.0, triton_path)
+        grad_stats = cross_entropy_grad_stats(stats_c, token_weight[rows], vocab, label_smoothing, z_loss)
         coeffs = logits_grad_coefficients(grad_stats, stats_c).contiguous()
-        if triton_path:
-            dz = _rows.rows_grad_(logits, y_c, stats_c, coeffs, softcap, 1.0)  # in place: no 2nd chunk
-        else:
-            dz = rows_grad_reference(logits, y_c, stats_c, coeffs, softcap).to(logits.dtype)
-        stats[start:end] = stats_c
-        dh[start:end] = dz @ weight
-        if acc == dz.dtype:
-            dw.addmm_(dz.T, h_c)
-        else:
-            dw.addmm_(dz.T.to(acc), h_c.to(acc))
-        if bias is not None:
-            db += dz.sum(0, dtype=torch.float32)
-        del logits, dz  # free this chunk before the next GEMM allocates: one chunk alive at a time
+        dz = rows_grad(logits, y_c, stats_c, coeffs, softcap, 1.0, triton_path)  # in place: no 2nd chunk
+        stats[rows] = stats_c
+        return dz
+
+    acc = torch.float32 if (accum_fp32 or h.dtype == torch.float32) else h.dtype
+    dh, dw, db = accumulate_chunk_grads(h, weight, bias, chunk_size, chunk_grad, dw_dtype=acc, db_dtype=torch.float32)
     per_token = token_losses_from_stats(stats, targets, vocab, ignore_index, label_smoothing, z_loss)
-    loss = (per_token * token_weight).sum()
-    db_out = db.to(bias.dtype) if bias is not None else db
-    return loss, stats, dh, dw.to(weight.dtype), db_out
+    return (per_token * token_weight).sum(), stats, dh, dw, db
 
 
 def _chunked_setup_context(ctx, inputs, output):
@@ -133,97 +112,6 @@ linear_cross_entropy_chunked.register_autograd(_chunked_backward, setup_context=
 
 
 # ------------------------------------------------------------------------------ public API ---
-
-def check_options(*, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, shift=False,
-                  return_lse=False, impl="auto", filter_eps="auto", accum_fp32=False, chunk_size=None, process_group=None,
-                  vocab_offset=None) -> None:
-    """The options of :func:`linear_cross_entropy` that are not tensors (also checked by the
-    loss module and the transformers patch when they are given, not at the first forward).
-
-    Example
-    -------
-    >>> check_options(label_smoothing=None)
-    Traceback (most recent call last):
-    ...
-    TypeError: label_smoothing must be a number, got None
-    """
-    _validation.check_int("ignore_index", ignore_index)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if process_group is not None and impl not in ("auto", "fused"):
-        raise ValueError(f"with a process_group (vocabulary-parallel weight) impl must be 'auto' or 'fused', got {impl!r}")
-    _validation.check_real("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
-    _validation.check_real("z_loss", z_loss, 0.0)
-    if softcap is not None:
-        _validation.check_positive_scalar("softcap", softcap)
-    check_filter_eps(filter_eps, allow_auto=True)
-    shift_amount(shift)
-    for name, value in (("return_lse", return_lse), ("accum_fp32", accum_fp32)):
-        _validation.check_bool(name, value)
-    if chunk_size is not None:
-        _validation.check_int("chunk_size", chunk_size, 1)
-    check_vocab_parallel(process_group, vocab_offset)
-
-
-def shift_amount(shift) -> int:
-    """``shift`` as a number of positions: ``False`` → 0, ``True`` → 1, an int ``s >= 0`` → ``s``.
-
-    Example
-    -------
-    >>> shift_amount(True), shift_amount(2)
-    (1, 2)
-    >>> shift_amount(1.5)
-    Traceback (most recent call last):
-    ...
-    TypeError: shift must be a bool or an int >= 0, got 1.5
-    """
-    if isinstance(shift, bool):
-        return int(shift)
-    if not isinstance(shift, int):
-        raise TypeError(f"shift must be a bool or an int >= 0, got {shift!r}")
-    if shift < 0:
-        raise ValueError(f"shift must be a bool or an int >= 0, got {shift}")
-    return shift
-
-
-def check_class_weight(class_weight, weight: torch.Tensor, label_smoothing, process_group) -> None:
-    """``class_weight``: None or a floating ``[V]`` tensor on the weight's device (the semantics of
-    ``F.cross_entropy(weight=...)``); not with label smoothing or a vocabulary-parallel weight."""
-    if class_weight is None:
-        return
-    _validation.check_tensor("class_weight", class_weight)
-    _validation.check_float_dtype("class_weight", class_weight)
-    if tuple(class_weight.shape) != (weight.shape[0],):
-        raise ValueError(f"class_weight must have shape [V] = [{weight.shape[0]}] (one weight per class), "
-                         f"got {tuple(class_weight.shape)}")
-    _validation.check_same_device("class_weight", class_weight, "weight", weight)
-    if float(label_smoothing) > 0:
-        raise ValueError("class_weight with label_smoothing > 0 is not supported (the smoothed term would need a "
-                         "per-class weight in every logit's gradient)")
-    if process_group is not None:
-        raise ValueError("class_weight is not supported with a process_group (vocabulary-parallel weight)")
-
-
-def check_filter_eps(filter_eps, allow_auto: bool) -> None:
-    """``filter_eps``: None, a finite float >= 0 (an infinite one would skip every gradient
-    tile) or, where ``allow_auto``, ``"auto"``."""
-    if filter_eps is None or (allow_auto and isinstance(filter_eps, str) and filter_eps == "auto"):
-        return
-    if isinstance(filter_eps, str):
-        raise ValueError(f"filter_eps must be {'auto, ' if allow_auto else ''}None or a float >= 0, got {filter_eps!r}")
-    _validation.check_real("filter_eps", filter_eps, 0.0)
-
-
-def check_vocab_parallel(process_group, vocab_offset) -> None:
-    """``vocab_offset`` (an int >= 0) only with a ``process_group``: alone it would be ignored."""
-    if vocab_offset is not None:
-        _validation.check_int("vocab_offset", vocab_offset, 0)
-        if process_group is None:
-            raise ValueError("vocab_offset is this rank's first vocabulary id: it needs a process_group")
-    _validation.check_process_group("process_group", process_group)
-
 
 def _validate(hidden, weight, targets, bias, class_weight, options):
     _validation.check_linear_head(hidden, weight, targets, bias)
@@ -269,6 +157,53 @@ def _choose_impl(impl, reduction, return_lse, needs_grad, h) -> str:
     if needs_grad and reduction != "none" and not return_lse:
         return "chunked"
     return "fused"
+
+
+def _fused_filter_eps(filter_eps, dtype: torch.dtype, label_smoothing: float) -> float:
+    """The fused backward's tile-skipping threshold: ``auto`` is 2⁻¹² for 16-bit inputs and off
+    for fp32; always off with label smoothing (its gradient touches every logit)."""
+    if label_smoothing > 0:
+        return 0.0
+    if filter_eps == "auto":
+        return DEFAULT_FILTER_EPS if dtype in (torch.bfloat16, torch.float16) else 0.0
+    return float(filter_eps or 0.0)
+
+
+def _reference_loss(h, w, bias, y, valid, token_weight, options: LinearSoftmaxOptions):
+    """``(loss, lse)`` through full fp32 logits (plain torch autograd)."""
+    reduction = options.reduction if token_weight is None else "none"
+    loss, lse = linear_cross_entropy_reference(h, w, y, bias, options.ignore_index, reduction, options.label_smoothing,
+                                               options.z_loss, options.softcap or None)
+    return (loss if token_weight is None else _reduce(loss, token_weight, options.reduction)), lse
+
+
+def _chunked_loss(h, w, bias, y, valid, token_weight, options: LinearSoftmaxOptions):
+    """``(loss, lse)`` with the gradients computed in the forward, chunk by chunk (lse detached)."""
+    if options.reduction == "none":
+        raise ValueError("impl='chunked' computes gradients of a scalar loss: use reduction 'mean'/'sum' or impl='fused'")
+    if token_weight is None:
+        token_weight = valid.to(stats_dtype(h.dtype))
+    if options.reduction == "mean":
+        token_weight = token_weight / token_weight.sum()
+    size = options.chunk_size or default_chunk_size(h.shape[0], w.shape[0], h.element_size())
+    options = dataclasses.replace(options, chunk_size=size)
+    loss, stats, *_ = linear_cross_entropy_chunked(h, w, bias, y, token_weight, *options.cross_entropy_args())
+    return loss, stats[:, 0]
+
+
+def _fused_loss(h, w, bias, y, valid, token_weight, options: LinearSoftmaxOptions):
+    """``(loss, lse)`` from the differentiable stats op (vocabulary-parallel with a process group)."""
+    if options.process_group is not None:
+        stats, vocab = vocab_parallel_stats(h, w, bias, y, options)
+    else:
+        stats, vocab = linear_softmax_stats(h, w, bias, y, *options.fused_args()), w.shape[0]
+    per_token = token_losses_from_stats(stats, y, vocab, options.ignore_index, options.label_smoothing, options.z_loss)
+    if token_weight is None:
+        return reduce_losses(per_token, valid, options.reduction), stats[:, 0]
+    return _reduce(per_token, token_weight, options.reduction), stats[:, 0]
+
+
+_LOSSES = {"reference": _reference_loss, "chunked": _chunked_loss, "fused": _fused_loss}
 
 
 def linear_cross_entropy(
@@ -369,61 +304,24 @@ def linear_cross_entropy(
         shift=shift, return_lse=return_lse, impl=impl, filter_eps=filter_eps, accum_fp32=accum_fp32, chunk_size=chunk_size,
         process_group=process_group, vocab_offset=vocab_offset,
     ))
-    label_smoothing, z_loss = float(label_smoothing), float(z_loss)
-    cap = float(softcap) if softcap is not None else 0.0
-    lead_shape = hidden.shape[:-1]
     s = shift_amount(shift)
     if s:
         targets = _shift_targets(targets, ignore_index, s)
-    h2 = hidden.reshape(-1, hidden.shape[-1])
-    if h2.stride(-1) != 1:
-        h2 = h2.contiguous()
-    y = targets.reshape(-1).contiguous()
-    w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    vocab = w.shape[0]
+    lead_shape, h2, w, y = flatten_head(hidden, weight, targets)
+    options = LinearSoftmaxOptions(
+        softcap=float(softcap) if softcap is not None else 0.0, ignore_index=ignore_index,
+        label_smoothing=float(label_smoothing), z_loss=float(z_loss), reduction=reduction,
+        filter_eps=_fused_filter_eps(filter_eps, h2.dtype, float(label_smoothing)), accum_fp32=accum_fp32,
+        chunk_size=chunk_size or 0, process_group=process_group, vocab_offset=vocab_offset,
+    )
     valid = y != ignore_index
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
-    chosen = "vocab_parallel" if process_group is not None else _choose_impl(impl, reduction, return_lse, needs_grad, h2)
-
-    acc_dtype = torch.float64 if h2.dtype == torch.float64 else torch.float32
-    token_weight = _token_weights(y, valid, class_weight, acc_dtype) if class_weight is not None else None
-
-    if chosen == "reference":
-        loss, lse = linear_cross_entropy_reference(h2, w, y, bias, ignore_index,
-                                                   reduction if token_weight is None else "none", label_smoothing,
-                                                   z_loss, cap or None)
-        if token_weight is not None:
-            loss = _reduce(loss, token_weight, reduction)
-    elif chosen == "chunked":
-        if reduction == "none":
-            raise ValueError("impl='chunked' computes gradients of a scalar loss: use reduction 'mean'/'sum' or impl='fused'")
-        if token_weight is None:
-            token_weight = valid.to(acc_dtype)
-        if reduction == "mean":
-            token_weight = token_weight / token_weight.sum()
-        size = chunk_size or default_chunk_size(h2.shape[0], vocab, h2.element_size())
-        loss, stats, *_ = linear_cross_entropy_chunked(
-            h2, w, bias, y, token_weight, ignore_index, label_smoothing, z_loss, cap, size, accum_fp32
-        )
-        lse = stats[:, 0]
-    else:
-        if filter_eps == "auto":
-            eps = DEFAULT_FILTER_EPS if h2.dtype in (torch.bfloat16, torch.float16) else 0.0
-        else:
-            eps = float(filter_eps or 0.0)
-        if label_smoothing > 0:
-            eps = 0.0
-        if chosen == "vocab_parallel":
-            stats, vocab = vocab_parallel_stats(h2, w, bias, y, cap, 1.0, eps, accum_fp32, process_group, vocab_offset)
-            if y.device.type == "cpu":
-                _validation.check_class_indices("targets", y, int(vocab), ignore_index)
-        else:
-            stats = linear_softmax_stats(h2, w, bias, y, cap, 1.0, eps, accum_fp32)
-        per_token = token_losses_from_stats(stats, y, vocab, ignore_index, label_smoothing, z_loss)
-        loss = reduce_losses(per_token, valid, reduction) if token_weight is None else _reduce(per_token, token_weight, reduction)
-        lse = stats[:, 0]
+    # a vocabulary-parallel weight: the fused stats op on each shard, combined over the group
+    chosen = "fused" if process_group is not None else _choose_impl(impl, reduction, return_lse, needs_grad, h2)
+    token_weight = _token_weights(y, valid, class_weight, stats_dtype(h2.dtype)) if class_weight is not None else None
+    loss, lse = _LOSSES[chosen](h2, w, bias, y, valid, token_weight, options)
 
     kept = lead_shape[-1] - min(s, lead_shape[-1]) if s else None  # positions that have a target
     if reduction == "none":

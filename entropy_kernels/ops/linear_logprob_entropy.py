@@ -10,18 +10,19 @@ with gradients of both outputs flowing through the stats op's closed-form backwa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Tuple
 
 import torch
 
 from .. import _backend, _validation
 from ..reference.linear_softmax import raw_logits, rows_stats_reference
+from .dtensor_weights import unwrap_lm_head
+from .linear_head_args import LinearSoftmaxOptions, check_filter_eps, check_vocab_parallel, flatten_head
 from .linear_softmax import linear_softmax_stats
-from .linear_cross_entropy import check_filter_eps, check_vocab_parallel
 from .linear_softmax_chunked import chunk_tokens, linear_softmax_stats_chunked
 from .linear_softmax_stored import linear_softmax_stats_stored
 from .vocab_parallel import vocab_parallel_stats
-from .dtensor_weights import unwrap_lm_head
 
 IMPLS = ("auto", "fused", "stored", "chunked", "reference")
 
@@ -131,12 +132,10 @@ def logprob_entropy(hidden, weight, labels, *, bias=None, temperature=1.0, ignor
     if process_group is None:
         _validation.check_class_indices(labels_name, labels, weight.shape[0], ignore_index)
 
-    lead_shape = hidden.shape[:-1]
-    h = hidden.reshape(-1, hidden.shape[-1])
-    h = h if h.stride(-1) == 1 else h.contiguous()
-    w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    y = labels.reshape(-1).contiguous()
+    lead_shape, h, w, y = flatten_head(hidden, weight, labels)
     vocab = w.shape[0]
+    options = LinearSoftmaxOptions(inv_temperature=inv_t, ignore_index=ignore_index, filter_eps=float(filter_eps or 0.0),
+                                   accum_fp32=accum_fp32, process_group=process_group, vocab_offset=vocab_offset)
     if process_group is not None:
         impl = "vocab_parallel"
     if impl == "auto":
@@ -155,16 +154,14 @@ def logprob_entropy(hidden, weight, labels, *, bias=None, temperature=1.0, ignor
         else:
             impl = "fused"
     if impl == "vocab_parallel":
-        stats, vocab = vocab_parallel_stats(h, w, bias, y, 0.0, inv_t, float(filter_eps or 0.0), accum_fp32, process_group, vocab_offset)
-        if y.device.type == "cpu":
-            _validation.check_class_indices("labels", y, int(vocab), ignore_index)
+        stats, vocab = vocab_parallel_stats(h, w, bias, y, options, "labels")
     elif impl == "fused":
-        stats = linear_softmax_stats(h, w, bias, y, 0.0, inv_t, float(filter_eps or 0.0), accum_fp32)
+        stats = linear_softmax_stats(h, w, bias, y, *options.fused_args())
     elif impl == "stored":
-        stats, _ = linear_softmax_stats_stored(h, w, bias, y, 0.0, inv_t)
+        stats, _ = linear_softmax_stats_stored(h, w, bias, y, *options.stored_args())
     elif impl == "chunked":
-        stats = linear_softmax_stats_chunked(h, w, bias, y, 0.0, inv_t, chunk_tokens(h.shape[0], vocab, h.element_size()),
-                                             accum_fp32)
+        options = dataclasses.replace(options, chunk_size=chunk_tokens(h.shape[0], vocab, h.element_size()))
+        stats = linear_softmax_stats_chunked(h, w, bias, y, *options.chunked_args())
     else:
         stats = _reference_stats(h, w, bias, y, inv_t)
 

@@ -18,6 +18,7 @@ from ..reference.linear_softmax import (
     linear_softmax_stats_reference,
     logits_grad_coefficients,
 )
+from .logits_chunks import stats_dtype
 
 if _backend.triton_available():
     from ..kernels import linear_softmax as _kernels
@@ -25,20 +26,10 @@ else:  # pragma: no cover
     _kernels = None
 
 
-def _stats_dtype(h: torch.Tensor) -> torch.dtype:
-    return torch.float64 if h.dtype == torch.float64 else torch.float32
-
-
 @triton_op("entropy_kernels::linear_softmax_stats", mutates_args=())
 def linear_softmax_stats(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    softcap: float,
-    inv_temperature: float,
-    filter_eps: float,
-    accum_fp32: bool,
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+    softcap: float, inv_temperature: float, filter_eps: float, accum_fp32: bool,
 ) -> torch.Tensor:
     """``[N, 4]`` (lse, entropy, sum_z, z_y) of ``softmax(cap(h Wᵀ + b)·inv_T)``: fp32, fp64 for fp64 ``h``.
 
@@ -47,23 +38,14 @@ def linear_softmax_stats(
     """
     if _backend.use_triton(h):
         return _kernels.linear_softmax_forward(h, weight, bias, targets, softcap, inv_temperature)
-    return linear_softmax_stats_reference(h, weight, bias, targets, softcap, inv_temperature).to(_stats_dtype(h))
+    return linear_softmax_stats_reference(h, weight, bias, targets, softcap, inv_temperature).to(stats_dtype(h.dtype))
 
 
 @triton_op("entropy_kernels::linear_softmax_backward", mutates_args=())
 def linear_softmax_backward(
-    grad_stats: torch.Tensor,
-    stats: torch.Tensor,
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    softcap: float,
-    inv_temperature: float,
-    filter_eps: float,
-    accum_fp32: bool,
-    need_dh: bool = True,
-    need_dw: bool = True,
+    grad_stats: torch.Tensor, stats: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+    targets: torch.Tensor, softcap: float, inv_temperature: float, filter_eps: float, accum_fp32: bool,
+    need_dh: bool = True, need_dw: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dh, dW, db)`` of ``Σ grad_stats · stats``; ``db`` is empty when there is no bias, and
     ``dh``/``dW`` are empty (not computed) when ``need_dh``/``need_dw`` is False."""
@@ -86,22 +68,34 @@ def linear_softmax_backward(
     )
 
 
-def _setup_context(ctx, inputs, output):
-    h, weight, bias, targets, softcap, inv_temperature, filter_eps, accum_fp32 = inputs
-    ctx.save_for_backward(h, weight, bias, targets, output)
-    ctx.options = (softcap, inv_temperature, filter_eps, accum_fp32)
+def register_stats_autograd(stats_op, backward_op) -> None:
+    """Connect a statistics op ``stats_op(h, weight, bias, targets, *options) -> stats`` to
+    its backward op ``backward_op(grad_stats, stats, h, weight, bias, targets, *options,
+    need_dh, need_dw) -> (dh, dW, db)``: the options travel unchanged from one to the other,
+    and ``dh`` / ``dW`` are computed only where autograd asks for them (a frozen LM head).
+
+    Example
+    -------
+    >>> register_stats_autograd(linear_softmax_stats, linear_softmax_backward)  # doctest: +SKIP
+    """
+
+    def setup_context(ctx, inputs, output):
+        h, weight, bias, targets, *options = inputs
+        ctx.save_for_backward(h, weight, bias, targets, output)
+        ctx.options = tuple(options)
+
+    def backward(ctx, grad_stats):
+        h, weight, bias, targets, stats = ctx.saved_tensors
+        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dh, dw, db = backward_op(grad_stats, stats, h, weight, bias, targets, *ctx.options, need_dh, need_dw)
+        return (
+            dh if need_dh else None,
+            dw if need_dw else None,
+            db if bias is not None and ctx.needs_input_grad[2] else None,
+            *(None for _ in range(1 + len(ctx.options))),  # targets and the options
+        )
+
+    stats_op.register_autograd(backward, setup_context=setup_context)
 
 
-def _backward(ctx, grad_stats):
-    h, weight, bias, targets, stats = ctx.saved_tensors
-    need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    dh, dw, db = linear_softmax_backward(grad_stats, stats, h, weight, bias, targets, *ctx.options, need_dh, need_dw)
-    return (
-        dh if need_dh else None,
-        dw if need_dw else None,
-        db if bias is not None and ctx.needs_input_grad[2] else None,
-        None, None, None, None, None,
-    )
-
-
-linear_softmax_stats.register_autograd(_backward, setup_context=_setup_context)
+register_stats_autograd(linear_softmax_stats, linear_softmax_backward)

@@ -16,76 +16,45 @@ import torch
 from torch.library import triton_op
 
 from .. import _backend
-from ..reference.linear_softmax import (
-    logits_grad_coefficients,
-    raw_logits,
-    rows_grad_reference,
-    rows_stats_reference,
-)
-
-if _backend.triton_available():
-    from ..kernels import logits_rows as _rows
-else:  # pragma: no cover
-    _rows = None
+from ..reference.linear_softmax import logits_grad_coefficients
+from .linear_softmax_chunked import chunk_tokens
+from .logits_chunks import accumulate_chunk_grads, chunk_logits, rows_grad, rows_stats, stats_dtype
 
 BACKWARD_CHUNK_BYTES = 256 * 2**20
 
 
 @triton_op("entropy_kernels::linear_softmax_stats_stored", mutates_args=())
 def linear_softmax_stats_stored(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    softcap: float,
-    inv_temperature: float,
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+    softcap: float, inv_temperature: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(stats [N, 4], logits [N, V])``; the logits (input dtype) are kept for the backward."""
-    if _backend.use_triton(h):
-        logits = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
-        return _rows.rows_stats(logits, targets, softcap, inv_temperature), logits
-    logits = raw_logits(h, weight, bias).to(h.dtype)  # kept in the input dtype, as on the GPU
-    stats = rows_stats_reference(logits, targets, softcap, inv_temperature)
-    return stats.to(torch.float64 if h.dtype == torch.float64 else torch.float32), logits
+    triton_path = _backend.use_triton(h)
+    logits = chunk_logits(h, weight, bias, gemm=triton_path)  # kept in the input dtype, as on the GPU
+    return rows_stats(logits, targets, softcap, inv_temperature, triton_path), logits
 
 
 @triton_op("entropy_kernels::linear_softmax_stored_backward", mutates_args=())
 def linear_softmax_stored_backward(
-    grad_stats: torch.Tensor,
-    stats: torch.Tensor,
-    logits: torch.Tensor,
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    softcap: float,
-    inv_temperature: float,
+    grad_stats: torch.Tensor, stats: torch.Tensor, logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
+    bias: Optional[torch.Tensor], targets: torch.Tensor, softcap: float, inv_temperature: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dh, dW, db)`` from stored logits; ``db`` is empty without bias."""
-    n, d = h.shape
-    vocab = weight.shape[0]
     coeffs = logits_grad_coefficients(grad_stats.to(stats.dtype), stats).contiguous()
-    dh = torch.empty_like(h)
+    triton_path = _backend.use_triton(h)
+
+    def chunk_grad(rows: slice) -> torch.Tensor:
+        # into a chunk buffer: the stored logits stay intact, so a second backward stays valid
+        out = None
+        if triton_path:
+            out = torch.empty((rows.stop - rows.start, logits.shape[1]), dtype=logits.dtype, device=h.device)
+        return rows_grad(logits[rows], targets[rows], stats[rows], coeffs[rows], softcap, inv_temperature, triton_path,
+                         out=out)
+
+    chunk = chunk_tokens(h.shape[0], weight.shape[0], logits.element_size(), BACKWARD_CHUNK_BYTES)
     # dW accumulates in the weight dtype across a handful of chunks (each GEMM accumulates in
     # fp32 internally); an fp32 [V, D] buffer would cost as much memory as the logits saved.
-    dw = torch.zeros((vocab, d), dtype=h.dtype, device=h.device)
-    db = torch.zeros((vocab if bias is not None else 0,), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32, device=h.device)
-    triton_path = _backend.use_triton(h)
-    chunk = max(1, min(n, BACKWARD_CHUNK_BYTES // max(1, vocab * logits.element_size())))
-    for start in range(0, n, chunk):
-        end = min(start + chunk, n)
-        sl = slice(start, end)
-        if triton_path:
-            dz = torch.empty((end - start, vocab), dtype=logits.dtype, device=h.device)
-            _rows.rows_grad_(logits[sl], targets[sl], stats[sl], coeffs[sl], softcap, inv_temperature, out=dz)
-        else:
-            dz = rows_grad_reference(logits[sl], targets[sl], stats[sl], coeffs[sl], softcap, inv_temperature).to(logits.dtype)
-        dh[sl] = dz @ weight
-        dw.addmm_(dz.T, h[sl])
-        if bias is not None:
-            db += dz.sum(0, dtype=db.dtype)
-        del dz  # free this chunk before the next one is allocated: one chunk alive at a time
-    return dh, dw, db.to(bias.dtype) if bias is not None else db
+    return accumulate_chunk_grads(h, weight, bias, chunk, chunk_grad, dw_dtype=h.dtype, db_dtype=stats_dtype(h.dtype))
 
 
 def _setup_context(ctx, inputs, output):

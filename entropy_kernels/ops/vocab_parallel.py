@@ -25,6 +25,8 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from .. import _validation
+from .linear_head_args import LinearSoftmaxOptions
 from .linear_softmax import linear_softmax_stats
 
 
@@ -74,30 +76,25 @@ def shard_layout(local_vocab: int, device: torch.device, group) -> Tuple[torch.T
 
 
 def vocab_parallel_stats(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    softcap: float,
-    inv_temperature: float,
-    filter_eps: float,
-    accum_fp32: bool,
-    group,
-    vocab_offset: Optional[int] = None,
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+    options: LinearSoftmaxOptions, targets_name: str = "targets",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Global ``[N, 4]`` stats (lse, entropy, Σz, z_y) over the sharded vocabulary, and the
-    total vocabulary size (a 0-dim int64 tensor). Differentiable (see the module docstring).
+    """Global ``[N, 4]`` stats (lse, entropy, Σz, z_y) over the vocabulary sharded across
+    ``options.process_group``, and the total vocabulary size (a 0-dim int64 tensor).
+    Differentiable (see the module docstring). On the CPU the targets are checked against the
+    total vocabulary (``targets_name`` in the error), which only the collective knows.
 
     Example
     -------
-    >>> stats, vocab = vocab_parallel_stats(h, w_shard, None, y, 0.0, 1.0, 0.0, False, group)  # doctest: +SKIP
+    >>> opts = LinearSoftmaxOptions(process_group=group)  # doctest: +SKIP
+    >>> stats, vocab = vocab_parallel_stats(h, w_shard, None, y, opts)  # doctest: +SKIP
     """
+    group = options.process_group
     offset, total = shard_layout(weight.shape[0], h.device, group)
-    if vocab_offset is not None:
-        offset = torch.tensor(vocab_offset, dtype=torch.int64, device=h.device)
+    if options.vocab_offset is not None:
+        offset = torch.tensor(options.vocab_offset, dtype=torch.int64, device=h.device)
     local_targets = targets - offset  # ids outside [0, V_r) match no column of this shard
-    local = linear_softmax_stats(_CopyToGroup.apply(h, group), weight, bias, local_targets, softcap,
-                                 inv_temperature, filter_eps, accum_fp32)
+    local = linear_softmax_stats(_CopyToGroup.apply(h, group), weight, bias, local_targets, *options.fused_args())
     lse_r, h_r, sum_z_r, z_y_r = local.unbind(-1)
     m = lse_r.detach().clone()
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
@@ -105,4 +102,6 @@ def vocab_parallel_stats(
     sums = _AllReduceSumSameLoss.apply(torch.stack([w, w * (lse_r - h_r), sum_z_r, z_y_r], dim=-1), group)
     lse = m + torch.log(sums[:, 0])
     entropy = lse - sums[:, 1] / sums[:, 0]
+    if targets.device.type == "cpu":
+        _validation.check_class_indices(targets_name, targets, int(total), options.ignore_index)
     return torch.stack([lse, entropy, sums[:, 2], sums[:, 3]], dim=-1), total

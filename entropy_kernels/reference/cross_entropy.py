@@ -51,14 +51,8 @@ def reduce_losses(per_token: torch.Tensor, valid: torch.Tensor, reduction: str) 
 
 
 def linear_cross_entropy_reference(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: Optional[torch.Tensor] = None,
+    ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
     softcap: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(loss, lse)`` through full fp32 logits (``[N, V]``): readable, differentiable, memory-hungry.
