@@ -36,19 +36,14 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
-BLOCK_NAMES = ("BLOCK_N", "BLOCK_V", "BLOCK_D")
+from .aot_spec import BLOCK_NAMES, DEFAULT_INT, Config, launch_args  # noqa: F401  (re-exported)
+from .linear_softmax import FWD_SWEEP as LSM_FWD_SWEEP  # noqa: F401  (the probe's sweep)
+
 STATIC_STEM = "triton_kernels"
 WRITE_COMMAND = "python -m entropy_kernels.kernels.aot_check --write benchmarks/static/"
-
-# Typical launch values of integer arguments (what the JIT specialises on): the ops' anchor
-# shapes -- V = 151936 / 256000 / 128256, D = 2304 / 4096, 64-8192 rows, 65,536-1M tokens -- are
-# all multiples of 16, so an integer defaults to a multiple of 16; configurations override the
-# ones that are not (e.g. 5 vocabulary splits, top_n = 100) or are 1 (a constant at launch).
-DEFAULT_INT = 4096
 
 _POINTER_DTYPES = {
     "*bf16": "bfloat16", "*fp16": "float16", "*fp32": "float32", "*fp64": "float64", "*i64": "int64",
@@ -56,142 +51,21 @@ _POINTER_DTYPES = {
 }
 
 
-@dataclass
-class Config:
-    """One launch configuration: the kernel, its runtime arguments (``"*bf16"``-style strings
-    for pointers, typical values for scalars), its constexprs and launch options.
-
-    Example
-    -------
-    >>> cfg = find_config("entropy_combine")
-    >>> cfg.num_warps, cfg.args["n_splits"], cfg.constexprs
-    (1, 9, {'BLOCK_S': 16})
-    """
-
-    name: str
-    kernel: object
-    args: Dict[str, object]
-    constexprs: Dict[str, object]
-    num_warps: int = 8
-    num_stages: Optional[int] = None  # None: Triton's default
-    options: Dict[str, object] = field(default_factory=dict)  # e.g. launch_cooperative_grid
-
-
-def _sig(signature: Dict[str, str], **values) -> Dict[str, object]:
-    """Runtime arguments from a type signature: pointers stay type strings, integers get
-    ``values[name]`` or :data:`DEFAULT_INT`, floats 1.0."""
-    out: Dict[str, object] = {}
-    for name, ty in signature.items():
-        if ty.startswith("*"):
-            out[name] = ty
-        elif ty.startswith("fp"):
-            out[name] = float(values.get(name, 1.0))
-        else:
-            out[name] = int(values.get(name, DEFAULT_INT))
-    unknown = set(values) - set(signature)
-    if unknown:
-        raise KeyError(f"values for unknown arguments {sorted(unknown)}")
-    return out
-
-
-# Forward tiles (BLOCK_N, BLOCK_V, BLOCK_D, num_stages) the GPU probe sweeps
-# (scripts/perf_probe.py, step lsm); the first is the launcher's default.
-LSM_FWD_SWEEP = (  # the first is the launcher's 16-bit default (linear_softmax.FWD_BLOCKS, FWD_STAGES)
-    (128, 256, 64, 3), (128, 128, 32, 3), (128, 128, 64, 3), (128, 128, 64, 4), (128, 256, 64, 4),
-    (256, 128, 32, 3), (256, 128, 64, 3), (256, 128, 64, 4),
-)
-
-
 def _configs() -> Iterator[Config]:
-    """The launch configurations the ops use (and the probe's forward-tile sweep)."""
-    from . import cov_select as C
-    from . import entropy as E
-    from . import linear_softmax as L
-    from . import logits_rows as R
-    from . import top_h as T
+    """Every launch configuration: the ``aot_configs()`` of each module of this package (the
+    ops' launches, and the probe's forward-tile sweep), found by importing the modules."""
+    import importlib
+    import pkgutil
 
-    v = 151936
-    for dt in ("bf16", "fp32"):
-        block = 4096 if dt == "bf16" else 2048
-        blocks = -(-v // block)
-        for split in (False, True):
-            # [B, V] contiguous: one inner dimension of B rows (stride V); B = 64 splits each
-            # row over 9 programs, B = 1024 does not split
-            splits = 9 if split else 1
-            rows = 64 if split else 1024
-            for row_temp in (False, True):
-                yield Config(f"entropy_fwd[{dt},split={split},row_temp={row_temp}]", E._entropy_fwd_kernel, _sig({
-                    "x_ptr": f"*{dt}", "row_temp_ptr": "*fp32", "inv_temp": "fp32", "entropy_ptr": "*fp32",
-                    "lse_ptr": "*fp32", "stats_ptr": "*fp32", "part_ptr": "*fp32", "n_cols": "i32", "n_inner": "i32",
-                    "stride_outer": "i64", "stride_inner": "i64", "cols_per_split": "i32", "n_splits": "i32",
-                }, n_cols=v, n_inner=rows, stride_outer=0, stride_inner=v, n_splits=splits,
-                    cols_per_split=-(-blocks // splits) * block),
-                    {"HAS_ROW_TEMP": row_temp, "SPLIT": split, "ACC64": False, "BLOCK": block})
-        yield Config(f"entropy_bwd[{dt}]", E._entropy_bwd_kernel, _sig({
-            "x_ptr": f"*{dt}", "row_temp_ptr": "*fp32", "inv_temp": "fp32", "entropy_ptr": "*fp32", "stats_ptr": "*fp32",
-            "grad_entropy_ptr": "*fp32", "grad_lse_ptr": "*fp32", "grad_x_ptr": f"*{dt}", "n_cols": "i32", "n_inner": "i32",
-            "stride_outer": "i64", "stride_inner": "i64", "cols_per_split": "i32",
-        }, n_cols=v, n_inner=1024, stride_outer=0, stride_inner=v, cols_per_split=blocks * block),
-            {"HAS_ROW_TEMP": False, "ACC64": False, "BLOCK": block})
-    yield Config("entropy_fwd[fp64]", E._entropy_fwd_kernel, _sig({
-        "x_ptr": "*fp64", "row_temp_ptr": "*fp32", "inv_temp": "fp32", "entropy_ptr": "*fp64", "lse_ptr": "*fp64",
-        "stats_ptr": "*fp64", "part_ptr": "*fp64", "n_cols": "i32", "n_inner": "i32", "stride_outer": "i64",
-        "stride_inner": "i64", "cols_per_split": "i32", "n_splits": "i32",
-    }, n_splits=1, stride_outer=0), {"HAS_ROW_TEMP": False, "SPLIT": False, "ACC64": True, "BLOCK": 2048})
-    yield Config("entropy_combine", E._entropy_combine_kernel, _sig({
-        "part_ptr": "*fp32", "entropy_ptr": "*fp32", "lse_ptr": "*fp32", "stats_ptr": "*fp32", "n_splits": "i32",
-    }, n_splits=9), {"BLOCK_S": 16}, num_warps=1)
+    from .. import kernels
 
-    # linear softmax at the Gemma-2-2B shape: N = 8192, D = 2304, V = 256000 (5 splits by default)
-    shape = dict(N=8192, V=256000, D=2304, stride_h=2304, stride_w=2304)
-    for dt in ("bf16", "fp32"):
-        prec = "ieee" if dt == "fp32" else "tf32"
-        common = {"h_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": "*i64"}
-        fwd_sig = {**common, "part_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32",
-                   "stride_w": "i32", "cols_per_split": "i32", "n_splits": "i32", "softcap": "fp32", "inv_temp": "fp32"}
-        for bias, cap in ((False, False), (True, True)):
-            yield Config(f"lsm_fwd[{dt},bias={bias},softcap={cap}]", L._lsm_fwd_kernel,
-                         _sig(fwd_sig, **shape, cols_per_split=400 * 128, n_splits=5),
-                         {"HAS_BIAS": bias, "SOFTCAP": cap, "PRECISION": prec,
-                          **dict(zip(BLOCK_NAMES, L.FWD_BLOCKS_FP32 if dt == "fp32" else L.FWD_BLOCKS))},
-                         num_stages=L.FWD_STAGES)
-        if dt == "bf16":
-            for bn, bv, bd, stages in LSM_FWD_SWEEP[1:]:
-                yield Config(f"lsm_fwd[bf16,{bn}x{bv}x{bd},s{stages}]", L._lsm_fwd_kernel,
-                             _sig(fwd_sig, **shape, cols_per_split=64 * 128, n_splits=33),
-                             {"HAS_BIAS": False, "SOFTCAP": False, "PRECISION": prec, "BLOCK_N": bn, "BLOCK_V": bv,
-                              "BLOCK_D": bd}, num_stages=stages)
-        for filt in (False, True):
-            yield Config(f"lsm_bwd[{dt},filter={filt}]", L._lsm_bwd_kernel, _sig({
-                **common, "stats_ptr": "*fp32", "coef_ptr": "*fp32", "thresh_ptr": "*fp32", "dh_ptr": "*fp32",
-                "dw_ptr": "*fp32", "db_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32",
-                "stride_w": "i32", "softcap": "fp32", "inv_temp": "fp32", "n_tiles_v": "i32",
-            }, **shape, n_tiles_v=2000), {"HAS_BIAS": True, "SOFTCAP": True, "FILTER": filt, "PRECISION": prec, "GROUP_N": 8,
-                                          "NEED_DH": True, "NEED_DW": not filt, **dict(zip(BLOCK_NAMES, L.BWD_BLOCKS))})
-        block = 4096 if dt == "bf16" else 2048
-        yield Config(f"rows_stats[{dt}]", R._rows_stats_kernel, _sig({
-            "x_ptr": f"*{dt}", "stride_row": "i32", "y_ptr": "*i64", "stats_ptr": "*fp32", "V": "i32",
-            "softcap": "fp32", "inv_temp": "fp32",
-        }, stride_row=v, V=v), {"SOFTCAP": True, "BLOCK": block})
-        yield Config(f"rows_grad[{dt}]", R._rows_grad_kernel, _sig({
-            "x_ptr": f"*{dt}", "stride_row": "i32", "out_ptr": f"*{dt}", "out_stride_row": "i32", "y_ptr": "*i64",
-            "stats_ptr": "*fp32", "coef_ptr": "*fp32", "V": "i32", "softcap": "fp32", "inv_temp": "fp32",
-        }, stride_row=v, out_stride_row=v, V=v), {"SOFTCAP": True, "BLOCK": block})
-        for exact, cand, n_select in ((False, 128, 100), (True, 1024, 1024)):
-            # V = 151936 always takes the prefilter (kernels.top_h.prefilter_groups)
-            group, nsub = T.prefilter_groups(v, n_select, block)
-            cap = T.CAND_CAPACITY
-            yield Config(f"top_h[{dt},exact={exact}]", T._top_h_kernel, _sig({
-                "x_ptr": f"*{dt}", "stride_row": "i32", "n_cols": "i32", "alpha_ptr": "*fp32", "inv_temp": "fp32",
-                "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64", "stats_ptr": "*fp32",
-                "scratch_ptr": "*i64", "maxima_ptr": "*i64", "cand_ptr": "*i64", "n_select": "i32",
-            }, stride_row=v, n_cols=v, n_select=n_select),
-                {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "STATS": True, "CAND": cand, "BLOCK": block,
-                 "PREFILTER": True, "GROUP": group, "NSUB": nsub, "CAP": cap, "BLOCK_C": min(1024, cap)})
-    yield from _cov_configs(C)
-    yield Config("lsm_combine", L._lsm_combine_kernel, _sig(
-        {"part_ptr": "*fp32", "stats_ptr": "*fp32", "N": "i32", "n_splits": "i32"}, N=8192, n_splits=5),
-        {"BLOCK_R": 64, "BLOCK_S": 32}, num_warps=4)
+    for module in pkgutil.iter_modules(kernels.__path__):
+        mod = importlib.import_module(f"{kernels.__name__}.{module.name}")
+        if callable(getattr(mod, "aot_configs", None)):
+            yield from mod.aot_configs()
+    from . import cov_select
+
+    yield from _cov_configs(cov_select)
 
 
 def _cov_configs(C) -> Iterator[Config]:
@@ -200,12 +74,12 @@ def _cov_configs(C) -> Iterator[Config]:
     tokens = dict(N=65536, chunk=1024)
     data = {"lp_ptr": "*fp32", "adv_ptr": "*fp32", "mask_ptr": "*i1"}
     yield Config("cov_stats", C._stats_kernel,
-                 _sig({**data, "part_ptr": "*fp64", "ctrl_ptr": "*i32", "N": "i32", "chunk": "i32"}, **tokens),
+                 launch_args({**data, "part_ptr": "*fp64", "ctrl_ptr": "*i32", "N": "i32", "chunk": "i32"}, **tokens),
                  {"ZERO_CTRL": True, "BLOCK": 1024}, num_warps=4)
     for dt, mask_t in (("fp32", "*i1"), ("bf16", "*fp32"), ("fp64", "*i64")):
         for clip in (False, True):
             for hist in (False, True):
-                yield Config(f"cov_keys[{dt},clip={clip},hist={hist}]", C._keys_kernel, _sig({
+                yield Config(f"cov_keys[{dt},clip={clip},hist={hist}]", C._keys_kernel, launch_args({
                     "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": mask_t, "old_ptr": f"*{dt}", "part_ptr": "*fp64",
                     "n_parts": "i32", "stats_ptr": "*fp64", "key_ptr": "*i32" if hist else "*i64", "ctrl_ptr": "*i32",
                     "seed_ptr": "*i64", "offset_ptr": "*i64", "N": "i32", "chunk": "i32", "clip_low": "fp32",
@@ -214,7 +88,7 @@ def _cov_configs(C) -> Iterator[Config]:
                     {"MODE": int(clip), "HIST": hist, "KEY64": not hist, "ACC64": dt == "fp64",
                      "HAS_OFFSET": clip and hist, "P_BLOCK": 64 if hist else 16, "BLOCK": 1024}, num_warps=4)
     for dt in ("fp32", "bf16"):  # high_entropy_mask: keys are the values, no statistics
-        yield Config(f"cov_keys[{dt},top_values]", C._keys_kernel, _sig({
+        yield Config(f"cov_keys[{dt},top_values]", C._keys_kernel, launch_args({
             "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "old_ptr": f"*{dt}", "part_ptr": "*i32",
             "n_parts": "i32", "stats_ptr": "*i32", "key_ptr": "*i32", "ctrl_ptr": "*i32", "seed_ptr": "*i32",
             "offset_ptr": "*i32", "N": "i32", "chunk": "i32", "clip_low": "fp32", "clip_high": "fp32", "lb": "fp32",
@@ -226,19 +100,19 @@ def _cov_configs(C) -> Iterator[Config]:
     den = {"den_hi": "fp32", "den_lo": "fp32", "den_mult": "fp32"}
     for mode in (0, 1, 2):  # KL-Cov, Clip-Cov, top values
         common = {"key_ptr": "*i32", "stats_ptr": "*fp64" if mode < 2 else "*i32", "ctrl_ptr": "*i32"}
-        yield Config(f"cov_hist2[mode={mode}]", C._hist2_kernel, _sig({**common, "N": "i32", "chunk": "i32", **ratio}, **tokens),
+        yield Config(f"cov_hist2[mode={mode}]", C._hist2_kernel, launch_args({**common, "N": "i32", "chunk": "i32", **ratio}, **tokens),
                      {"MODE": mode, "BLOCK": 1024}, num_warps=4)
         yield Config(f"cov_hist3[mode={mode}]", C._hist3_kernel,
-                     _sig({**common, "rows_ptr": "*i32", "N": "i32", "chunk": "i32", **ratio}, **tokens),
+                     launch_args({**common, "rows_ptr": "*i32", "N": "i32", "chunk": "i32", **ratio}, **tokens),
                      {"MODE": mode, "BLOCK": 1024}, num_warps=4)
-        yield Config(f"cov_write[mode={mode}]", C._write_kernel, _sig({
+        yield Config(f"cov_write[mode={mode}]", C._write_kernel, launch_args({
             **common, "rows_ptr": "*i32", "sel_ptr": "*i1", "N": "i32", "chunk": "i32", **ratio,
         }, **tokens), {"MODE": mode, "P_BLOCK": 64, "BLOCK": 1024}, num_warps=4)
     loss_shape = dict(**tokens, T=1024, B=64)
     for dt in ("fp32", "bf16", "fp64"):
         for clip in (False, True):
             for agg in (0, 1, 2):
-                yield Config(f"cov_loss[{dt},clip={clip},agg={agg},iw={agg == 1},den={agg == 2}]", C._loss_kernel, _sig({
+                yield Config(f"cov_loss[{dt},clip={clip},agg={agg},iw={agg == 1},den={agg == 2}]", C._loss_kernel, launch_args({
                     "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "sel_ptr": "*i1",
                     "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "iw_ptr": "*fp32", "den_ptr": "*fp64",
                     "coef_ptr": "*fp64" if dt == "fp64" else "*fp32", "part_ptr": "*fp64", "N": "i32", "T": "i32",
@@ -248,7 +122,7 @@ def _cov_configs(C) -> Iterator[Config]:
         fused_opts = {"launch_cooperative_grid": True}
         for clip in (False, True):
             for agg in (0, 2):
-                yield Config(f"cov_fused[{dt},clip={clip},agg={agg},iw={agg == 2},den={agg == 2}]", C._fused_kernel, _sig({
+                yield Config(f"cov_fused[{dt},clip={clip},agg={agg},iw={agg == 2},den={agg == 2}]", C._fused_kernel, launch_args({
                     "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "seed_ptr": "*i64",
                     "offset_ptr": "*i64", "rowcnt_ptr": "*fp32", "iw_ptr": "*fp32", "den_ptr": "*fp64", "part_ptr": "*fp64",
                     "stats_ptr": "*fp64",
@@ -260,7 +134,7 @@ def _cov_configs(C) -> Iterator[Config]:
                                    "ACC64": dt == "fp64", "HAS_OFFSET": False, "P_BLOCK": 256, "BLOCK": 1024},
                     options=fused_opts)
         for clip in (False, True):  # selection only (clip_cov_select / kl_cov_select)
-            yield Config(f"cov_fused[{dt},clip={clip},select]", C._fused_kernel, _sig({
+            yield Config(f"cov_fused[{dt},clip={clip},select]", C._fused_kernel, launch_args({
                 "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "seed_ptr": "*i64",
                 "offset_ptr": "*i64", **{name: "*fp64" for name in ("rowcnt_ptr", "iw_ptr", "den_ptr", "part_ptr", "stats_ptr")},
                 "ctrl_ptr": "*i32", "key_ptr": "*i32", "rows_ptr": "*i32", "sel_ptr": "*i1",
@@ -271,7 +145,7 @@ def _cov_configs(C) -> Iterator[Config]:
                                "ACC64": dt == "fp64", "HAS_OFFSET": True, "P_BLOCK": 256, "BLOCK": 1024},
                 options=fused_opts)
         if dt != "fp64":
-            yield Config(f"cov_fused[{dt},top_values]", C._fused_kernel, _sig({
+            yield Config(f"cov_fused[{dt},top_values]", C._fused_kernel, launch_args({
                 "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1",
                 **{name: "*i32" for name in ("seed_ptr", "offset_ptr", "rowcnt_ptr", "iw_ptr", "den_ptr", "part_ptr",
                                              "stats_ptr", "ctrl_ptr", "key_ptr", "rows_ptr")},
@@ -281,7 +155,7 @@ def _cov_configs(C) -> Iterator[Config]:
             }, N=1 << 20, T=1, B=1, chunk=8192),  # high_entropy_mask passes T = B = 1
                 {"MODE": 2, "LOSS": False, "AGG": 0, "HAS_IW": False, "DEN_PTR": False, "ACC64": False,
                  "HAS_OFFSET": False, "P_BLOCK": 256, "BLOCK": 1024}, options=fused_opts)
-        yield Config(f"cov_loss_combine[{dt}]", C._loss_combine_kernel, _sig({
+        yield Config(f"cov_loss_combine[{dt}]", C._loss_combine_kernel, launch_args({
             "part_ptr": "*fp64", "n_parts": "i32", "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "den_ptr": "*fp64",
             "loss_ptr": "*fp64" if dt == "fp64" else "*fp32", "metrics_ptr": "*fp32", "B": "i32", **den,
         }, n_parts=64, B=64), {"CLIP": True, "AGG": 1, "DEN_PTR": True, "P_BLOCK": 64}, num_warps=4)

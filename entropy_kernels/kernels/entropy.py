@@ -254,3 +254,47 @@ def entropy_backward(
         HAS_ROW_TEMP=has_row_temp, ACC64=logits.dtype == torch.float64, BLOCK=block, num_warps=num_warps,
     )
     return grad_x
+
+def aot_configs():
+    """Launch configurations compiled ahead of time by :mod:`.aot_check` (V = 151936: B = 64
+    rows split over 9 programs each, B = 1024 unsplit).
+
+    Example
+    -------
+    >>> sorted({c.name.split("[")[0] for c in aot_configs()})
+    ['entropy_bwd', 'entropy_combine', 'entropy_fwd']
+    """
+    from .aot_spec import Config, launch_args
+
+    v = 151936
+    for dt in ("bf16", "fp32"):
+        block = 4096 if dt == "bf16" else 2048
+        blocks = -(-v // block)
+        for split in (False, True):
+            # [B, V] contiguous: one inner dimension of B rows (stride V); B = 64 splits each
+            # row over 9 programs, B = 1024 does not split
+            splits = 9 if split else 1
+            rows = 64 if split else 1024
+            for row_temp in (False, True):
+                yield Config(f"entropy_fwd[{dt},split={split},row_temp={row_temp}]", _entropy_fwd_kernel, launch_args({
+                    "x_ptr": f"*{dt}", "row_temp_ptr": "*fp32", "inv_temp": "fp32", "entropy_ptr": "*fp32",
+                    "lse_ptr": "*fp32", "stats_ptr": "*fp32", "part_ptr": "*fp32", "n_cols": "i32", "n_inner": "i32",
+                    "stride_outer": "i64", "stride_inner": "i64", "cols_per_split": "i32", "n_splits": "i32",
+                }, n_cols=v, n_inner=rows, stride_outer=0, stride_inner=v, n_splits=splits,
+                    cols_per_split=-(-blocks // splits) * block),
+                    {"HAS_ROW_TEMP": row_temp, "SPLIT": split, "ACC64": False, "BLOCK": block})
+        yield Config(f"entropy_bwd[{dt}]", _entropy_bwd_kernel, launch_args({
+            "x_ptr": f"*{dt}", "row_temp_ptr": "*fp32", "inv_temp": "fp32", "entropy_ptr": "*fp32", "stats_ptr": "*fp32",
+            "grad_entropy_ptr": "*fp32", "grad_lse_ptr": "*fp32", "grad_x_ptr": f"*{dt}", "n_cols": "i32", "n_inner": "i32",
+            "stride_outer": "i64", "stride_inner": "i64", "cols_per_split": "i32",
+        }, n_cols=v, n_inner=1024, stride_outer=0, stride_inner=v, cols_per_split=blocks * block),
+            {"HAS_ROW_TEMP": False, "ACC64": False, "BLOCK": block})
+    yield Config("entropy_fwd[fp64]", _entropy_fwd_kernel, launch_args({
+        "x_ptr": "*fp64", "row_temp_ptr": "*fp32", "inv_temp": "fp32", "entropy_ptr": "*fp64", "lse_ptr": "*fp64",
+        "stats_ptr": "*fp64", "part_ptr": "*fp64", "n_cols": "i32", "n_inner": "i32", "stride_outer": "i64",
+        "stride_inner": "i64", "cols_per_split": "i32", "n_splits": "i32",
+    }, n_splits=1, stride_outer=0), {"HAS_ROW_TEMP": False, "SPLIT": False, "ACC64": True, "BLOCK": 2048})
+    yield Config("entropy_combine", _entropy_combine_kernel, launch_args({
+        "part_ptr": "*fp32", "entropy_ptr": "*fp32", "lse_ptr": "*fp32", "stats_ptr": "*fp32", "n_splits": "i32",
+    }, n_splits=9), {"BLOCK_S": 16}, num_warps=1)
+

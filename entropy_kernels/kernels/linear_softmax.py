@@ -346,3 +346,53 @@ def linear_softmax_backward(
                 dw[v0:v1] = dw_acc
     db_out = db.to(bias.dtype) if bias is not None else db
     return dh.to(h.dtype), dw, db_out
+
+
+# Forward tiles (BLOCK_N, BLOCK_V, BLOCK_D, num_stages) the GPU probe sweeps
+# (scripts/perf_probe.py, step lsm); the first is the launcher's default.
+FWD_SWEEP = (  # the first is the launcher's 16-bit default (FWD_BLOCKS, FWD_STAGES)
+    (128, 256, 64, 3), (128, 128, 32, 3), (128, 128, 64, 3), (128, 128, 64, 4), (128, 256, 64, 4),
+    (256, 128, 32, 3), (256, 128, 64, 3), (256, 128, 64, 4),
+)
+
+
+def aot_configs():
+    """Launch configurations compiled ahead of time by :mod:`.aot_check`: the Gemma-2-2B CE
+    shape (N = 8192, D = 2304, V = 256000), and the forward tiles of :data:`FWD_SWEEP`.
+
+    Example
+    -------
+    >>> sorted({c.name.split("[")[0] for c in aot_configs()})
+    ['lsm_bwd', 'lsm_combine', 'lsm_fwd']
+    """
+    from .aot_spec import BLOCK_NAMES, Config, launch_args
+
+    # linear softmax at the Gemma-2-2B shape: N = 8192, D = 2304, V = 256000 (5 splits by default)
+    shape = dict(N=8192, V=256000, D=2304, stride_h=2304, stride_w=2304)
+    for dt in ("bf16", "fp32"):
+        prec = "ieee" if dt == "fp32" else "tf32"
+        common = {"h_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": "*i64"}
+        fwd_sig = {**common, "part_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32",
+                   "stride_w": "i32", "cols_per_split": "i32", "n_splits": "i32", "softcap": "fp32", "inv_temp": "fp32"}
+        for bias, cap in ((False, False), (True, True)):
+            yield Config(f"lsm_fwd[{dt},bias={bias},softcap={cap}]", _lsm_fwd_kernel,
+                         launch_args(fwd_sig, **shape, cols_per_split=400 * 128, n_splits=5),
+                         {"HAS_BIAS": bias, "SOFTCAP": cap, "PRECISION": prec,
+                          **dict(zip(BLOCK_NAMES, FWD_BLOCKS_FP32 if dt == "fp32" else FWD_BLOCKS))},
+                         num_stages=FWD_STAGES)
+        if dt == "bf16":
+            for bn, bv, bd, stages in FWD_SWEEP[1:]:
+                yield Config(f"lsm_fwd[bf16,{bn}x{bv}x{bd},s{stages}]", _lsm_fwd_kernel,
+                             launch_args(fwd_sig, **shape, cols_per_split=64 * 128, n_splits=33),
+                             {"HAS_BIAS": False, "SOFTCAP": False, "PRECISION": prec, "BLOCK_N": bn, "BLOCK_V": bv,
+                              "BLOCK_D": bd}, num_stages=stages)
+        for filt in (False, True):
+            yield Config(f"lsm_bwd[{dt},filter={filt}]", _lsm_bwd_kernel, launch_args({
+                **common, "stats_ptr": "*fp32", "coef_ptr": "*fp32", "thresh_ptr": "*fp32", "dh_ptr": "*fp32",
+                "dw_ptr": "*fp32", "db_ptr": "*fp32", "N": "i32", "V": "i32", "D": "i32", "stride_h": "i32",
+                "stride_w": "i32", "softcap": "fp32", "inv_temp": "fp32", "n_tiles_v": "i32",
+            }, **shape, n_tiles_v=2000), {"HAS_BIAS": True, "SOFTCAP": True, "FILTER": filt, "PRECISION": prec, "GROUP_N": 8,
+                                          "NEED_DH": True, "NEED_DW": not filt, **dict(zip(BLOCK_NAMES, BWD_BLOCKS))})
+    yield Config("lsm_combine", _lsm_combine_kernel, launch_args(
+        {"part_ptr": "*fp32", "stats_ptr": "*fp32", "N": "i32", "n_splits": "i32"}, N=8192, n_splits=5),
+        {"BLOCK_R": 64, "BLOCK_S": 32}, num_warps=4)

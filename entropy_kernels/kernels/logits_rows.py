@@ -139,3 +139,26 @@ def rows_grad_(
             SOFTCAP=softcap > 0, BLOCK=block, num_warps=warps,
         )
     return out
+
+
+def aot_configs():
+    """Launch configurations compiled ahead of time by :mod:`.aot_check` (V = 151936).
+
+    Example
+    -------
+    >>> [c.name for c in aot_configs()]
+    ['rows_stats[bf16]', 'rows_grad[bf16]', 'rows_stats[fp32]', 'rows_grad[fp32]']
+    """
+    from .aot_spec import Config, launch_args
+
+    v = 151936
+    for dt in ("bf16", "fp32"):
+        block = 4096 if dt == "bf16" else 2048
+        yield Config(f"rows_stats[{dt}]", _rows_stats_kernel, launch_args({
+            "x_ptr": f"*{dt}", "stride_row": "i32", "y_ptr": "*i64", "stats_ptr": "*fp32", "V": "i32",
+            "softcap": "fp32", "inv_temp": "fp32",
+        }, stride_row=v, V=v), {"SOFTCAP": True, "BLOCK": block})
+        yield Config(f"rows_grad[{dt}]", _rows_grad_kernel, launch_args({
+            "x_ptr": f"*{dt}", "stride_row": "i32", "out_ptr": f"*{dt}", "out_stride_row": "i32", "y_ptr": "*i64",
+            "stats_ptr": "*fp32", "coef_ptr": "*fp32", "V": "i32", "softcap": "fp32", "inv_temp": "fp32",
+        }, stride_row=v, out_stride_row=v, V=v), {"SOFTCAP": True, "BLOCK": block})

@@ -420,3 +420,30 @@ def prefilter_groups(v: int, n_select: int, block: int) -> Tuple[int, int]:
     if n_groups > MAX_GROUPS or n_groups < n_select:  # too many to rank, or no bound (small vocabulary)
         return 16, 0
     return group, max(16, next_pow2(n_groups))
+
+
+def aot_configs():
+    """Launch configurations compiled ahead of time by :mod:`.aot_check` (V = 151936, which
+    always takes the prefilter).
+
+    Example
+    -------
+    >>> [c.name for c in aot_configs()]
+    ['top_h[bf16,exact=False]', 'top_h[bf16,exact=True]', 'top_h[fp32,exact=False]', 'top_h[fp32,exact=True]']
+    """
+    from .aot_spec import Config, launch_args
+
+    v = 151936
+    for dt in ("bf16", "fp32"):
+        block = 4096 if dt == "bf16" else 2048
+        for exact, cand, n_select in ((False, 128, 100), (True, 1024, 1024)):
+            # V = 151936 always takes the prefilter (kernels.top_h.prefilter_groups)
+            group, nsub = prefilter_groups(v, n_select, block)
+            cap = CAND_CAPACITY
+            yield Config(f"top_h[{dt},exact={exact}]", _top_h_kernel, launch_args({
+                "x_ptr": f"*{dt}", "stride_row": "i32", "n_cols": "i32", "alpha_ptr": "*fp32", "inv_temp": "fp32",
+                "seed_ptr": "*i64", "offset_ptr": "*i64", "mask_ptr": "*u8", "sample_ptr": "*i64", "stats_ptr": "*fp32",
+                "scratch_ptr": "*i64", "maxima_ptr": "*i64", "cand_ptr": "*i64", "n_select": "i32",
+            }, stride_row=v, n_cols=v, n_select=n_select),
+                {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "STATS": True, "CAND": cand, "BLOCK": block,
+                 "PREFILTER": True, "GROUP": group, "NSUB": nsub, "CAP": cap, "BLOCK_C": min(1024, cap)})

@@ -105,8 +105,9 @@ def define_op(
     signature: Callable,
     *,
     public: str,
-    kernel: Optional[Callable],
+    kernel: Optional[Callable] = None,
     reference: Optional[Callable] = None,
+    implementation: Optional[Callable] = None,
     fake: Optional[Callable] = None,
     backward: Optional[Callable] = None,
     setup_context: Optional[Callable] = None,
@@ -124,6 +125,8 @@ def define_op(
       else ``reference(*args)``; the reference doubles as the fake impl.
     - native (``fake`` given): ``kernel(*args)`` on every device (the ``_C`` extension has CPU
       and CUDA code), ``fake(*args)`` under tracing.
+    - composite (``implementation`` given): ``implementation(*args)`` routes by itself (GEMMs
+      with Triton row kernels, the same code on every device); it doubles as the fake impl.
 
     ``backward``/``setup_context`` have ``register_autograd``'s meaning. ``eager=False`` keeps
     every call on the registered op. ``samples()`` yields ``(args, label)`` calls for the shared
@@ -151,6 +154,9 @@ def define_op(
 
         op = custom_op(qualname, body, mutates_args=tuple(mutates_args), device_types=("cpu", "cuda"))
         op.register_fake(fake)
+    elif implementation is not None:
+        body = functools.wraps(signature)(lambda *args: implementation(*args))
+        op = triton_op(qualname, body, mutates_args=tuple(mutates_args))
     else:
         if reference is None:
             raise ValueError(f"{qualname}: a Triton op needs a reference (it is also the fake impl)")

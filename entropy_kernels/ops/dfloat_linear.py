@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dfloat as _dfloat
+from ._registry import define_op
 
 MAX_FUSED_ROWS = 16  # rows of x the fused CUDA kernel takes (csrc/dfloat_linear.h kMaxRows)
 
@@ -107,8 +108,7 @@ def run(x, bias, rows: int, cols: int, args: tuple) -> torch.Tensor:
     return _cpu(x, bias, rows, cols, args)
 
 
-@torch.library.custom_op("entropy_kernels::dfloat_linear", mutates_args=(), device_types=("cpu", "cuda"))
-def dfloat_linear(x: torch.Tensor, words: torch.Tensor, gaps: torch.Tensor, block_starts: torch.Tensor,
+def _dfloat_linear(x: torch.Tensor, words: torch.Tensor, gaps: torch.Tensor, block_starts: torch.Tensor,
                   lut: torch.Tensor, raw: torch.Tensor, numel: int, total_bits: int, max_block_values: int, rows: int,
                   cols: int, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ W.T + bias`` ([M, rows] bf16) for ``x`` [M, cols] bf16 and the EKDF payload of W
@@ -131,7 +131,6 @@ def dfloat_linear(x: torch.Tensor, words: torch.Tensor, gaps: torch.Tensor, bloc
                                                         max_block_values))
 
 
-@dfloat_linear.register_fake
 def _dfloat_linear_fake(x, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, rows, cols,
                         bias=None):
     _dfloat.check_payload(words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, fake=True)
@@ -140,7 +139,8 @@ def _dfloat_linear_fake(x, words, gaps, block_starts, lut, raw, numel, total_bit
 
 
 def _setup_context(ctx, inputs, output):
-    x, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, rows, cols, bias = inputs
+    # bias may be left out of ``inputs`` (its schema default) when the call did not pass it
+    x, words, gaps, block_starts, lut, raw, numel, total_bits, max_block_values, rows, cols = inputs[:11]
     ctx.save_for_backward(words, gaps, block_starts, lut, raw)
     ctx.sizes = (numel, total_bits, max_block_values, rows, cols)
 
@@ -152,12 +152,27 @@ def _backward(ctx, dy):
     if ctx.needs_input_grad[0]:
         w = _dfloat.decompress(*ctx.saved_tensors, numel, total_bits, max_block_values).view(rows, cols)
         dx = dy @ w
-    if ctx.needs_input_grad[11]:
+    n_inputs = len(ctx.needs_input_grad)  # 11 when the call left bias to its default
+    if n_inputs > 11 and ctx.needs_input_grad[11]:
         db = dy.sum(0)
-    return dx, None, None, None, None, None, None, None, None, None, None, db
+    return (dx, None, None, None, None, None, None, None, None, None, None, db)[:n_inputs]
 
 
-dfloat_linear.register_autograd(_backward, setup_context=_setup_context)
+def _samples():
+    from ..decoding import DFloatTensor
+
+    for m, bias, label in ((1, False, "M=1"), (3, True, "M=3, bias"), (20, False, "M=20")):
+        c = DFloatTensor.compress((torch.randn(8, 32) * 0.02).to(torch.bfloat16))
+        b = torch.randn(8).to(torch.bfloat16) if bias else None
+        yield (torch.randn(m, 32).to(torch.bfloat16), *c.payload(), *c.sizes(), 8, 32, b), label
+
+
+LINEAR = define_op(
+    "dfloat_linear", _dfloat_linear, public="DFloatTensor.linear", kernel=_dfloat_linear, fake=_dfloat_linear_fake,
+    backward=_backward, setup_context=_setup_context, eager=False, samples=_samples,
+    backends=("C++ decode + F.linear", "CUDA C++ (_C), > 16 rows: decode + cuBLAS"),
+)
+dfloat_linear = LINEAR.op  # the torch.library op
 
 
 def emulated(x, words, gaps, block_starts, lut, raw, numel: int, total_bits: int, max_block_values: int, rows: int,

@@ -17,7 +17,6 @@ import dataclasses
 from typing import Optional, Tuple, Union
 
 import torch
-from torch.library import triton_op
 
 from .. import _backend, _validation
 from ..reference.cross_entropy import (
@@ -35,7 +34,8 @@ from .linear_head_args import (  # check_options is imported from here by the lo
     flatten_head,
     shift_amount,
 )
-from .linear_softmax import linear_softmax_stats
+from ._registry import define_op
+from .linear_softmax import head_samples, linear_softmax_stats
 from .logits_chunks import accumulate_chunk_grads, chunk_logits, rows_grad, rows_stats, stats_dtype
 from .vocab_parallel import vocab_parallel_stats
 
@@ -55,8 +55,7 @@ def default_chunk_size(n_tokens: int, vocab: int, itemsize: int, budget_bytes: i
     return int(min(chunk, max(n_tokens, 1)))
 
 
-@triton_op("entropy_kernels::linear_cross_entropy_chunked", mutates_args=())
-def linear_cross_entropy_chunked(
+def _chunked(
     h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor, token_weight: torch.Tensor,
     ignore_index: int, label_smoothing: float, z_loss: float, softcap: float, chunk_size: int, accum_fp32: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,7 +107,17 @@ def _chunked_backward(ctx, grad_loss, *_):
     )
 
 
-linear_cross_entropy_chunked.register_autograd(_chunked_backward, setup_context=_chunked_setup_context)
+def _chunked_samples():
+    for (h, w, b, y, softcap, _), label in head_samples():
+        y[0] = -100  # an ignored token
+        yield (h, w, b, y, torch.rand(h.shape[0]), -100, 0.1, 1e-4, softcap, 4, False), label
+
+
+CHUNKED = define_op(
+    "linear_cross_entropy_chunked", _chunked, public="linear_cross_entropy", implementation=_chunked,
+    backward=_chunked_backward, setup_context=_chunked_setup_context, eager=False, samples=_chunked_samples,
+)
+linear_cross_entropy_chunked = CHUNKED.op  # the torch.library op (what torch.compile sees)
 
 
 # ------------------------------------------------------------------------------ public API ---

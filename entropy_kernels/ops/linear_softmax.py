@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from torch.library import triton_op
 
 from .. import _backend
 from ..reference.linear_softmax import (
@@ -18,6 +17,7 @@ from ..reference.linear_softmax import (
     linear_softmax_stats_reference,
     logits_grad_coefficients,
 )
+from ._registry import define_op
 from .logits_chunks import stats_dtype
 
 if _backend.triton_available():
@@ -26,8 +26,7 @@ else:  # pragma: no cover
     _kernels = None
 
 
-@triton_op("entropy_kernels::linear_softmax_stats", mutates_args=())
-def linear_softmax_stats(
+def _stats_signature(
     h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
     softcap: float, inv_temperature: float, filter_eps: float, accum_fp32: bool,
 ) -> torch.Tensor:
@@ -36,30 +35,42 @@ def linear_softmax_stats(
     ``filter_eps`` and ``accum_fp32`` only affect the backward; they are arguments here so that
     autograd can hand them to it.
     """
-    if _backend.use_triton(h):
-        return _kernels.linear_softmax_forward(h, weight, bias, targets, softcap, inv_temperature)
+
+
+def _stats_kernel(h, weight, bias, targets, softcap, inv_temperature, filter_eps, accum_fp32):
+    return _kernels.linear_softmax_forward(h, weight, bias, targets, softcap, inv_temperature)
+
+
+def _stats_reference(h, weight, bias, targets, softcap, inv_temperature, filter_eps, accum_fp32):
     return linear_softmax_stats_reference(h, weight, bias, targets, softcap, inv_temperature).to(stats_dtype(h.dtype))
 
 
-@triton_op("entropy_kernels::linear_softmax_backward", mutates_args=())
-def linear_softmax_backward(
+def _backward_signature(
     grad_stats: torch.Tensor, stats: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     targets: torch.Tensor, softcap: float, inv_temperature: float, filter_eps: float, accum_fp32: bool,
     need_dh: bool = True, need_dw: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dh, dW, db)`` of ``Σ grad_stats · stats``; ``db`` is empty when there is no bias, and
     ``dh``/``dW`` are empty (not computed) when ``need_dh``/``need_dw`` is False."""
+
+
+def _backward_kernel(grad_stats, stats, h, weight, bias, targets, softcap, inv_temperature, filter_eps, accum_fp32,
+                     need_dh=True, need_dw=True):
     coeffs = logits_grad_coefficients(grad_stats.to(stats.dtype), stats).contiguous()
-    if _backend.use_triton(h):
-        thresh = None
-        if filter_eps > 0:
-            # Skip a tile when every |dz| < eps · (largest upstream gradient of its row): relative
-            # to the row's own scale, so a 1/N mean-reduction factor does not filter everything.
-            thresh = (filter_eps * grad_stats.to(stats.dtype).abs().amax(dim=-1)).contiguous()
-        return _kernels.linear_softmax_backward(
-            coeffs, thresh, h, weight, bias, targets, stats, softcap, inv_temperature, accum_fp32,
-            need_dh=need_dh, need_dw=need_dw,
-        )
+    thresh = None
+    if filter_eps > 0:
+        # Skip a tile when every |dz| < eps · (largest upstream gradient of its row): relative
+        # to the row's own scale, so a 1/N mean-reduction factor does not filter everything.
+        thresh = (filter_eps * grad_stats.to(stats.dtype).abs().amax(dim=-1)).contiguous()
+    return _kernels.linear_softmax_backward(
+        coeffs, thresh, h, weight, bias, targets, stats, softcap, inv_temperature, accum_fp32,
+        need_dh=need_dh, need_dw=need_dw,
+    )
+
+
+def _backward_reference(grad_stats, stats, h, weight, bias, targets, softcap, inv_temperature, filter_eps, accum_fp32,
+                        need_dh=True, need_dw=True):
+    coeffs = logits_grad_coefficients(grad_stats.to(stats.dtype), stats).contiguous()
     dh, dw, db = linear_softmax_backward_reference(coeffs, h, weight, bias, targets, stats, softcap, inv_temperature)
     return (
         dh if need_dh else dh.new_empty((0, dh.shape[1])),
@@ -68,15 +79,18 @@ def linear_softmax_backward(
     )
 
 
-def register_stats_autograd(stats_op, backward_op) -> None:
-    """Connect a statistics op ``stats_op(h, weight, bias, targets, *options) -> stats`` to
-    its backward op ``backward_op(grad_stats, stats, h, weight, bias, targets, *options,
-    need_dh, need_dw) -> (dh, dW, db)``: the options travel unchanged from one to the other,
-    and ``dh`` / ``dW`` are computed only where autograd asks for them (a frozen LM head).
+def stats_autograd(backward_op):
+    """``(backward, setup_context)`` connecting a statistics op ``(h, weight, bias, targets,
+    *options) -> stats`` to its backward op ``backward_op(grad_stats, stats, h, weight, bias,
+    targets, *options, need_dh, need_dw) -> (dh, dW, db)``: the options travel unchanged from
+    one to the other, and ``dh`` / ``dW`` are computed only where autograd asks for them (a
+    frozen LM head).
 
     Example
     -------
-    >>> register_stats_autograd(linear_softmax_stats, linear_softmax_backward)  # doctest: +SKIP
+    >>> backward, setup_context = stats_autograd(BACKWARD)
+    >>> callable(backward) and callable(setup_context)
+    True
     """
 
     def setup_context(ctx, inputs, output):
@@ -95,7 +109,44 @@ def register_stats_autograd(stats_op, backward_op) -> None:
             *(None for _ in range(1 + len(ctx.options))),  # targets and the options
         )
 
-    stats_op.register_autograd(backward, setup_context=setup_context)
+    return backward, setup_context
 
 
-register_stats_autograd(linear_softmax_stats, linear_softmax_backward)
+def head_samples(with_backward_options: bool = False):
+    """Small sample calls ``(h, weight, bias, targets, softcap, inv_temperature)`` of the
+    linear-head ops, for the shared op tests (CPU, fresh random data).
+
+    Example
+    -------
+    >>> [label for _, label in head_samples()]
+    ['fp32', 'bias, softcap']
+    """
+    n, d, v = 6, 8, 40
+    yield (torch.randn(n, d), torch.randn(v, d) * 0.5, None, torch.randint(0, v, (n,)), 0.0, 1.0), "fp32"
+    yield (torch.randn(n, d), torch.randn(v, d) * 0.5, torch.randn(v), torch.randint(0, v, (n,)), 20.0, 0.7), \
+        "bias, softcap"
+
+
+def _stats_samples():
+    for args, label in head_samples():
+        yield (*args, 0.0, False), label
+
+
+def _backward_samples():
+    for args, label in _stats_samples():
+        stats = _stats_reference(*args)
+        yield (torch.randn_like(stats), stats, *args), label
+
+
+_PUBLIC = "linear_cross_entropy / linear_logprob_entropy"
+BACKWARD = define_op(
+    "linear_softmax_backward", _backward_signature, public=_PUBLIC, kernel=_backward_kernel,
+    reference=_backward_reference, eager=False, samples=_backward_samples,
+)
+_backward, _setup_context = stats_autograd(BACKWARD.op)
+STATS = define_op(
+    "linear_softmax_stats", _stats_signature, public=_PUBLIC, kernel=_stats_kernel,
+    reference=_stats_reference, backward=_backward, setup_context=_setup_context, eager=False, samples=_stats_samples,
+)
+# the torch.library ops themselves (what torch.compile sees)
+linear_softmax_stats, linear_softmax_backward = STATS.op, BACKWARD.op

@@ -16,11 +16,11 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from torch.library import triton_op
 
 from .. import _backend
 from ..reference.linear_softmax import logits_grad_coefficients
-from .linear_softmax import register_stats_autograd
+from ._registry import define_op
+from .linear_softmax import head_samples, stats_autograd
 from .logits_chunks import accumulate_chunk_grads, chunk_logits, rows_grad, rows_stats, stats_dtype
 
 CHUNK_BYTES = 512 * 2**20  # logits of one chunk
@@ -39,8 +39,7 @@ def chunk_tokens(n: int, vocab: int, itemsize: int, budget_bytes: Optional[int] 
     return max(1, min(max(n, 1), budget // max(1, vocab * itemsize)))
 
 
-@triton_op("entropy_kernels::linear_softmax_stats_chunked", mutates_args=())
-def linear_softmax_stats_chunked(
+def _stats(
     h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
     softcap: float, inv_temperature: float, chunk_size: int, accum_fp32: bool,
 ) -> torch.Tensor:
@@ -57,8 +56,7 @@ def linear_softmax_stats_chunked(
     return stats
 
 
-@triton_op("entropy_kernels::linear_softmax_chunked_backward", mutates_args=())
-def linear_softmax_chunked_backward(
+def _backward_impl(
     grad_stats: torch.Tensor, stats: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     targets: torch.Tensor, softcap: float, inv_temperature: float, chunk_size: int, accum_fp32: bool,
     need_dh: bool, need_dw: bool,
@@ -81,4 +79,22 @@ def linear_softmax_chunked_backward(
                                   need_dh=need_dh, need_dw=need_dw)
 
 
-register_stats_autograd(linear_softmax_stats_chunked, linear_softmax_chunked_backward)
+def _stats_samples():
+    for args, label in head_samples():
+        yield (*args, 4, False), label
+
+
+def _backward_samples():
+    for args, label in _stats_samples():
+        stats = _stats(*args)
+        yield (torch.randn_like(stats), stats, *args, True, True), label
+
+
+_PUBLIC = "linear_logprob_entropy"
+BACKWARD = define_op("linear_softmax_chunked_backward", _backward_impl, public=_PUBLIC,
+                     implementation=_backward_impl, eager=False, samples=_backward_samples)
+_backward, _setup_context = stats_autograd(BACKWARD.op)
+STATS = define_op("linear_softmax_stats_chunked", _stats, public=_PUBLIC, implementation=_stats,
+                  backward=_backward, setup_context=_setup_context, eager=False, samples=_stats_samples)
+# the torch.library ops themselves (what torch.compile sees)
+linear_softmax_stats_chunked, linear_softmax_chunked_backward = STATS.op, BACKWARD.op

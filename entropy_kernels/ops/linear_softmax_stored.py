@@ -13,18 +13,18 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from torch.library import triton_op
 
 from .. import _backend
 from ..reference.linear_softmax import logits_grad_coefficients
+from ._registry import define_op
+from .linear_softmax import head_samples
 from .linear_softmax_chunked import chunk_tokens
 from .logits_chunks import accumulate_chunk_grads, chunk_logits, rows_grad, rows_stats, stats_dtype
 
 BACKWARD_CHUNK_BYTES = 256 * 2**20
 
 
-@triton_op("entropy_kernels::linear_softmax_stats_stored", mutates_args=())
-def linear_softmax_stats_stored(
+def _stats(
     h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
     softcap: float, inv_temperature: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -34,8 +34,7 @@ def linear_softmax_stats_stored(
     return rows_stats(logits, targets, softcap, inv_temperature, triton_path), logits
 
 
-@triton_op("entropy_kernels::linear_softmax_stored_backward", mutates_args=())
-def linear_softmax_stored_backward(
+def _backward_impl(
     grad_stats: torch.Tensor, stats: torch.Tensor, logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
     bias: Optional[torch.Tensor], targets: torch.Tensor, softcap: float, inv_temperature: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,7 +71,7 @@ def _backward(ctx, grad_stats, _grad_logits):
     h, weight, bias, targets, stats, logits = ctx.saved_tensors
     if grad_stats is None:  # only the logits output was used, and it has no gradient
         return (None,) * 6
-    dh, dw, db = linear_softmax_stored_backward(grad_stats, stats, logits, h, weight, bias, targets, *ctx.options)
+    dh, dw, db = BACKWARD.op(grad_stats, stats, logits, h, weight, bias, targets, *ctx.options)
     return (
         dh if ctx.needs_input_grad[0] else None,
         dw if ctx.needs_input_grad[1] else None,
@@ -81,4 +80,16 @@ def _backward(ctx, grad_stats, _grad_logits):
     )
 
 
-linear_softmax_stats_stored.register_autograd(_backward, setup_context=_setup_context)
+def _backward_samples():
+    for args, label in head_samples():
+        stats, logits = _stats(*args)
+        yield (torch.randn_like(stats), stats, logits, *args), label
+
+
+_PUBLIC = "linear_logprob_entropy"
+BACKWARD = define_op("linear_softmax_stored_backward", _backward_impl, public=_PUBLIC, implementation=_backward_impl,
+                     eager=False, samples=_backward_samples)
+STATS = define_op("linear_softmax_stats_stored", _stats, public=_PUBLIC, implementation=_stats, backward=_backward,
+                  setup_context=_setup_context, eager=False, samples=head_samples)
+# the torch.library ops themselves (what torch.compile sees)
+linear_softmax_stats_stored, linear_softmax_stored_backward = STATS.op, BACKWARD.op
