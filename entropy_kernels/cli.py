@@ -27,7 +27,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 
 def _info(_args) -> int:
@@ -217,6 +217,20 @@ def _count(minimum: int):
     return parse
 
 
+def _add_file_command(sub, debug: argparse.ArgumentParser, name: str, fn: Callable, help: str, src_help: str,
+                      options: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
+    """Add subcommand ``name`` running ``fn``: ``src dst``, the arguments ``options`` adds, then
+    ``--overwrite`` and ``-q`` (what ``compress`` and ``decompress`` share)."""
+    p = sub.add_parser(name, parents=[debug], help=help)
+    p.add_argument("src", help=src_help)
+    p.add_argument("dst", help="output file or directory: must not exist (see --overwrite), nor be or lie in src")
+    options(p)
+    p.add_argument("--overwrite", "--force", action="store_true", dest="overwrite",
+                   help="replace an existing OUT (only once the new one is complete)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=fn)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="entropy-kernels", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
@@ -241,25 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--plot", action="store_true", help="also write PNG charts per op (needs matplotlib: the [plot] extra)")
     p_bench.set_defaults(fn=_bench)
 
-    overwrite = dict(action="store_true", dest="overwrite",
-                     help="replace an existing OUT (only once the new one is complete)")
-    p_comp = sub.add_parser("compress", parents=[debug],
-                            help="EKDF-code the bf16 tensors of a safetensors file or model directory")
-    p_comp.add_argument("src", help="a .safetensors file or a directory (other files are copied)")
-    p_comp.add_argument("dst", help="output file or directory: must not exist (see --overwrite), nor be or lie in src")
-    p_comp.add_argument("--min-numel", type=_count(0), default=65536, help="smaller tensors stay plain (default 65536)")
-    p_comp.add_argument("--threads", type=_count(0), default=0, help="encoder threads (default: all cores)")
-    p_comp.add_argument("--overwrite", "--force", **overwrite)
-    p_comp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p_comp.set_defaults(fn=_compress)
+    def compress_options(p):
+        p.add_argument("--min-numel", type=_count(0), default=65536, help="smaller tensors stay plain (default 65536)")
+        p.add_argument("--threads", type=_count(0), default=0, help="encoder threads (default: all cores)")
 
-    p_dec = sub.add_parser("decompress", parents=[debug],
-                           help="restore plain safetensors from EKDF-coded ones (bit-identical)")
-    p_dec.add_argument("src", help="a compressed .safetensors file or a directory")
-    p_dec.add_argument("dst", help="output file or directory: must not exist (see --overwrite), nor be or lie in src")
-    p_dec.add_argument("--overwrite", "--force", **overwrite)
-    p_dec.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p_dec.set_defaults(fn=_decompress)
+    _add_file_command(sub, debug, "compress", _compress,
+                      "EKDF-code the bf16 tensors of a safetensors file or model directory",
+                      "a .safetensors file or a directory (other files are copied)", compress_options)
+    _add_file_command(sub, debug, "decompress", _decompress,
+                      "restore plain safetensors from EKDF-coded ones (bit-identical)",
+                      "a compressed .safetensors file or a directory")
 
     p_insp = sub.add_parser("inspect", parents=[debug],
                             help="per-tensor size, bits per value and entropy bound of a (compressed) file")

@@ -154,6 +154,17 @@ def _linear_bad(targets="targets", weight="weight"):
     }
 
 
+def _cross_entropy_bad():
+    """The loss options ``linear_cross_entropy`` and ``LinearCrossEntropyLoss`` share."""
+    return {
+        "reduction": choice(),
+        "label_smoothing": number(low=0.0, high=1.0, high_open=True),
+        "z_loss": number(low=0.0),
+        "softcap": number(low=0.0, low_open=True, optional=True),
+        "shift": shift_amount(),
+    }
+
+
 TABLE = {
     "entropy": (ek.entropy, lambda: dict(logits=torch.randn(B, V)), {
         "logits": float_tensor(torch.zeros(B, V), [(), (B, 0)]),
@@ -170,11 +181,7 @@ TABLE = {
     }),
     "linear_cross_entropy": (ek.linear_cross_entropy, _linear_good, {
         **_linear_bad(),
-        "reduction": choice(),
-        "label_smoothing": number(low=0.0, high=1.0, high_open=True),
-        "z_loss": number(low=0.0),
-        "softcap": number(low=0.0, low_open=True, optional=True),
-        "shift": shift_amount(),
+        **_cross_entropy_bad(),
         "return_lse": flag(),
         "chunk_size": integer(low=1, optional=True),
     }),
@@ -250,11 +257,7 @@ TABLE = {
     }),
     "LinearCrossEntropyLoss": (training.LinearCrossEntropyLoss, lambda: {}, {
         "ignore_index": integer(),
-        "reduction": choice(),
-        "label_smoothing": number(low=0.0, high=1.0, high_open=True),
-        "z_loss": number(low=0.0),
-        "softcap": number(low=0.0, low_open=True, optional=True),
-        "shift": shift_amount(),
+        **_cross_entropy_bad(),
         "impl": choice(),
         "filter_eps": [("str", lambda: "never"), ("bool", lambda: True), ("nan", lambda: NAN), ("negative", lambda: -1.0)],
         "accum_fp32": flag(),

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from entropy_kernels.benchmarking import probe
-from entropy_kernels.benchmarking.probe_steps import _expected_histograms, decide
+from entropy_kernels.benchmarking import probe, probe_steps
+from entropy_kernels.benchmarking.probe_hardware import _expected_histograms
+from entropy_kernels.benchmarking.probe_rows import decide
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +68,7 @@ def test_dry_run_fits_the_test_budget(dry_run):
 
 
 def _fake_steps(monkeypatch, steps):
-    monkeypatch.setattr(probe, "_steps", lambda: {s.name: s for s in steps})
+    monkeypatch.setattr(probe_steps, "steps_by_name", lambda: {s.name: s for s in steps})
 
 
 def test_a_step_over_its_budget_is_cut_and_its_rows_kept(tmp_path, monkeypatch):
@@ -191,7 +192,7 @@ def test_ncu_counters_are_read_from_nsight_csv(tmp_path, monkeypatch):
     """One profiled decode: its metrics (units and thousands separators kept), the ==PROF== lines
     skipped, the kernel filter naming the decoder's kernel; a second kernel's rows (were more
     launches profiled) are not mixed in."""
-    from entropy_kernels.benchmarking import probe_steps
+    from entropy_kernels.benchmarking import probe_ekdf
 
     head = '"ID","Process ID","Process Name","Host Name","Kernel Name","Metric Name","Metric Unit","Metric Value"'
     rows = [head]
@@ -207,7 +208,7 @@ def test_ncu_counters_are_read_from_nsight_csv(tmp_path, monkeypatch):
                     + "\nCSV\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    got = probe_steps.ncu_counters(1024)
+    got = probe_ekdf.ncu_counters(1024)
     assert got == {"gpu__time_duration.sum": "66.25 usecond",
                    "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum": "1,234"}
     called = args.read_text()

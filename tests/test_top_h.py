@@ -10,6 +10,8 @@ import torch
 import entropy_kernels as ek
 from entropy_kernels.reference.top_h import EXACT_SLACK, top_h_mask_reference
 
+from test_top_h_logprobs import fullgraph_inputs
+
 transformers = pytest.importorskip("transformers")
 from transformers.generation.logits_process import TopHLogitsWarper  # noqa: E402
 
@@ -255,9 +257,7 @@ def test_opcheck(backend):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_torch_compile_fullgraph(device):
-    torch._dynamo.reset()
-    logits = torch.randn(4, 300, device=device) * 2
-    seed, off = torch.tensor([5], device=device), torch.tensor([0], device=device)
+    logits, seed, off = fullgraph_inputs(device)
 
     def step(x):
         return ek.top_h_mask(x, 0.4), ek.top_h_sample(x, 0.4, mode="exact", seed=seed, offset=off)

@@ -20,6 +20,14 @@ def run(backend, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+def fullgraph_inputs(device):
+    """Logits ``[4, 300]`` and a sampling seed / offset on ``device`` for a ``torch.compile``
+    fullgraph test, with dynamo's caches cleared first (the test compiles from scratch)."""
+    torch._dynamo.reset()
+    logits = torch.randn(4, 300, device=device) * 2
+    return logits, torch.tensor([5], device=device), torch.tensor([0], device=device)
+
+
 def _inputs(dtype, vocab=2048):
     """4 rows: LM-like, peaked, flat (the exact rule keeps > 1024 tokens at α = 0.95: the
     kernel's whole-row bisection path) and one with -inf and NaN entries."""
@@ -117,9 +125,7 @@ def test_opcheck_with_stats(backend):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_torch_compile_fullgraph_with_the_flags(device):
-    torch._dynamo.reset()
-    logits = torch.randn(4, 300, device=device) * 2
-    seed, off = torch.tensor([5], device=device), torch.tensor([0], device=device)
+    logits, seed, off = fullgraph_inputs(device)
 
     def step(x):
         mask, log_mass = ek.top_h_mask(x, 0.4, temperature=0.7, return_log_mass=True)

@@ -12,7 +12,7 @@ from typing import List
 import torch
 
 from .. import _backend
-from .probe import Ctx, Step
+from .probe_context import Ctx, Step
 
 # (out_features, in_features): a 4096 attention projection, Llama-3-8B's MLP up / down, the
 # Qwen-sized LM head

@@ -17,8 +17,8 @@ import torch
 
 from ..kernels.aot_check import LSM_FWD_SWEEP
 from ..kernels.linear_softmax import forward_splits
-from .probe import Ctx, Step
-from .probe_steps import _find, _fmt, _ok
+from .probe_context import Ctx, Step
+from .probe_rows import find_row, fmt_ms, measured
 
 CE_SHAPES = (("gemma2-2b", 8192, 2304, 256000), ("llama3-8b", 8192, 4096, 128256))
 LOGPROB_SHAPE = ("logprob", 8192, 4096, 151936)
@@ -286,7 +286,7 @@ def _lsm(ctx: Ctx) -> None:
 
 def _lsm_summary(rows: List[dict]) -> List[str]:
     out = []
-    fwd = [r for r in _ok(rows) if r["op"] == "linear_softmax_fwd"]
+    fwd = [r for r in measured(rows) if r["op"] == "linear_softmax_fwd"]
     for shape in dict.fromkeys(r["shape"] for r in fwd):
         mine = [r for r in fwd if r["shape"] == shape]
         default = next((r for r in mine if r.get("variant") == "default"), None)
@@ -294,31 +294,31 @@ def _lsm_summary(rows: List[dict]) -> List[str]:
         best = min(good, key=lambda r: r["p50_ms"]) if good else None
         bad = [r["provider"] for r in mine if r.get("check") is False]
         if best:
-            gain = f" = {default['p50_ms'] / best['p50_ms']:.2f}x the default {_fmt(default['p50_ms'])}" if default else ""
-            out.append(f"fwd {shape}: best {best['provider']} {_fmt(best['p50_ms'])} "
+            gain = f" = {default['p50_ms'] / best['p50_ms']:.2f}x the default {fmt_ms(default['p50_ms'])}" if default else ""
+            out.append(f"fwd {shape}: best {best['provider']} {fmt_ms(best['p50_ms'])} "
                        f"({best['info'].get('TFLOP/s')} TFLOP/s, {best['info'].get('waves')} waves){gain}")
         if bad:
             out.append(f"fwd {shape}: FAILED the fp32 check: {', '.join(bad)}")
-    for r in _ok(rows):
+    for r in measured(rows):
         if r["op"] == "linear_softmax_bwd":
-            out.append(f"bwd {r['shape']} {r['provider'][16:]}: {_fmt(r['p50_ms'])}")
+            out.append(f"bwd {r['shape']} {r['provider'][16:]}: {fmt_ms(r['p50_ms'])}")
     for r in rows:
         if r["provider"].endswith("breakdown") and r["status"] == "ok":
-            total = _find(rows, op=r["op"], shape=r["shape"], provider=r["provider"].replace(" breakdown", ""))
+            total = find_row(rows, op=r["op"], shape=r["shape"], provider=r["provider"].replace(" breakdown", ""))
             i = r["info"]
-            out.append(f"{r['op'][7:]} {r['shape']} {r['provider'][16:-10]}: eager {_fmt((total or {}).get('p50_ms'))}; "
-                       f"GEMM {_fmt(i['GEMM'])}, rows {_fmt(i['rows'])}, lsm {_fmt(i['lsm'])}, other {_fmt(i['other'])}")
+            out.append(f"{r['op'][7:]} {r['shape']} {r['provider'][16:-10]}: eager {fmt_ms((total or {}).get('p50_ms'))}; "
+                       f"GEMM {fmt_ms(i['GEMM'])}, rows {fmt_ms(i['rows'])}, lsm {fmt_ms(i['lsm'])}, other {fmt_ms(i['other'])}")
     for shape in dict.fromkeys(r["shape"] for r in rows if r["op"] == "linear_cross_entropy"):
-        chunked = _find(rows, op="linear_cross_entropy", shape=shape, provider="entropy_kernels chunked")
-        fused = _find(rows, op="linear_cross_entropy", shape=shape, provider="entropy_kernels fused")
+        chunked = find_row(rows, op="linear_cross_entropy", shape=shape, provider="entropy_kernels chunked")
+        fused = find_row(rows, op="linear_cross_entropy", shape=shape, provider="entropy_kernels fused")
         if chunked and fused:
             winner = "chunked" if chunked["p50_ms"] < fused["p50_ms"] else "fused"
-            out.append(f"CE fwd+bwd {shape}: chunked {_fmt(chunked['p50_ms'])} vs fused {_fmt(fused['p50_ms'])} "
+            out.append(f"CE fwd+bwd {shape}: chunked {fmt_ms(chunked['p50_ms'])} vs fused {fmt_ms(fused['p50_ms'])} "
                        f"-> {winner} is the faster default")
         sizes = [r for r in rows if r["op"] == "linear_cross_entropy" and r["shape"] == shape and r["status"] == "ok"
                  and r["provider"].startswith("entropy_kernels chunked") and r.get("timing") == "eager"]
         if len(sizes) > 1:  # the chunk-size sweep: time and peak extra memory per chunk
-            cells = [f"{r['provider'][16:]} {_fmt(r['p50_ms'])}"
+            cells = [f"{r['provider'][16:]} {fmt_ms(r['p50_ms'])}"
                      + (f" ({r['peak_mem_bytes'] / 2**30:.2f} GiB)" if r.get("peak_mem_bytes") else "") for r in sizes]
             out.append(f"CE chunk sizes {shape}: " + "; ".join(cells))
     return out

@@ -3,10 +3,13 @@ with the environment (GPU, torch/triton versions, date, command) that produced t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import os
 import platform
 import sys
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -102,11 +105,45 @@ def markdown_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into a temporary file in the same folder,
+    then renamed over ``path`` -- a run killed mid-write leaves the old file, never half a new one.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "results.json"
+    >>> write_atomic(path, "{}")
+    >>> path.read_text(), [p.name for p in path.parent.iterdir()]
+    ('{}', ['results.json'])
+    """
+    path = Path(path)
+    # a fresh name opened with "x" (not mkstemp, whose file is private to the user): the file
+    # gets the permissions a plain write would give it
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with open(tmp, "x") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_results(results: Sequence[Result], env: Dict[str, object], out_dir: Path, stem: str) -> Dict[str, Path]:
-    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; return their paths."""
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir`` (each whole or not at all);
+    return their paths.
+
+    Example
+    -------
+    >>> paths = write_results(results, environment(device), Path("ek-results"), "cuda_quick")  # doctest: +SKIP
+    >>> paths["json"].name                                                                   # doctest: +SKIP
+    'cuda_quick.json'
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps({"environment": env, "results": [asdict(r) for r in results]}, indent=2))
+    write_atomic(json_path, json.dumps({"environment": env, "results": [asdict(r) for r in results]}, indent=2))
     header = [
         f"# entropy_kernels benchmarks: {env.get('gpu') or env.get('cpu')}",
         "",
@@ -117,5 +154,5 @@ def write_results(results: Sequence[Result], env: Dict[str, object], out_dir: Pa
         "  allocated above the steady state. Ratios compare rows measured in this same run.",
         "",
     ]
-    md_path.write_text("\n".join(header) + markdown_table(results) + "\n")
+    write_atomic(md_path, "\n".join(header) + markdown_table(results) + "\n")
     return {"json": json_path, "markdown": md_path}

@@ -24,7 +24,7 @@ Differences from verl's own functions, all deliberate:
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
@@ -54,15 +54,42 @@ def _check_config(config) -> None:
         raise ValueError("config must be verl's actor config (with .policy_loss), as verl passes it to its policy losses")
 
 
-def compute_policy_loss_clip_cov(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config=None,
-    rollout_is_weights: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+def _verl_policy_loss(loss: Callable, metrics: Tuple[str, ...]):
+    """Decorator: ``arguments(config) -> loss's keyword arguments`` becomes verl's policy-loss
+    function of the same name and docstring, with verl's signature ``(old_log_prob, log_prob,
+    advantages, response_mask, loss_agg_mode="token-mean", config=None, rollout_is_weights=None)``:
+    it checks ``config``, calls ``loss`` with those arguments, the global-batch info and the
+    rollout weights, and returns ``metrics`` detached under verl's ``actor/`` names. (verl's
+    interface once, for both losses.)"""
+
+    def wrap(arguments: Callable[[Any], Dict[str, Any]]):
+        def compute_policy_loss(
+            old_log_prob: torch.Tensor,
+            log_prob: torch.Tensor,
+            advantages: torch.Tensor,
+            response_mask: torch.Tensor,
+            loss_agg_mode: str = "token-mean",
+            config=None,
+            rollout_is_weights: Optional[torch.Tensor] = None,
+        ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+            _check_config(config)
+            value, out = loss(
+                old_log_prob, log_prob, advantages, response_mask, loss_agg_mode,
+                **arguments(config),
+                rollout_is_weights=rollout_is_weights,
+                **_global_batch_info(config),
+            )
+            return value, {f"actor/{name}": out[name].detach() for name in metrics}
+
+        compute_policy_loss.__name__ = compute_policy_loss.__qualname__ = arguments.__name__
+        compute_policy_loss.__doc__ = arguments.__doc__
+        return compute_policy_loss
+
+    return wrap
+
+
+@_verl_policy_loss(clip_cov_policy_loss, metrics=("pg_clipfrac", "ppo_kl"))
+def compute_policy_loss_clip_cov(config) -> Dict[str, Any]:
     """verl's ``compute_policy_loss_clip_cov`` (same arguments, config fields, defaults and
     metric names) on :func:`entropy_kernels.training.clip_cov_policy_loss`.
 
@@ -79,32 +106,21 @@ def compute_policy_loss_clip_cov(
     >>> loss.backward(); sorted(metrics)
     ['actor/pg_clipfrac', 'actor/ppo_kl']
     """
-    _check_config(config)
+    # (the decorator's body runs the loss; this one reads the config as verl's function does)
     policy = _field(config, "policy_loss")
     clip_ratio = _field(config, "clip_ratio", 0.2)
-    loss, metrics = clip_cov_policy_loss(
-        old_log_prob, log_prob, advantages, response_mask, loss_agg_mode,
+    return dict(
         clip_ratio=clip_ratio,
         clip_ratio_low=_field(config, "clip_ratio_low", clip_ratio),
         clip_ratio_high=_field(config, "clip_ratio_high", clip_ratio),
         clip_cov_ratio=_field(policy, "clip_cov_ratio", 2e-4),
         clip_cov_lb=_field(policy, "clip_cov_lb", 1.0),
         clip_cov_ub=_field(policy, "clip_cov_ub", 5.0),
-        rollout_is_weights=rollout_is_weights,
-        **_global_batch_info(config),
     )
-    return loss, {"actor/pg_clipfrac": metrics["pg_clipfrac"].detach(), "actor/ppo_kl": metrics["ppo_kl"].detach()}
 
 
-def compute_policy_loss_kl_cov(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config=None,
-    rollout_is_weights: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+@_verl_policy_loss(kl_cov_policy_loss, metrics=("ppo_kl",))
+def compute_policy_loss_kl_cov(config) -> Dict[str, Any]:
     """verl's ``compute_policy_loss_kl_cov`` (same arguments, config fields, defaults --
     ``kl_cov_ratio`` 2e-4, ``ppo_kl_coef`` 1.0 when unset -- and metric name) on
     :func:`entropy_kernels.training.kl_cov_policy_loss`.
@@ -120,16 +136,8 @@ def compute_policy_loss_kl_cov(
     >>> loss.backward(); list(metrics)
     ['actor/ppo_kl']
     """
-    _check_config(config)
     policy = _field(config, "policy_loss")
-    loss, metrics = kl_cov_policy_loss(
-        old_log_prob, log_prob, advantages, response_mask, loss_agg_mode,
-        kl_cov_ratio=_field(policy, "kl_cov_ratio", 2e-4),
-        ppo_kl_coef=_field(policy, "ppo_kl_coef", 1.0),
-        rollout_is_weights=rollout_is_weights,
-        **_global_batch_info(config),
-    )
-    return loss, {"actor/ppo_kl": metrics["ppo_kl"].detach()}
+    return dict(kl_cov_ratio=_field(policy, "kl_cov_ratio", 2e-4), ppo_kl_coef=_field(policy, "ppo_kl_coef", 1.0))
 
 
 POLICY_LOSSES = {"clip_cov": compute_policy_loss_clip_cov, "kl_cov": compute_policy_loss_kl_cov}
