@@ -104,7 +104,6 @@ LSM_FWD_SWEEP = (  # the first is the launcher's 16-bit default (linear_softmax.
 
 def _configs() -> Iterator[Config]:
     """The launch configurations the ops use (and the probe's forward-tile sweep)."""
-    from . import cov_select as C
     from . import entropy as E
     from . import linear_softmax as L
     from . import logits_rows as R
@@ -188,24 +187,30 @@ def _configs() -> Iterator[Config]:
             }, stride_row=v, n_cols=v, n_select=n_select),
                 {"EXACT": exact, "WRITE_MASK": True, "SAMPLE": True, "STATS": True, "CAND": cand, "BLOCK": block,
                  "PREFILTER": True, "GROUP": group, "NSUB": nsub, "CAP": cap, "BLOCK_C": min(1024, cap)})
-    yield from _cov_configs(C)
+    yield from _cov_configs()
     yield Config("lsm_combine", L._lsm_combine_kernel, _sig(
         {"part_ptr": "*fp32", "stats_ptr": "*fp32", "N": "i32", "n_splits": "i32"}, N=8192, n_splits=5),
         {"BLOCK_R": 64, "BLOCK_S": 32}, num_warps=4)
 
 
-def _cov_configs(C) -> Iterator[Config]:
-    """Clip-Cov / KL-Cov selection and loss kernels (kernels/cov_select.py) at 65,536 tokens
-    (B = 64, T = 1024): phase launches with 4 warps, the cooperative one-launch kernel with 8."""
+def _cov_configs() -> Iterator[Config]:
+    """Clip-Cov / KL-Cov selection and loss kernels (kernels/cov_phases.py, radix_select.py,
+    cov_policy_loss.py, cov_fused.py) at 65,536 tokens (B = 64, T = 1024): phase launches with
+    4 warps, the cooperative one-launch kernel with 8."""
+    from .cov_fused import _fused_kernel
+    from .cov_phases import _keys_phase, _stats_phase
+    from .cov_policy_loss import _combine_phase, _loss_phase
+    from .radix_select import _hist2_phase, _hist3_phase, _write_phase
+
     tokens = dict(N=65536, chunk=1024)
     data = {"lp_ptr": "*fp32", "adv_ptr": "*fp32", "mask_ptr": "*i1"}
-    yield Config("cov_stats", C._stats_kernel,
+    yield Config("cov_stats", _stats_phase,
                  _sig({**data, "part_ptr": "*fp64", "ctrl_ptr": "*i32", "N": "i32", "chunk": "i32"}, **tokens),
                  {"ZERO_CTRL": True, "BLOCK": 1024}, num_warps=4)
     for dt, mask_t in (("fp32", "*i1"), ("bf16", "*fp32"), ("fp64", "*i64")):
         for clip in (False, True):
             for hist in (False, True):
-                yield Config(f"cov_keys[{dt},clip={clip},hist={hist}]", C._keys_kernel, _sig({
+                yield Config(f"cov_keys[{dt},clip={clip},hist={hist}]", _keys_phase, _sig({
                     "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": mask_t, "old_ptr": f"*{dt}", "part_ptr": "*fp64",
                     "n_parts": "i32", "stats_ptr": "*fp64", "key_ptr": "*i32" if hist else "*i64", "ctrl_ptr": "*i32",
                     "seed_ptr": "*i64", "offset_ptr": "*i64", "N": "i32", "chunk": "i32", "clip_low": "fp32",
@@ -214,7 +219,7 @@ def _cov_configs(C) -> Iterator[Config]:
                     {"MODE": int(clip), "HIST": hist, "KEY64": not hist, "ACC64": dt == "fp64",
                      "HAS_OFFSET": clip and hist, "P_BLOCK": 64 if hist else 16, "BLOCK": 1024}, num_warps=4)
     for dt in ("fp32", "bf16"):  # high_entropy_mask: keys are the values, no statistics
-        yield Config(f"cov_keys[{dt},top_values]", C._keys_kernel, _sig({
+        yield Config(f"cov_keys[{dt},top_values]", _keys_phase, _sig({
             "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "old_ptr": f"*{dt}", "part_ptr": "*i32",
             "n_parts": "i32", "stats_ptr": "*i32", "key_ptr": "*i32", "ctrl_ptr": "*i32", "seed_ptr": "*i32",
             "offset_ptr": "*i32", "N": "i32", "chunk": "i32", "clip_low": "fp32", "clip_high": "fp32", "lb": "fp32",
@@ -226,19 +231,19 @@ def _cov_configs(C) -> Iterator[Config]:
     den = {"den_hi": "fp32", "den_lo": "fp32", "den_mult": "fp32"}
     for mode in (0, 1, 2):  # KL-Cov, Clip-Cov, top values
         common = {"key_ptr": "*i32", "stats_ptr": "*fp64" if mode < 2 else "*i32", "ctrl_ptr": "*i32"}
-        yield Config(f"cov_hist2[mode={mode}]", C._hist2_kernel, _sig({**common, "N": "i32", "chunk": "i32", **ratio}, **tokens),
+        yield Config(f"cov_hist2[mode={mode}]", _hist2_phase, _sig({**common, "N": "i32", "chunk": "i32", **ratio}, **tokens),
                      {"MODE": mode, "BLOCK": 1024}, num_warps=4)
-        yield Config(f"cov_hist3[mode={mode}]", C._hist3_kernel,
+        yield Config(f"cov_hist3[mode={mode}]", _hist3_phase,
                      _sig({**common, "rows_ptr": "*i32", "N": "i32", "chunk": "i32", **ratio}, **tokens),
                      {"MODE": mode, "BLOCK": 1024}, num_warps=4)
-        yield Config(f"cov_write[mode={mode}]", C._write_kernel, _sig({
+        yield Config(f"cov_write[mode={mode}]", _write_phase, _sig({
             **common, "rows_ptr": "*i32", "sel_ptr": "*i1", "N": "i32", "chunk": "i32", **ratio,
         }, **tokens), {"MODE": mode, "P_BLOCK": 64, "BLOCK": 1024}, num_warps=4)
     loss_shape = dict(**tokens, T=1024, B=64)
     for dt in ("fp32", "bf16", "fp64"):
         for clip in (False, True):
             for agg in (0, 1, 2):
-                yield Config(f"cov_loss[{dt},clip={clip},agg={agg},iw={agg == 1},den={agg == 2}]", C._loss_kernel, _sig({
+                yield Config(f"cov_loss[{dt},clip={clip},agg={agg},iw={agg == 1},den={agg == 2}]", _loss_phase, _sig({
                     "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "sel_ptr": "*i1",
                     "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "iw_ptr": "*fp32", "den_ptr": "*fp64",
                     "coef_ptr": "*fp64" if dt == "fp64" else "*fp32", "part_ptr": "*fp64", "N": "i32", "T": "i32",
@@ -248,7 +253,7 @@ def _cov_configs(C) -> Iterator[Config]:
         fused_opts = {"launch_cooperative_grid": True}
         for clip in (False, True):
             for agg in (0, 2):
-                yield Config(f"cov_fused[{dt},clip={clip},agg={agg},iw={agg == 2},den={agg == 2}]", C._fused_kernel, _sig({
+                yield Config(f"cov_fused[{dt},clip={clip},agg={agg},iw={agg == 2},den={agg == 2}]", _fused_kernel, _sig({
                     "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "seed_ptr": "*i64",
                     "offset_ptr": "*i64", "rowcnt_ptr": "*fp32", "iw_ptr": "*fp32", "den_ptr": "*fp64", "part_ptr": "*fp64",
                     "stats_ptr": "*fp64",
@@ -260,7 +265,7 @@ def _cov_configs(C) -> Iterator[Config]:
                                    "ACC64": dt == "fp64", "HAS_OFFSET": False, "P_BLOCK": 256, "BLOCK": 1024},
                     options=fused_opts)
         for clip in (False, True):  # selection only (clip_cov_select / kl_cov_select)
-            yield Config(f"cov_fused[{dt},clip={clip},select]", C._fused_kernel, _sig({
+            yield Config(f"cov_fused[{dt},clip={clip},select]", _fused_kernel, _sig({
                 "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1", "seed_ptr": "*i64",
                 "offset_ptr": "*i64", **{name: "*fp64" for name in ("rowcnt_ptr", "iw_ptr", "den_ptr", "part_ptr", "stats_ptr")},
                 "ctrl_ptr": "*i32", "key_ptr": "*i32", "rows_ptr": "*i32", "sel_ptr": "*i1",
@@ -271,7 +276,7 @@ def _cov_configs(C) -> Iterator[Config]:
                                "ACC64": dt == "fp64", "HAS_OFFSET": True, "P_BLOCK": 256, "BLOCK": 1024},
                 options=fused_opts)
         if dt != "fp64":
-            yield Config(f"cov_fused[{dt},top_values]", C._fused_kernel, _sig({
+            yield Config(f"cov_fused[{dt},top_values]", _fused_kernel, _sig({
                 "old_ptr": f"*{dt}", "lp_ptr": f"*{dt}", "adv_ptr": f"*{dt}", "mask_ptr": "*i1",
                 **{name: "*i32" for name in ("seed_ptr", "offset_ptr", "rowcnt_ptr", "iw_ptr", "den_ptr", "part_ptr",
                                              "stats_ptr", "ctrl_ptr", "key_ptr", "rows_ptr")},
@@ -281,7 +286,7 @@ def _cov_configs(C) -> Iterator[Config]:
             }, N=1 << 20, T=1, B=1, chunk=8192),  # high_entropy_mask passes T = B = 1
                 {"MODE": 2, "LOSS": False, "AGG": 0, "HAS_IW": False, "DEN_PTR": False, "ACC64": False,
                  "HAS_OFFSET": False, "P_BLOCK": 256, "BLOCK": 1024}, options=fused_opts)
-        yield Config(f"cov_loss_combine[{dt}]", C._loss_combine_kernel, _sig({
+        yield Config(f"cov_loss_combine[{dt}]", _combine_phase, _sig({
             "part_ptr": "*fp64", "n_parts": "i32", "stats_ptr": "*fp64", "rowcnt_ptr": "*fp32", "den_ptr": "*fp64",
             "loss_ptr": "*fp64" if dt == "fp64" else "*fp32", "metrics_ptr": "*fp32", "B": "i32", **den,
         }, n_parts=64, B=64), {"CLIP": True, "AGG": 1, "DEN_PTR": True, "P_BLOCK": 64}, num_warps=4)

@@ -26,7 +26,7 @@ from ..reference import policy_loss as R
 from .top_h import _uniform_reference
 
 if _backend.triton_available():
-    from ..kernels import cov_select as _kernels
+    from ..kernels import cov_launch as _kernels
 else:  # pragma: no cover
     _kernels = None
 
@@ -148,7 +148,7 @@ def policy_loss_parts(
 
 
 class _FusedCovLossFunction(torch.autograd.Function):
-    """Selection + loss in one launch (``kernels.cov_select.fused``); differentiable in
+    """Selection + loss in one launch (``kernels.cov_launch.fused``); differentiable in
     ``log_prob`` like :func:`cov_policy_loss` (the saved ``coef`` is ∂loss/∂log_prob)."""
 
     @staticmethod
@@ -322,7 +322,7 @@ def _global_select(
 
 def _select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group):
     """``(selected, local stats)``, single-process or global; inputs are detached here. Eagerly
-    one cooperative launch (``kernels.cov_select.select_fused``) where the device allows it, else
+    one cooperative launch (``kernels.cov_launch.select_fused``) where the device allows it, else
     the five phase launches; while tracing, the ``cov_select`` op."""
     log_prob, advantages = log_prob.detach(), advantages.detach()
     old_log_prob = old_log_prob.detach() if old_log_prob is not None else None
