@@ -227,3 +227,113 @@ def seed_and_offset(generator: Optional[torch.Generator], seed: Optional[torch.T
     gen_device = generator.device if generator is not None else ref.device
     seed = torch.randint(0, 2**31 - 1, (1,), device=gen_device, generator=generator).to(ref.device)
     return seed, torch.zeros((1,), dtype=torch.int64, device=ref.device) if zero_offset else None
+
+
+# ---- the Clip-Cov / KL-Cov selection functions and policy losses ---------------------------------
+
+
+def check_policy_inputs(old_log_prob, log_prob, advantages, response_mask, with_old: bool = True):
+    """Types, shapes and devices of the ``[B, T]`` inputs (``old_log_prob`` too unless
+    ``with_old`` is False: KL-Cov's selection has none); returns contiguous tensors.
+
+    Example
+    -------
+    >>> lp = torch.zeros(2, 3)
+    >>> check_policy_inputs(lp, lp, lp, torch.ones(2, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: response_mask shape (2, 4) must equal log_prob's (2, 3)
+    """
+    tensors = {"log_prob": log_prob, "advantages": advantages, "response_mask": response_mask}
+    if with_old:
+        tensors = {"old_log_prob": old_log_prob, **tensors}
+    for name, t in tensors.items():
+        check_tensor(name, t)
+        if name != "response_mask":
+            check_float_dtype(name, t)
+    response_mask = kernel_mask("response_mask", response_mask)
+    if log_prob.dim() != 2 or 0 in log_prob.shape:
+        raise ValueError(f"log_prob must be a non-empty [B, T] tensor, got shape {tuple(log_prob.shape)}")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(log_prob.shape):
+            raise ValueError(f"{name} shape {tuple(t.shape)} must equal log_prob's {tuple(log_prob.shape)}")
+        check_same_device(name, t, "log_prob", log_prob)
+    if log_prob.numel() >= 2**31:
+        raise ValueError(f"at most 2**31 - 1 tokens per call, got {log_prob.numel()}")
+    return tuple(t.contiguous() if t is not None else None for t in (old_log_prob, log_prob, advantages, response_mask))
+
+
+def check_fraction(name: str, value, upper: float = 1.0) -> float:
+    """A Python number in ``(0, upper]`` (bools rejected), as a float.
+
+    Example
+    -------
+    >>> check_fraction("kl_cov_ratio", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: kl_cov_ratio must be a number in (0, 1.0], got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= upper:
+        raise ValueError(f"{name} must be a number in (0, {upper}], got {value!r}")
+    return float(value)
+
+
+def check_nonneg(name: str, value, upper: float = math.inf) -> float:
+    """A finite Python number in ``[0, upper]`` (bools rejected), as a float.
+
+    Example
+    -------
+    >>> check_nonneg("ppo_kl_coef", 0.5)
+    0.5
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= upper or math.isnan(value):
+        raise ValueError(f"{name} must be a finite number in [0, {upper}], got {value!r}")
+    if math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high) -> Tuple[float, float]:
+    """verl's rule: ``clip_ratio_low/high`` default to ``clip_ratio``; ε_low ∈ [0, 1], ε_high ≥ 0.
+    A bad default is reported under ``clip_ratio``, the argument the user gave.
+
+    Example
+    -------
+    >>> clip_bounds(0.2, None, 0.28)
+    (0.2, 0.28)
+    """
+    low_name = "clip_ratio_low" if clip_ratio_low is not None else "clip_ratio (the default of clip_ratio_low)"
+    high_name = "clip_ratio_high" if clip_ratio_high is not None else "clip_ratio (the default of clip_ratio_high)"
+    low = clip_ratio if clip_ratio_low is None else clip_ratio_low
+    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
+    return check_nonneg(low_name, low, 1.0), check_nonneg(high_name, high)
+
+
+def check_band(lb, ub) -> Tuple[float, float]:
+    """Clip-Cov's covariance band ``clip_cov_lb < clip_cov_ub`` (numbers, not NaN), as floats.
+
+    Example
+    -------
+    >>> check_band(1, 5.0)
+    (1.0, 5.0)
+    """
+    for name, v in (("clip_cov_lb", lb), ("clip_cov_ub", ub)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            raise ValueError(f"{name} must be a number, got {v!r}")
+    if not lb < ub:
+        raise ValueError(f"clip_cov_lb ({lb}) must be < clip_cov_ub ({ub})")
+    return float(lb), float(ub)
+
+
+def clip_cov_options(clip_ratio, clip_ratio_low, clip_ratio_high, clip_cov_ratio, clip_cov_lb, clip_cov_ub
+                     ) -> Tuple[float, float, float, float, float]:
+    """Clip-Cov's options, checked: ``(ε_low, ε_high, clip_cov_ratio, clip_cov_lb, clip_cov_ub)``
+    (:func:`clip_bounds`, :func:`check_fraction`, :func:`check_band`).
+
+    Example
+    -------
+    >>> clip_cov_options(0.2, None, None, 2e-4, 1.0, 5.0)
+    (0.2, 0.2, 0.0002, 1.0, 5.0)
+    """
+    low, high = clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high)
+    return low, high, check_fraction("clip_cov_ratio", clip_cov_ratio), *check_band(clip_cov_lb, clip_cov_ub)

@@ -33,14 +33,14 @@ class _NoLaunch:
 
 def stub_launches() -> None:
     """Make every op take its kernel path on CPU tensors, with launches that do nothing."""
-    from entropy_kernels.kernels import cov_select, entropy, linear_softmax, logits_rows, top_h
+    from entropy_kernels.kernels import cov_launch, entropy, linear_softmax, logits_rows, top_h
 
     _backend.use_triton = lambda t: True
-    for mod in (cov_select, entropy, linear_softmax, logits_rows, top_h):
+    for mod in (cov_launch, entropy, linear_softmax, logits_rows, top_h):
         mod.launcher = lambda kernel, probe: _NoLaunch()
         if hasattr(mod, "sm_count"):
             mod.sm_count = lambda device: 132
-    cov_select._fused_kernel = _NoLaunch()  # launched without ``launcher`` (eager only)
+    cov_launch._fused_kernel = _NoLaunch()  # launched without ``launcher`` (eager only)
 
     class _NativeStub:
         def __getattr__(self, name):

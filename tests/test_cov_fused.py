@@ -1,4 +1,4 @@
-"""The one-launch Clip-Cov / KL-Cov path (``kernels.cov_select.fused``: every phase of the
+"""The one-launch Clip-Cov / KL-Cov path (``kernels.cov_launch.fused``: every phase of the
 selection and the loss in one cooperative launch, grid barriers in between) against the
 phase-per-launch path and the float64 oracles; its routing and its fallback.
 
@@ -19,7 +19,7 @@ from test_cov_select import oracle_kl_cov as oracle_top_k
 from test_policy_loss import _double, loss_err, oracle_kl_cov, rel_err
 
 try:
-    from entropy_kernels.kernels import cov_select as K
+    from entropy_kernels.kernels import cov_launch as K
 except Exception:  # pragma: no cover - no Triton
     K = None
 

@@ -13,7 +13,7 @@ import entropy_kernels as ek
 from entropy_kernels import config
 
 try:
-    from entropy_kernels.kernels import cov_select as K
+    from entropy_kernels.kernels import cov_launch as K
 except Exception:  # pragma: no cover - no Triton
     K = None
 

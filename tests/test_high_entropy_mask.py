@@ -13,7 +13,7 @@ from entropy_kernels import config
 from entropy_kernels.ops.high_entropy_mask import high_entropy_mask_op
 
 try:
-    from entropy_kernels.kernels import cov_select as K
+    from entropy_kernels.kernels import cov_launch as K
 except Exception:  # pragma: no cover - no Triton
     K = None
 

@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ._launch import cdiv, launcher, next_pow2
 from ._online import online_softmax_update
+from .radix_select import _pick_digit
 
 
 
@@ -57,16 +58,6 @@ def _key_to_float(u):
     k = (u - 2147483648).to(tl.int32)
     b = tl.where(k < 0, k ^ 0x7FFFFFFF, k)
     return b.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _pick_digit(hist, need, NB: tl.constexpr):
-    """Largest digit d whose count of keys with digit >= d reaches `need`; and the count above d."""
-    bins = tl.arange(0, NB)
-    at_least = tl.cumsum(hist, 0, reverse=True)
-    d = tl.max(tl.where(at_least >= need, bins, -1), 0)
-    above = tl.sum(tl.where(bins == d, at_least - hist, 0), 0)
-    return d, above
 
 
 @triton.jit
@@ -363,7 +354,7 @@ def top_h(
     cand = max(16, next_pow2(n_select))
     block = block or (4096 if logits.element_size() <= 2 else 2048)
     block = max(32, min(block, next_pow2(v)))
-    # never more threads than elements of a [BLOCK] tensor (see cov_select._warps: tl.histogram
+    # never more threads than elements of a [BLOCK] tensor (see cov_launch._warps: tl.histogram
     # over a layout replicated across threads has over-counted in some Triton versions)
     num_warps = max(1, min(8, block // 32))
     mask = torch.zeros((b, v) if write_mask else (0, 0), dtype=torch.uint8, device=logits.device)

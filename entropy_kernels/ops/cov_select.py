@@ -7,13 +7,13 @@ LMs"): the ops
   selection across data-parallel ranks (all-reduce of the statistics in between);
 - ``entropy_kernels::cov_policy_loss`` — the loss given a selection, with its backward;
 
-and the public :func:`clip_cov_select` / :func:`kl_cov_select`. The losses themselves are in
+the selection behind the public functions and the losses (:func:`select_tokens`) and the public
+:func:`clip_cov_select` / :func:`kl_cov_select`. The losses themselves are in
 :mod:`entropy_kernels.training.policy_loss`. Semantics: :mod:`entropy_kernels.reference.policy_loss`.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Optional, Tuple
 
@@ -23,12 +23,14 @@ from torch.library import triton_op
 from .. import _backend, _validation
 from . import _eager
 from ..reference import policy_loss as R
+from .distributed_select import global_cov_select
 from .top_h import _uniform_reference
 
 if _backend.triton_available():
-    from ..kernels import cov_select as _kernels
+    from ..kernels import cov_launch as _kernels
 else:  # pragma: no cover
     _kernels = None
+
 
 def _reference_keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, clip_low, clip_high, lb, ub, seed, offset):
     if clip_mode:
@@ -148,7 +150,7 @@ def policy_loss_parts(
 
 
 class _FusedCovLossFunction(torch.autograd.Function):
-    """Selection + loss in one launch (``kernels.cov_select.fused``); differentiable in
+    """Selection + loss in one launch (``kernels.cov_launch.fused``); differentiable in
     ``log_prob`` like :func:`cov_policy_loss` (the saved ``coef`` is ∂loss/∂log_prob)."""
 
     @staticmethod
@@ -214,120 +216,27 @@ def masked_stats(log_prob, advantages, mask) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# argument checks shared with training.policy_loss
+# the selection behind the public functions and the losses (training.policy_loss)
 
 
-def check_inputs(old_log_prob, log_prob, advantages, response_mask, with_old: bool = True):
-    """Types, shapes and devices of the ``[B, T]`` inputs (``old_log_prob`` too unless
-    ``with_old`` is False: KL-Cov's selection has none); returns contiguous tensors."""
-    tensors = {"log_prob": log_prob, "advantages": advantages, "response_mask": response_mask}
-    if with_old:
-        tensors = {"old_log_prob": old_log_prob, **tensors}
-    for name, t in tensors.items():
-        _validation.check_tensor(name, t)
-        if name != "response_mask":
-            _validation.check_float_dtype(name, t)
-    response_mask = _validation.kernel_mask("response_mask", response_mask)
-    if log_prob.dim() != 2 or 0 in log_prob.shape:
-        raise ValueError(f"log_prob must be a non-empty [B, T] tensor, got shape {tuple(log_prob.shape)}")
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(log_prob.shape):
-            raise ValueError(f"{name} shape {tuple(t.shape)} must equal log_prob's {tuple(log_prob.shape)}")
-        _validation.check_same_device(name, t, "log_prob", log_prob)
-    if log_prob.numel() >= 2**31:
-        raise ValueError(f"at most 2**31 - 1 tokens per call, got {log_prob.numel()}")
-    return tuple(t.contiguous() if t is not None else None for t in (old_log_prob, log_prob, advantages, response_mask))
-
-
-def check_fraction(name: str, value, upper: float = 1.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= upper:
-        raise ValueError(f"{name} must be a number in (0, {upper}], got {value!r}")
-    return float(value)
-
-
-def check_nonneg(name: str, value, upper: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= upper or math.isnan(value):
-        raise ValueError(f"{name} must be a finite number in [0, {upper}], got {value!r}")
-    if math.isinf(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
-def clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high) -> Tuple[float, float]:
-    """verl's rule: ``clip_ratio_low/high`` default to ``clip_ratio``; ε_low ∈ [0, 1], ε_high ≥ 0.
-    A bad default is reported under ``clip_ratio``, the argument the user gave."""
-    low_name = "clip_ratio_low" if clip_ratio_low is not None else "clip_ratio (the default of clip_ratio_low)"
-    high_name = "clip_ratio_high" if clip_ratio_high is not None else "clip_ratio (the default of clip_ratio_high)"
-    low = clip_ratio if clip_ratio_low is None else clip_ratio_low
-    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
-    return check_nonneg(low_name, low, 1.0), check_nonneg(high_name, high)
-
-
-def check_band(lb, ub) -> Tuple[float, float]:
-    for name, v in (("clip_cov_lb", lb), ("clip_cov_ub", ub)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-            raise ValueError(f"{name} must be a number, got {v!r}")
-    if not lb < ub:
-        raise ValueError(f"clip_cov_lb ({lb}) must be < clip_cov_ub ({ub})")
-    return float(lb), float(ub)
-
-
-# --------------------------------------------------------------------------------------------
-# global selection over data-parallel ranks
-
-
-def _global_select(
+def select_tokens(
     log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Selection over the concatenation (rank order) of every rank's ``[B, T]`` batch.
+    """``(selected, local stats)``, single-process or global over ``group``'s ranks
+    (:func:`~entropy_kernels.ops.distributed_select.global_cov_select`); inputs are detached
+    here. Eagerly one cooperative launch (``kernels.cov_launch.select_fused``) where the device
+    allows it, else the five phase launches; while tracing, the ``cov_select`` op.
 
-    All-reduce of the 4 statistics (global means and counts); each rank's keys from the global
-    means (Clip-Cov's random keys use ``offset + rank·N`` so they equal the single-process keys
-    of the concatenated batch); each rank sends its top ``C`` candidates as composite
-    ``key·2³¹ + (2³¹−1 − global index)`` (unique, so ties resolve by the lower global index);
-    the ``k``-th largest of the gathered candidates is the global threshold. Exact when no
-    rank holds more than ``C = min(N, max(1, int(ρ·N·world)))`` of the global selection, which
-    holds when every rank passes the same ``[B, T]`` shape. Returns the local selection and the
-    *local* statistics (the loss is aggregated per rank, as verl does)."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    n = log_prob.numel()
-    local = cov_stats(log_prob, advantages, mask)
-    total = local.clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-    if clip_mode:
-        offset = offset + rank * n
-    key = cov_keys(log_prob, advantages, mask, old_log_prob, total, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
-    flat = key.reshape(-1)
-    gidx = torch.arange(n, device=flat.device, dtype=torch.int64) + rank * n
-    composite = torch.where(flat > 0, flat * 2**31 + (2**31 - 1 - gidx), torch.zeros_like(flat))
-    c = min(n, max(1, int(ratio * n * world)))
-    cand = torch.topk(composite, c, sorted=True).values
-    gathered = [torch.empty_like(cand) for _ in range(world)]
-    dist.all_gather(gathered, cand, group=group)
-    allc = torch.sort(torch.cat(gathered), descending=True).values
-    if clip_mode:
-        n_elig = (flat > 0).sum().to(torch.float64)
-        dist.all_reduce(n_elig, op=dist.ReduceOp.SUM, group=group)
-        k = torch.minimum(R.clip_cov_count(total, ratio), n_elig.long())
-    else:
-        k = R.kl_cov_count(total, ratio)
-    k = torch.clamp(k, max=allc.numel())
-    thresh = allc.gather(0, torch.clamp(k - 1, min=0).reshape(1)).reshape(())
-    selected = (composite >= thresh) & (flat > 0) & (k > 0)
-    return selected.reshape(log_prob.shape), local
-
-
-def _select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group):
-    """``(selected, local stats)``, single-process or global; inputs are detached here. Eagerly
-    one cooperative launch (``kernels.cov_select.select_fused``) where the device allows it, else
-    the five phase launches; while tracing, the ``cov_select`` op."""
+    Example
+    -------
+    >>> lp = torch.tensor([[-1.0, -0.5, -3.0, -2.0]]); adv = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
+    >>> select_tokens(lp, adv, torch.ones(1, 4), None, False, 0.5, 0.0, 0.0, 0.0, 0.0, None, None, None)[0]
+    tensor([[False,  True,  True, False]])
+    """
     log_prob, advantages = log_prob.detach(), advantages.detach()
     old_log_prob = old_log_prob.detach() if old_log_prob is not None else None
     if group is not None:
-        return _global_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group)
+        return global_cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group)
     if _backend.launch_triton_directly(log_prob):
         args = (log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
         if _kernels.fused_enabled(log_prob.device):
@@ -380,7 +289,8 @@ def clip_cov_select(
     seed, offset : one-element int64 tensors on the inputs' device (instead of ``generator``;
         the form a CUDA graph can capture: advance ``offset`` by ``B·T`` per step)
     process_group : torch.distributed group, optional — global selection over the ranks' batches
-        (means over all ranks, ``n`` from the global Σ mask; see :func:`_global_select`)
+        (means over all ranks, ``n`` from the global Σ mask; see
+        :func:`~entropy_kernels.ops.distributed_select.global_cov_select`)
 
     Returns
     -------
@@ -398,13 +308,15 @@ def clip_cov_select(
     >>> ek.clip_cov_select(old, lp, adv, mask, clip_cov_ratio=0.5, generator=g)
     tensor([[ True, False, False, False]])
     """
-    old_log_prob, log_prob, advantages, response_mask = check_inputs(old_log_prob, log_prob, advantages, response_mask)
-    low, high = clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high)
-    ratio = check_fraction("clip_cov_ratio", clip_cov_ratio)
-    lb, ub = check_band(clip_cov_lb, clip_cov_ub)
+    old_log_prob, log_prob, advantages, response_mask = _validation.check_policy_inputs(
+        old_log_prob, log_prob, advantages, response_mask
+    )
+    low, high, ratio, lb, ub = _validation.clip_cov_options(
+        clip_ratio, clip_ratio_low, clip_ratio_high, clip_cov_ratio, clip_cov_lb, clip_cov_ub
+    )
     _validation.check_process_group("process_group", process_group)
     seed, offset = _validation.seed_and_offset(generator, seed, offset, "log_prob", log_prob)
-    sel, _ = _select(log_prob.detach(), advantages, response_mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group)
+    sel, _ = select_tokens(log_prob.detach(), advantages, response_mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group)
     return sel
 
 
@@ -440,8 +352,10 @@ def kl_cov_select(
     tensor([[False,  True,  True, False],
             [False, False, False, False]])
     """
-    _, log_prob, advantages, response_mask = check_inputs(None, log_prob, advantages, response_mask, with_old=False)
-    ratio = check_fraction("kl_cov_ratio", kl_cov_ratio)
+    _, log_prob, advantages, response_mask = _validation.check_policy_inputs(
+        None, log_prob, advantages, response_mask, with_old=False
+    )
+    ratio = _validation.check_fraction("kl_cov_ratio", kl_cov_ratio)
     _validation.check_process_group("process_group", process_group)
-    sel, _ = _select(log_prob.detach(), advantages, response_mask, None, False, ratio, 0.0, 0.0, 0.0, 0.0, None, None, process_group)
+    sel, _ = select_tokens(log_prob.detach(), advantages, response_mask, None, False, ratio, 0.0, 0.0, 0.0, 0.0, None, None, process_group)
     return sel

@@ -1,19 +1,27 @@
-"""Exact top-``k`` selection over the concatenation of every data-parallel rank's tensor, with
-constant-size collectives and no host synchronisation.
+"""Token selection over the concatenation of every data-parallel rank's tensor.
 
-A radix select over 32-bit keys, one 8-bit digit per pass from the most significant: each rank
-histograms the digit of its remaining candidates (a 256-bin ``scatter_add_``), the histograms
-are all-reduced, and every rank picks the same digit — the one at which the count of larger keys
-reaches ``k``. After four passes every rank knows the ``k``-th largest key ``T``; keys above it
-are selected, and the ties at ``T`` are given to the lowest global positions (rank order, then
-flattened index) from one all-gather of the ranks' tie counts. So the result is bit for bit the
-single-process selection of the concatenated tensor, whatever each rank's size, and the traffic
-is 4 × 256 int64 all-reduces plus one int64 per rank, independent of the number of tokens.
+:func:`global_select_top` (``high_entropy_mask``): exact top-``k`` with constant-size
+collectives and no host synchronisation. A radix select over 32-bit keys, one 8-bit digit per
+pass from the most significant: each rank histograms the digit of its remaining candidates (a
+256-bin ``scatter_add_``), the histograms are all-reduced, and every rank picks the same digit —
+the one at which the count of larger keys reaches ``k``. After four passes every rank knows the
+``k``-th largest key ``T``; keys above it are selected, and the ties at ``T`` are given to the
+lowest global positions (rank order, then flattened index) from one all-gather of the ranks' tie
+counts. So the result is bit for bit the single-process selection of the concatenated tensor,
+whatever each rank's size, and the traffic is 4 × 256 int64 all-reduces plus one int64 per rank,
+independent of the number of tokens.
+
+:func:`global_cov_select` (Clip-Cov / KL-Cov with ``process_group``): global statistics, then
+the ``k``-th largest of every rank's top candidates.
 """
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
+
+from ..reference import policy_loss as R
 
 DIGIT_BITS = 8
 _PASSES = tuple(range(32 - DIGIT_BITS, -1, -DIGIT_BITS))  # 24, 16, 8, 0
@@ -108,3 +116,67 @@ def global_select_top(key: torch.Tensor, k: torch.Tensor, group) -> torch.Tensor
     allowed = torch.clamp(remaining - before, min=0)
     chosen_ties = ties & (torch.cumsum(ties.to(torch.int64), 0) <= allowed)
     return ((flat > prefix) | chosen_ties).reshape(key.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Clip-Cov / KL-Cov: the candidates' top-k over the ranks
+
+
+def global_cov_select(
+    log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Selection over the concatenation (rank order) of every rank's ``[B, T]`` batch.
+
+    All-reduce of the 4 statistics (global means and counts); each rank's keys from the global
+    means (Clip-Cov's random keys use ``offset + rank·N`` so they equal the single-process keys
+    of the concatenated batch); each rank sends its top ``C`` candidates as composite
+    ``key·2³¹ + (2³¹−1 − global index)`` (unique, so ties resolve by the lower global index);
+    the ``k``-th largest of the gathered candidates is the global threshold. Exact when no
+    rank holds more than ``C = min(N, max(1, int(ρ·N·world)))`` of the global selection, which
+    holds when every rank passes the same ``[B, T]`` shape. Returns the local selection and the
+    *local* statistics (the loss is aggregated per rank, as verl does). Every rank of ``group``
+    calls it together (``clip_cov_select`` / ``kl_cov_select`` with ``process_group``).
+
+    Example
+    -------
+    >>> import torch.distributed as dist, tempfile, os
+    >>> f = os.path.join(tempfile.mkdtemp(), "init")
+    >>> dist.init_process_group("gloo", init_method=f"file://{f}", rank=0, world_size=1)
+    >>> lp = torch.tensor([[-1.0, -0.5, -3.0, -2.0]]); adv = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
+    >>> sel, _ = global_cov_select(lp, adv, torch.ones(1, 4), None, False, 0.5, 0.0, 0.0, 0.0, 0.0, None, None,
+    ...                            dist.group.WORLD)
+    >>> sel
+    tensor([[False,  True,  True, False]])
+    >>> dist.destroy_process_group()
+    """
+    import torch.distributed as dist
+
+    from . import cov_select as ops  # imports this module: the ops are looked up at call time
+
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    n = log_prob.numel()
+    local = ops.cov_stats(log_prob, advantages, mask)
+    total = local.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    if clip_mode:
+        offset = offset + rank * n
+    key = ops.cov_keys(log_prob, advantages, mask, old_log_prob, total, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
+    flat = key.reshape(-1)
+    gidx = torch.arange(n, device=flat.device, dtype=torch.int64) + rank * n
+    composite = torch.where(flat > 0, flat * 2**31 + (2**31 - 1 - gidx), torch.zeros_like(flat))
+    c = min(n, max(1, int(ratio * n * world)))
+    cand = torch.topk(composite, c, sorted=True).values
+    gathered = [torch.empty_like(cand) for _ in range(world)]
+    dist.all_gather(gathered, cand, group=group)
+    allc = torch.sort(torch.cat(gathered), descending=True).values
+    if clip_mode:
+        n_elig = (flat > 0).sum().to(torch.float64)
+        dist.all_reduce(n_elig, op=dist.ReduceOp.SUM, group=group)
+        k = torch.minimum(R.clip_cov_count(total, ratio), n_elig.long())
+    else:
+        k = R.kl_cov_count(total, ratio)
+    k = torch.clamp(k, max=allc.numel())
+    thresh = allc.gather(0, torch.clamp(k - 1, min=0).reshape(1)).reshape(())
+    selected = (composite >= thresh) & (flat > 0) & (k > 0)
+    return selected.reshape(log_prob.shape), local

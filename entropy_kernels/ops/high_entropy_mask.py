@@ -3,10 +3,10 @@ for reasoning): only the highest-entropy ``top_fraction`` of the valid tokens of
 policy gradient. Computed on the device without host synchronisation (CUDA-graph capturable):
 the op ``entropy_kernels::high_entropy_mask`` and the public :func:`high_entropy_mask`.
 
-On CUDA it is the radix select of the Clip-Cov / KL-Cov kernels (``kernels/cov_select.py``,
-mode ``TOP_VALUES``) keyed by the entropies themselves: one cooperative launch eagerly, four
-launches under torch.compile; on the CPU, :mod:`entropy_kernels.reference.high_entropy` (a
-device sort).
+On CUDA it is the radix select of the Clip-Cov / KL-Cov kernels (``kernels/radix_select.py``,
+mode ``TOP_VALUES``; launchers in ``kernels/cov_launch.py``) keyed by the entropies themselves:
+one cooperative launch eagerly, four launches under torch.compile; on the CPU,
+:mod:`entropy_kernels.reference.high_entropy` (a device sort).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..reference.policy_loss import float_key
 from .distributed_select import global_select_top
 
 if _backend.triton_available():
-    from ..kernels import cov_select as _kernels
+    from ..kernels import cov_launch as _kernels
 else:  # pragma: no cover - Triton ships with torch's CUDA wheels
     _kernels = None
 

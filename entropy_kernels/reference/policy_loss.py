@@ -8,7 +8,7 @@ Two layers:
 - :func:`verl_clip_cov_loss` / :func:`verl_kl_cov_loss`: the loss the way verl computes it
   (``nonzero``, ``randperm``, ``.item()``, a copy to the CPU), the benchmark baseline.
 
-Conventions shared with the kernels (``kernels/cov_select.py``):
+Conventions shared with the kernels (``kernels/cov_phases.py``, ``kernels/radix_select.py``):
 
 - ``mask``: a token is *valid* where ``mask > 0``; mask values weight the means (verl's
   ``masked_mean``), so a 0/1 mask gives plain means over the valid tokens.
@@ -121,19 +121,6 @@ def kl_cov_keys(log_prob, advantages, mask, stats) -> torch.Tensor:
 def clip_cov_keys(old_log_prob, log_prob, advantages, mask, stats, clip_low, clip_high, lb, ub, uniform) -> torch.Tensor:
     eligible = clip_cov_eligible(old_log_prob, log_prob, advantages, mask, stats, clip_low, clip_high, lb, ub)
     return torch.where(eligible, random_key(uniform), 0)
-
-
-def kl_cov_select_reference(log_prob, advantages, mask, kl_cov_ratio: float) -> torch.Tensor:
-    """The ``k`` valid tokens of largest covariance (float64 math, ties → lower index).
-
-    Example
-    -------
-    >>> lp = torch.tensor([[-1.0, -0.5, -3.0, -2.0]]); a = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
-    >>> kl_cov_select_reference(lp, a, torch.ones(1, 4), 0.5)
-    tensor([[False,  True,  True, False]])
-    """
-    stats = masked_stats(log_prob, advantages, mask)
-    return select_top(kl_cov_keys(log_prob, advantages, mask, stats), kl_cov_count(stats, kl_cov_ratio))
 
 
 def sequence_count(w: torch.Tensor) -> torch.Tensor:
@@ -252,47 +239,6 @@ def aggregate(
     valid = mask > 0
     w = torch.where(valid, mask.to(loss_mat.dtype), 0.0)
     return (reduce_loss_weights(w, reduction, given, mult) * torch.where(valid, loss_mat, 0.0)).sum()
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return aggregate(x, mask, "token-mean")
-
-
-def clip_cov_loss_reference(
-    old_log_prob, log_prob, advantages, mask, selected, loss_agg_mode="token-mean", clip_low=0.2, clip_high=0.2,
-    rollout_is_weights=None, **global_batch_info,
-) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Clip-Cov loss given the selection: ``max(L1, L2)·(1 − selected)`` (times
-    ``rollout_is_weights``), aggregated as :func:`aggregate` with ``global_batch_info``;
-    autograd through plain torch ops (the oracle for the op's analytic gradient)."""
-    _, l1, l2 = ppo_surrogates(old_log_prob, log_prob, advantages, clip_low, clip_high)
-    corr = 1.0 - selected.to(l1.dtype)
-    tok = _weighted(torch.maximum(l1, l2) * corr, rollout_is_weights)
-    loss = aggregate(tok, mask, loss_agg_mode, **global_batch_info)
-    d = (log_prob.detach() - old_log_prob).to(l1.dtype)
-    metrics = {
-        "pg_clipfrac": _masked_mean(selected.to(l1.dtype), mask),
-        "ppo_kl": _masked_mean(-d, mask),
-    }
-    return loss, metrics
-
-
-def kl_cov_loss_reference(
-    old_log_prob, log_prob, advantages, mask, selected, loss_agg_mode="token-mean", ppo_kl_coef=0.1,
-    rollout_is_weights=None, **global_batch_info,
-) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """KL-Cov loss given the selection: ``−A·exp(d) + selected·β·|d|`` (times
-    ``rollout_is_weights``), aggregated."""
-    dt = compute_dtype(log_prob)
-    d = log_prob.to(dt) - old_log_prob.to(dt)
-    l1 = -advantages.to(dt) * torch.exp(d)
-    tok = _weighted(torch.where(selected, l1 + ppo_kl_coef * d.abs(), l1), rollout_is_weights)
-    loss = aggregate(tok, mask, loss_agg_mode, **global_batch_info)
-    metrics = {
-        "pg_clipfrac": torch.zeros((), dtype=dt, device=log_prob.device),
-        "ppo_kl": _masked_mean(d.detach().abs(), mask),
-    }
-    return loss, metrics
 
 
 def _weighted(loss_mat: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:

@@ -164,11 +164,11 @@ def clip_cov_policy_loss(
     >>> int(m["n_selected"]) <= 5, bool((lp.grad == 0).sum() >= m["n_selected"])
     (True, True)
     """
-    old_log_prob, log_prob, advantages, mask = _ops.check_inputs(old_log_prob, log_prob, advantages, response_mask)
+    old_log_prob, log_prob, advantages, mask = _validation.check_policy_inputs(old_log_prob, log_prob, advantages, response_mask)
     agg = _aggregation(log_prob, loss_agg_mode, rollout_is_weights, global_batch_info)
-    low, high = _ops.clip_bounds(clip_ratio, clip_ratio_low, clip_ratio_high)
-    ratio = _ops.check_fraction("clip_cov_ratio", clip_cov_ratio)
-    lb, ub = _ops.check_band(clip_cov_lb, clip_cov_ub)
+    low, high, ratio, lb, ub = _validation.clip_cov_options(
+        clip_ratio, clip_ratio_low, clip_ratio_high, clip_cov_ratio, clip_cov_lb, clip_cov_ub
+    )
     _validation.check_process_group("process_group", process_group)
     if selection is not None:
         if generator is not None or seed is not None or process_group is not None:
@@ -184,7 +184,7 @@ def clip_cov_policy_loss(
                 return out
         if offset is None:
             offset = torch.zeros_like(seed)
-        selected, stats = _ops._select(
+        selected, stats = _ops.select_tokens(
             log_prob.detach(), advantages, mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group
         )
     return _loss(old_log_prob, log_prob, advantages, mask, selected, stats, True, agg, low, high, 0.0)
@@ -235,10 +235,10 @@ def kl_cov_policy_loss(
     >>> m["ppo_kl"]                               # masked mean of |d|
     tensor(0.1000)
     """
-    old_log_prob, log_prob, advantages, mask = _ops.check_inputs(old_log_prob, log_prob, advantages, response_mask)
+    old_log_prob, log_prob, advantages, mask = _validation.check_policy_inputs(old_log_prob, log_prob, advantages, response_mask)
     agg = _aggregation(log_prob, loss_agg_mode, rollout_is_weights, global_batch_info)
-    ratio = _ops.check_fraction("kl_cov_ratio", kl_cov_ratio)
-    coef = _ops.check_nonneg("ppo_kl_coef", ppo_kl_coef)
+    ratio = _validation.check_fraction("kl_cov_ratio", kl_cov_ratio)
+    coef = _validation.check_nonneg("ppo_kl_coef", ppo_kl_coef)
     _validation.check_process_group("process_group", process_group)
     if selection is not None:
         if process_group is not None:
@@ -250,7 +250,7 @@ def kl_cov_policy_loss(
             out = _fused(old_log_prob, log_prob, advantages, mask, False, agg, ratio, 0.0, 0.0, 0.0, 0.0, coef, None, None)
             if out is not None:
                 return out
-        selected, stats = _ops._select(
+        selected, stats = _ops.select_tokens(
             log_prob.detach(), advantages, mask, None, False, ratio, 0.0, 0.0, 0.0, 0.0, None, None, process_group
         )
     return _loss(old_log_prob, log_prob, advantages, mask, selected, stats, False, agg, 0.0, 0.0, coef)
