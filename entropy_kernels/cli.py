@@ -34,7 +34,7 @@ def _info(_args) -> int:
     import torch
 
     from . import __version__, _backend
-    from .ops import OPS
+    from .ops import op_table
 
     print(f"entropy_kernels {__version__} ({Path(__file__).resolve().parent})")
     print(f"torch           {torch.__version__} (CUDA {torch.version.cuda})")
@@ -57,10 +57,10 @@ def _info(_args) -> int:
             print(f"_C sees         {n} GPU(s): {names}; driver {C.cuda_driver_version()}")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(f"torch GPU       {gpu}")
-    width = max(len(n) for n in OPS) + 2
+    table = op_table()
+    width = max(len(row[0]) for row in table) + 2
     print(f"\n{'op':{width}s}{'cpu':24s} cuda")
-    for name in OPS:
-        cpu, cuda = NATIVE_OPS.get(name, (_backend.describe_backend("cpu"), _backend.describe_backend("cuda")))
+    for name, _, cpu, cuda in table:
         print(f"{name:{width}s}{cpu:24s} {cuda}")
     from . import config
 
@@ -68,11 +68,6 @@ def _info(_args) -> int:
     for var, value, meaning in config.describe():
         print(f"{var}={value:3s} {meaning}")
     return 0
-
-
-# ops whose kernels are C++/CUDA in _C rather than Triton
-NATIVE_OPS = {"DFloatTensor.decompress": ("C++ (_C)", "CUDA C++ (_C)"),
-              "DFloatTensor.linear": ("C++ decode + F.linear", "CUDA C++ (_C), > 16 rows: decode + cuBLAS")}
 
 
 def _slug(text: str) -> str:

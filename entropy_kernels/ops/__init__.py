@@ -1,14 +1,12 @@
 """torch.library ops in the ``entropy_kernels::`` namespace, one module per capability.
 
-Every module follows the pattern of :mod:`entropy_kernels.ops.entropy` -- read that one first:
-
-1. ``@torch.library.triton_op`` defines the op. Its body routes by device through
-   :func:`entropy_kernels._backend.use_triton`: the Triton launcher (which calls kernels via
-   ``wrap_triton`` so ``torch.compile`` can see and inline them) or the pure-torch reference.
-   The same body serves as the fake impl, so shapes are computed in exactly one place.
-2. A second op for the backward, same routing; ``register_autograd`` connects them.
-3. A public function that validates arguments (``_validation``), prepares tensors and calls the
-   op; it carries the docstring with an example and is re-exported by ``entropy_kernels``.
+Every op is declared once with :func:`entropy_kernels.ops._registry.define_op` -- read
+:mod:`entropy_kernels.ops.entropy` first: a typed signature (the schema), the kernel launcher
+and the pure-torch reference (or one composite implementation, or a native ``_C`` kernel with
+a fake impl), the backward if differentiable, and sample calls. The registry builds the
+``torch.library`` op, its autograd, the eager fast path, the ``entropy-kernels info`` row and
+the shared opcheck / eager-vs-op tests (``tests/test_registry.py``). The public function
+validates arguments (``_validation``), calls the registered op and carries the docstring.
 """
 
 from . import entropy  # noqa: F401  (registers entropy_kernels::entropy_fwd / entropy_bwd)
@@ -19,22 +17,13 @@ from . import linear_logprob_entropy  # noqa: F401  (built on the ops above)
 from . import top_h  # noqa: F401  (entropy_kernels::top_h)
 from . import dfloat  # noqa: F401  (entropy_kernels::dfloat_decompress / dfloat_decompress_into)
 from . import cov_select  # noqa: F401  (entropy_kernels::cov_select / cov_stats / cov_keys / cov_policy_loss)
+from . import high_entropy_mask  # noqa: F401  (entropy_kernels::high_entropy_mask)
 
-# public function -> the torch.library ops behind it (for `entropy-kernels info` and the docs)
-OPS = {
-    "entropy": ("entropy_kernels::entropy_fwd", "entropy_kernels::entropy_bwd"),
-    "linear_cross_entropy": (
-        "entropy_kernels::linear_softmax_stats",
-        "entropy_kernels::linear_softmax_backward",
-        "entropy_kernels::linear_cross_entropy_chunked",
-    ),
+from ._registry import REGISTRY, info_rows  # noqa: E402
+
+# Ops not declared through the registry yet (they register with torch.library directly).
+_UNREGISTERED = {
     "top_h_mask / top_h_sample": ("entropy_kernels::top_h",),
-    "linear_logprob_entropy": (
-        "entropy_kernels::linear_softmax_stats",
-        "entropy_kernels::linear_softmax_stats_stored",
-    ),
-    "DFloatTensor.decompress": ("entropy_kernels::dfloat_decompress", "entropy_kernels::dfloat_decompress_into"),
-    "DFloatTensor.linear": ("entropy_kernels::dfloat_linear",),
     "high_entropy_mask": ("entropy_kernels::high_entropy_mask",),
     "clip_cov_select / kl_cov_select": ("entropy_kernels::cov_select",),
     "clip_cov_policy_loss / kl_cov_policy_loss": (
@@ -44,3 +33,23 @@ OPS = {
         "entropy_kernels::cov_keys",
     ),
 }
+
+
+def op_table():
+    """``[(public function, ops behind it, CPU implementation, CUDA implementation)]`` for
+    ``entropy-kernels info`` and the docs: the registry's rows, then the ops registered by hand.
+
+    Example
+    -------
+    >>> op_table()[0][:2]
+    ('entropy', ('entropy_kernels::entropy_fwd', 'entropy_kernels::entropy_bwd'))
+    """
+    from .. import _backend
+
+    rows = [(r.public, tuple(r.ops), r.cpu, r.cuda) for r in info_rows()]
+    cpu, cuda = _backend.describe_backend("cpu"), _backend.describe_backend("cuda")
+    return rows + [(public, ops, cpu, cuda) for public, ops in _UNREGISTERED.items()]
+
+
+# public function -> the torch.library ops behind it
+OPS = {public: ops for public, ops, _, _ in op_table()}
