@@ -3,7 +3,8 @@ call costs before the GPU does anything. Runs on any machine (CPU tensors; no GP
 interpreter): the Triton launchers and the EKDF decoder are replaced by no-ops and the ops are
 told to take their kernel path.
 
-    python scripts/host_overhead.py            # median µs per call, eager fast path vs the ops
+    python scripts/host_overhead.py                  # median µs per call, eager fast path vs the ops
+    python scripts/host_overhead.py --registration   # the registration styles on a trivial op
 
 Each case is timed in the same run through the eager fast path (the default: kernels launched
 directly, see ``_backend.eager_direct``) and with ``EK_VIA_OPS=1`` (through the registered
@@ -98,6 +99,85 @@ def _compressed_block_hooks(n: int):
     return [hook for m in block.modules() for hook in m._forward_pre_hooks.values()]
 
 
+def registration_styles():
+    """One trivial differentiable op (a copy) registered each way the package could register an
+    op, to time what the registration itself costs per call, with and without autograd:
+    ``triton_op`` and ``custom_op`` (what the package uses), ``torch.library.Library``
+    ``define``/``impl`` with ``register_autograd`` (no wrapper), an ``Autograd``-key kernel
+    around a plain ``autograd.Function``, and the plain ``autograd.Function`` (the eager twin)."""
+    from torch.library import Library, custom_op, triton_op
+
+    def impl(x, t: float):
+        return x.clone()
+
+    def fake(x, t):
+        return torch.empty_like(x)
+
+    def setup(ctx, inputs, output):
+        pass
+
+    def bwd(ctx, g):
+        return g, None
+
+    def schema(x: torch.Tensor, t: float) -> torch.Tensor:
+        ...
+
+    import functools
+
+    a = triton_op("ek_overhead::a", functools.wraps(schema)(impl), mutates_args=())
+    b = custom_op("ek_overhead::b", functools.wraps(schema)(impl), mutates_args=())
+    b.register_fake(fake)
+    for op in (a, b):
+        op.register_autograd(bwd, setup_context=setup)
+    lib = Library("ek_overhead", "FRAGMENT")
+    for name in ("c", "d"):
+        lib.define(f"{name}(Tensor x, float t) -> Tensor")
+        lib.impl(name, impl, "CPU")
+        lib.impl(name, fake, "Meta")
+    torch.library.register_autograd("ek_overhead::c", bwd, setup_context=setup, lib=lib)
+    d = torch.ops.ek_overhead.d.default
+
+    class Twin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, t):
+            return impl(x, t)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, None
+
+    class BelowAutograd(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, t):
+            with torch._C._AutoDispatchBelowAutograd():
+                return d(x, t)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, None
+
+    lib.impl("d", BelowAutograd.apply, "Autograd")
+    return lib, {
+        "triton_op + register_autograd": a,
+        "custom_op + register_autograd": b,
+        "Library.define/impl + register_autograd": torch.ops.ek_overhead.c.default,
+        "Library.define/impl + Autograd-key Function": d,
+        "autograd.Function (the eager twin)": Twin.apply,
+        "the implementation alone": impl,
+    }
+
+
+def registration(reps: int) -> None:
+    """Print µs per call of :func:`registration_styles`, input with and without requires_grad."""
+    lib, styles = registration_styles()
+    x, xg = torch.randn(16), torch.randn(16, requires_grad=True)
+    print(f"host µs per call of a registered copy op (median of 7 x {reps}), torch {torch.__version__}")
+    print(f"{'registration':45s} {'no grad':>9s} {'grad':>9s}")
+    for name, fn in styles.items():
+        print(f"{name:45s} {median_us(lambda: fn(x, 1.0), reps):9.1f} {median_us(lambda: fn(xg, 1.0), reps):9.1f}")
+    del lib
+
+
 def median_us(fn, reps: int, rounds: int = 7) -> float:
     for _ in range(20):
         fn()
@@ -115,7 +195,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=65536)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--registration", action="store_true",
+                        help="time the ways of registering an op instead (does registration alone pay for the twins?)")
     args = parser.parse_args(argv)
+    if args.registration:
+        registration(args.reps)
+        return 0
     calls = cases(args.tokens, args.vocab)  # before the stubs: building the EKDF payload needs _C
     stub_launches()
     print(f"host µs per call (median of 7 x {args.reps}), torch {torch.__version__}, {os.cpu_count()} CPUs")

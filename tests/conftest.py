@@ -28,6 +28,8 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_interp = pytest.mark.skip(reason="needs TRITON_INTERPRET=1 (set automatically without a GPU)")
     for item in items:
+        if "interpreter" in item.keywords:  # the fast tier (-m "not slow") leaves the interpreter out
+            item.add_marker(pytest.mark.slow)
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
         if "interpreter" in item.keywords and not INTERPRETING:
@@ -64,8 +66,24 @@ def backend(request):
     return request.param
 
 
-# Fresh random data on every run; EK_TEST_SEED=<printed value> reproduces a failing run.
-RUN_SEED = int(os.environ.get("EK_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+# Fresh random data on every run; EK_TEST_SEED=<printed value> reproduces a failing run. Under
+# pytest-xdist every worker derives the same seed from the run's id, so the printed one holds.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+RUN_SEED = int(os.environ.get("EK_TEST_SEED", zlib.crc32(_RUN_ID.encode()) if _RUN_ID else
+                              int.from_bytes(os.urandom(4), "little")))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one core per worker: the workers already fill the machine
+
+
+def pytest_configure(config):
+    """The controller of an xdist run picks the run id the workers derive the seed from."""
+    global RUN_SEED
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    if not getattr(config.option, "testrunuid", None):
+        config.option.testrunuid = os.urandom(8).hex()
+    if "EK_TEST_SEED" not in os.environ:
+        RUN_SEED = zlib.crc32(config.option.testrunuid.encode())
 
 
 def pytest_report_header(config):

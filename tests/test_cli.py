@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import pytest
 
 from entropy_kernels import cli
 
@@ -34,6 +35,7 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, capsys):
     assert "| entropy fwd B=8 V=8192 float32 | entropy_kernels |" in md
 
 
+@pytest.mark.slow
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "entropy_kernels.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "bench" in out.stdout

@@ -242,6 +242,7 @@ def test_interrupt_and_unexpected_errors(model, tmp_path, capsys, monkeypatch):
         assert err.strip().splitlines()[-1].startswith(PREFIX)
 
 
+@pytest.mark.slow
 def test_the_command_fails_in_one_line_as_a_subprocess(tmp_path):
     """The installed entry point (``python -m`` runs the same main) prints no traceback, and
     shows one with --debug."""

@@ -248,6 +248,7 @@ def test_opcheck(backend):
             torch.library.opcheck(ops.cov_select.default, (lp, adv, mask, old, True, 0.1, 0.2, 0.2, 0.1, 5.0, seed, off))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_torch_compile_fullgraph(device):
     torch._dynamo.reset()

@@ -293,6 +293,7 @@ def _generate(model, ids):
         return model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)
 
 
+@pytest.mark.slow
 def test_compressed_llama_uses_linear_for_small_inputs(monkeypatch):
     """The compressed model's nn.Linear modules call DFloatTensor.linear for inputs of <= 16 rows
     (decode steps, short prompts) and decode into the buffer for larger ones. On the CPU that

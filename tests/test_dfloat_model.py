@@ -27,6 +27,7 @@ def _generate(model, ids):
         return model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [False, True])
 @pytest.mark.parametrize("group_by", ["block", "module"])
 def test_compressed_model_is_bit_identical_and_survives_save_load(tmp_path, tie, group_by):
@@ -123,6 +124,7 @@ def test_compressed_model_on_cuda_is_bit_identical(tmp_path):
     assert torch.equal(_generate(loaded, ids), _generate(model, ids))
 
 
+@pytest.mark.slow
 def test_checkpoint_compressed_by_the_cli_loads_as_a_model(tmp_path):
     from entropy_kernels import cli
 

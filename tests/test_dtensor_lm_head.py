@@ -142,6 +142,7 @@ def _worker(rank, world, init_file):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_dtensor_lm_head_matches_single_process_gloo(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
 

@@ -419,6 +419,7 @@ def test_decompress_never_verifies_on_the_decode_path(monkeypatch):
 
 # ---- the fuzz ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_seeded_fuzz_of_files_and_op_arguments():
     """tests/fuzz_ekdf.py in a subprocess: damaged files (validated and not) and inconsistent op
     calls. EK_FUZZ_CASES sets the number of damaged files (default 300; a third as many

@@ -91,6 +91,7 @@ def _worker(rank, world, init_file):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_global_mask_equals_one_process_on_the_concatenation(tmp_path):
     """3 processes (uneven slices, an empty rank, ties and NaN across boundaries) and a 2-rank group."""
     mp.spawn(_worker, args=(3, str(tmp_path / "init")), nprocs=3, join=True)

@@ -28,7 +28,8 @@ def _nvidia_backend_available() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _nvidia_backend_available(), reason="Triton without its NVIDIA backend")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not _nvidia_backend_available(), reason="Triton without its NVIDIA backend")]
 ENV = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
 
 

@@ -35,6 +35,7 @@ def dry_run(tmp_path_factory):
     return proc, doc, out, wall
 
 
+@pytest.mark.slow
 def test_dry_run_runs_every_step_without_errors(dry_run):
     proc, doc, out, wall = dry_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -164,6 +165,7 @@ def test_a_hand_edited_number_fails_the_check(tmp_path):
     assert proc.returncode == 1 and "never typed" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_newest_results_file_wins_and_dry_runs_are_ignored(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(ROOT / "benchmarks" / "results", results)

@@ -91,6 +91,7 @@ def _check_data_parallel_invariance(rank, world, old, lp, adv, mask, rows, group
             assert torch.allclose(x.grad / world, y.grad[rows], rtol=1e-5, atol=1e-8), f"rank {rank}: {fn.__name__} {mode}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interpreted", [False, pytest.param(True, marks=pytest.mark.interpreter)], ids=["reference", "interpreter"])
 def test_global_selection_matches_single_process_gloo(interpreted, tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), interpreted), nprocs=2, join=True)

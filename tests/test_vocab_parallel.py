@@ -105,6 +105,7 @@ def _worker(rank, world, init_file, device):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_vocab_parallel_matches_single_process_gloo(world, tmp_path):
     mp.spawn(_worker, args=(world, str(tmp_path / "init"), "cpu"), nprocs=world, join=True)

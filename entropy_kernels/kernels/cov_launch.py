@@ -14,8 +14,10 @@ No host synchronisation either way: ``k`` never leaves the device.
 
 from __future__ import annotations
 
+import warnings
+
 import functools
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -276,6 +278,24 @@ def fused_enabled(device: torch.device) -> bool:
     if device.type == "cuda":
         return device.index not in _FUSED_FAILED
     return device.type == "cpu"
+
+
+def one_launch_or_phases(device: torch.device, one_launch: Callable, phases: Callable, what: str):
+    """``one_launch()`` where :func:`fused_enabled` allows it, else ``phases()``; a device that
+    refuses the cooperative launch (:class:`FusedLaunchUnavailable`) gets a warning naming
+    ``what`` and ``phases()`` (it is remembered: later calls go to the phases directly).
+
+    Example
+    -------
+    >>> one_launch_or_phases(torch.device("meta"), lambda: "one", lambda: "phases", "an example")
+    'phases'
+    """
+    if fused_enabled(device):
+        try:
+            return one_launch()
+        except FusedLaunchUnavailable as e:  # pragma: no cover - depends on the device
+            warnings.warn(f"entropy_kernels: one-launch {what} unavailable ({e}); using one launch per phase")
+    return phases()
 
 
 def _fused_scratch(n: int, programs: int, dev: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -23,8 +23,6 @@ from ._registry import REGISTRY, info_rows  # noqa: E402
 
 # Ops not declared through the registry yet (they register with torch.library directly).
 _UNREGISTERED = {
-    "top_h_mask / top_h_sample": ("entropy_kernels::top_h",),
-    "high_entropy_mask": ("entropy_kernels::high_entropy_mask",),
     "clip_cov_select / kl_cov_select": ("entropy_kernels::cov_select",),
     "clip_cov_policy_loss / kl_cov_policy_loss": (
         "entropy_kernels::cov_select",

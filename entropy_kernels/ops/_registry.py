@@ -15,10 +15,14 @@ From one call it builds
 - the row of ``entropy-kernels info`` and the opcheck / eager-vs-op cases of the test suite
   (``tests/test_registry.py`` runs them for every op in :data:`REGISTRY`).
 
-Why the eager twin stays: registering the op with ``torch.library.Library.define``/``impl``
-directly (no ``triton_op``/``custom_op`` wrapper) removes the wrapper's cost only without
-autograd; a differentiable op still pays for ``register_autograd``'s generated Function
-(``scripts/host_overhead.py --registration`` measures the styles side by side).
+Why the eager fast path stays: registering with ``torch.library.Library.define``/``impl``
+directly (no ``triton_op``/``custom_op`` wrapper) removes the wrapper's cost, but not the
+dispatcher's nor ``register_autograd``'s. ``scripts/host_overhead.py --registration`` on the
+2-core CPU machine, a trivial copy op, µs per call without / with a gradient: ``triton_op``
+79 / 148, ``custom_op`` 47 / 110, ``Library.define``/``impl`` 30 / 74, the plain
+``autograd.Function`` twin 31 / 39, the bare implementation 8 / 9. So a direct registration
+would save the no-grad wrapper cost, yet a differentiable call still costs ~2x the twin, and a
+non-differentiable kernel launched directly costs a quarter of the cheapest registered op.
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ def define_op(
     kernel: Optional[Callable] = None,
     reference: Optional[Callable] = None,
     implementation: Optional[Callable] = None,
+    eager_kernel: Optional[Callable] = None,
     fake: Optional[Callable] = None,
     backward: Optional[Callable] = None,
     setup_context: Optional[Callable] = None,
@@ -128,8 +133,9 @@ def define_op(
     - composite (``implementation`` given): ``implementation(*args)`` routes by itself (GEMMs
       with Triton row kernels, the same code on every device); it doubles as the fake impl.
 
-    ``backward``/``setup_context`` have ``register_autograd``'s meaning. ``eager=False`` keeps
-    every call on the registered op. ``samples()`` yields ``(args, label)`` calls for the shared
+    ``backward``/``setup_context`` have ``register_autograd``'s meaning. ``eager_kernel`` is what
+    the eager fast path launches when it differs from ``kernel`` (e.g. one cooperative launch
+    that ``torch.compile`` cannot take); ``eager=False`` keeps every call on the registered op. ``samples()`` yields ``(args, label)`` calls for the shared
     opcheck and eager-vs-op tests. ``backends`` overrides the ``info`` description per device.
 
     Example
@@ -172,9 +178,9 @@ def define_op(
     if backward is not None:
         op.register_autograd(backward, setup_context=setup_context)
         if eager and kernel is not None:
-            twin = _eager.autograd_function(f"_{name}_eager", kernel, setup_context, backward)
+            twin = _eager.autograd_function(f"_{name}_eager", eager_kernel or kernel, setup_context, backward)
     record = RegisteredOp(
-        name=qualname, public=public, op=op, kernel=kernel if eager else None, native=native,
+        name=qualname, public=public, op=op, kernel=(eager_kernel or kernel) if eager else None, native=native,
         differentiable=backward is not None, samples=samples, twin=twin,
         mutates_args=tuple(mutates_args), backends=backends,
     )

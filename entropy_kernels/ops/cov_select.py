@@ -14,7 +14,6 @@ the selection behind the public functions and the losses (:func:`select_tokens`)
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -196,16 +195,17 @@ def fused_policy_loss(
     selection + loss kernel, or None where it does not apply: while tracing (torch.compile takes
     the ops), on the torch path, with ``EK_COV_FUSED=0``, or where the device refused the
     cooperative launch. Same values as :func:`cov_select` followed by :func:`cov_policy_loss`."""
-    if not (_backend.launch_triton_directly(log_prob) and _kernels.fused_enabled(log_prob.device)):
-        return None  # before row_count: the fallback path computes it itself
-    try:
-        return _FusedCovLossFunction.apply(
-            old_log_prob, log_prob, advantages, mask, row_count(mask, agg), clip_mode, agg, ratio, clip_low, clip_high, lb, ub,
-            kl_coef, seed, offset, weights, given, mult,
-        )
-    except _kernels.FusedLaunchUnavailable as e:  # pragma: no cover - depends on the device
-        warnings.warn(f"entropy_kernels: one-launch Clip-Cov/KL-Cov kernel unavailable ({e}); using one launch per phase")
+    if not _backend.launch_triton_directly(log_prob):
         return None
+    return _kernels.one_launch_or_phases(
+        log_prob.device,
+        lambda: _FusedCovLossFunction.apply(
+            old_log_prob, log_prob, advantages, mask, row_count(mask, agg), clip_mode, agg, ratio, clip_low, clip_high,
+            lb, ub, kl_coef, seed, offset, weights, given, mult,
+        ),
+        lambda: None,  # the caller's phase path (it computes row_count itself)
+        "Clip-Cov/KL-Cov kernel",
+    )
 
 
 def masked_stats(log_prob, advantages, mask) -> torch.Tensor:
@@ -239,12 +239,8 @@ def select_tokens(
         return global_cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group)
     if _backend.launch_triton_directly(log_prob):
         args = (log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
-        if _kernels.fused_enabled(log_prob.device):
-            try:
-                return _kernels.select_fused(*args)
-            except _kernels.FusedLaunchUnavailable as e:  # pragma: no cover - depends on the device
-                warnings.warn(f"entropy_kernels: one-launch Clip-Cov/KL-Cov selection unavailable ({e}); using one launch per phase")
-        return _kernels.select(*args)
+        return _kernels.one_launch_or_phases(log_prob.device, lambda: _kernels.select_fused(*args),
+                                             lambda: _kernels.select(*args), "Clip-Cov/KL-Cov selection")
     return cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
 
 

@@ -11,14 +11,12 @@ one cooperative launch eagerly, four launches under torch.compile; on the CPU,
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-from torch.library import triton_op
 
 from .. import _backend, _validation
 from ..reference.high_entropy import high_entropy_count, high_entropy_mask_reference
 from ..reference.policy_loss import float_key
+from ._registry import define_op
 from .distributed_select import global_select_top
 
 if _backend.triton_available():
@@ -27,23 +25,28 @@ else:  # pragma: no cover - Triton ships with torch's CUDA wheels
     _kernels = None
 
 
-@triton_op("entropy_kernels::high_entropy_mask", mutates_args=())
-def high_entropy_mask_op(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float) -> torch.Tensor:
+def _signature(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float) -> torch.Tensor:
     """Bool mask of the top ``top_fraction`` valid tokens by entropy (contiguous inputs of one
     shape, at least one element). Internal: use :func:`high_entropy_mask`."""
-    if _backend.use_triton(entropy):
-        return _kernels.top_values(entropy, mask, top_fraction)
-    return high_entropy_mask_reference(entropy, mask, top_fraction)
 
 
 def _eager(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float) -> torch.Tensor:
     """The eager fast path: one cooperative launch where the device allows it, else the four."""
-    if _kernels.fused_enabled(entropy.device):
-        try:
-            return _kernels.top_values_fused(entropy, mask, top_fraction)
-        except _kernels.FusedLaunchUnavailable as e:  # pragma: no cover - depends on the device
-            warnings.warn(f"entropy_kernels: one-launch high_entropy_mask unavailable ({e}); using one launch per pass")
-    return _kernels.top_values(entropy, mask, top_fraction)
+    return _kernels.one_launch_or_phases(entropy.device, lambda: _kernels.top_values_fused(entropy, mask, top_fraction),
+                                         lambda: _kernels.top_values(entropy, mask, top_fraction), "high_entropy_mask")
+
+
+def _samples():
+    for shape, fraction, label in (((4, 50), 0.2, "4 x 50"), ((300,), 0.5, "300, half")):
+        yield (torch.randn(shape), _validation.kernel_mask("mask", torch.rand(shape) > 0.3), fraction), label
+
+
+HIGH_ENTROPY_MASK = define_op(
+    "high_entropy_mask", _signature, public="high_entropy_mask",
+    kernel=_kernels.top_values if _kernels else None, eager_kernel=_eager if _kernels else None,
+    reference=high_entropy_mask_reference, samples=_samples,
+)
+high_entropy_mask_op = HIGH_ENTROPY_MASK.op  # the torch.library op (what torch.compile sees)
 
 
 def _distributed(group) -> bool:
@@ -118,6 +121,4 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: f
     entropy, mask, top_fraction = entropy.detach().contiguous(), mask.contiguous(), float(top_fraction)
     if _distributed(process_group):
         return _global_mask(entropy, mask, top_fraction, process_group)
-    if _backend.launch_triton_directly(entropy):
-        return _eager(entropy, mask, top_fraction)
-    return high_entropy_mask_op(entropy, mask, top_fraction)
+    return HIGH_ENTROPY_MASK(entropy, mask, top_fraction)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Optional, Tuple, Union
 
 import torch
-from torch.library import triton_op
 
 from .. import _backend, _validation
 from ..reference.top_h import MODES, top_h_mask_reference
+from ._registry import define_op
 
 if _backend.triton_available():
     from ..kernels import top_h as _kernels
@@ -37,8 +37,7 @@ def _uniform_reference(seed: torch.Tensor, offset: torch.Tensor, b: int, v: int,
     return (((x >> 11) & ((1 << 53) - 1)).double() + 0.5) / float(1 << 53)
 
 
-@triton_op("entropy_kernels::top_h", mutates_args=())
-def top_h_op(
+def _top_h_signature(
     logits: torch.Tensor,
     alpha: torch.Tensor,
     temperature: float,
@@ -52,8 +51,11 @@ def top_h_op(
     """``(mask [B, V] bool or [0, 0], samples [B] int64 or [0], stats [B, 2] fp32 or [0, 2])``;
     ``stats`` rows are ``(lse, log Σ_kept p)`` of ``logits / temperature``. Internal: use the
     public API."""
-    if _backend.use_triton(logits):
-        return _kernels.top_h(logits, alpha, temperature, exact, top_n, write_mask, seed, offset, with_stats)
+
+
+def _top_h_reference(logits, alpha, temperature, exact, top_n, write_mask, seed, offset, with_stats=False):
+    """The CPU path (and the fake impl): the kept set of the reference rule, Gumbel-max sampling on
+    counter-based uniforms."""
     b, v = logits.shape
     keep = top_h_mask_reference(logits, alpha, temperature, "exact" if exact else "transformers", top_n)
     samples = torch.empty((0,), dtype=torch.int64, device=logits.device)
@@ -72,12 +74,21 @@ def top_h_op(
     return mask, samples, stats
 
 
-def _run(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset, with_stats=False):
-    """:func:`top_h_op`, or its kernel launched directly in eager mode (``_backend.eager_direct``:
-    on a decoding step the dispatcher would cost more host time than the kernel)."""
-    if _backend.launch_triton_directly(x):
-        return _kernels.top_h(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset, with_stats)
-    return top_h_op(x, alpha_t, temperature, exact, top_n, write_mask, seed, offset, with_stats)
+def _samples():
+    b, v = 3, 300
+    # small: the shared tests run each under Triton's interpreter, twice
+    for exact, seed, stats, label in ((False, None, False, "transformers mask"), (True, 7, True, "exact sample, stats")):
+        alpha = torch.rand(b) * 0.6 + 0.2
+        s = None if seed is None else torch.tensor([seed])
+        o = None if seed is None else torch.tensor([3])
+        yield (torch.randn(b, v) * 2, alpha, 0.8, exact, 50, seed is None, s, o, stats), label
+
+
+TOP_H = define_op(
+    "top_h", _top_h_signature, public="top_h_mask / top_h_sample",
+    kernel=_kernels.top_h if _kernels else None, reference=_top_h_reference, samples=_samples,
+)
+top_h_op = TOP_H.op  # the torch.library op (what torch.compile sees)
 
 
 def _token_logprobs(x: torch.Tensor, tokens: torch.Tensor, temperature: float, stats: torch.Tensor):
@@ -197,7 +208,7 @@ def top_h_mask(
     """
     _validation.check_bool("return_log_mass", return_log_mass)
     x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)
-    mask, _, stats = _run(x, alpha_t, temperature, mode == "exact", top_n, True, None, None, return_log_mass)
+    mask, _, stats = TOP_H(x, alpha_t, temperature, mode == "exact", top_n, True, None, None, return_log_mass)
     if return_log_mass:
         return mask, stats[:, 1]
     return mask
@@ -248,7 +259,7 @@ def top_h_sample(
     _validation.check_bool("return_logprobs", return_logprobs)
     x, alpha_t, temperature = _prepare(logits, alpha, temperature, mode, top_n)
     seed, offset = _validation.seed_and_offset(generator, seed, offset, "logits", logits)
-    _, samples, stats = _run(x, alpha_t, temperature, mode == "exact", top_n, False, seed.reshape(1), offset.reshape(1),
+    _, samples, stats = TOP_H(x, alpha_t, temperature, mode == "exact", top_n, False, seed.reshape(1), offset.reshape(1),
                              return_logprobs)
     if return_logprobs:
         return (samples, *_token_logprobs(x, samples, temperature, stats))
