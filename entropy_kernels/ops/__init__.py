@@ -21,32 +21,16 @@ from . import high_entropy_mask  # noqa: F401  (entropy_kernels::high_entropy_ma
 
 from ._registry import REGISTRY, info_rows  # noqa: E402
 
-# Ops not declared through the registry yet (they register with torch.library directly).
-_UNREGISTERED = {
-    "clip_cov_select / kl_cov_select": ("entropy_kernels::cov_select",),
-    "clip_cov_policy_loss / kl_cov_policy_loss": (
-        "entropy_kernels::cov_select",
-        "entropy_kernels::cov_policy_loss",
-        "entropy_kernels::cov_stats",
-        "entropy_kernels::cov_keys",
-    ),
-}
-
-
 def op_table():
     """``[(public function, ops behind it, CPU implementation, CUDA implementation)]`` for
-    ``entropy-kernels info`` and the docs: the registry's rows, then the ops registered by hand.
+    ``entropy-kernels info`` and the docs, from the registry.
 
     Example
     -------
     >>> op_table()[0][:2]
     ('entropy', ('entropy_kernels::entropy_fwd', 'entropy_kernels::entropy_bwd'))
     """
-    from .. import _backend
-
-    rows = [(r.public, tuple(r.ops), r.cpu, r.cuda) for r in info_rows()]
-    cpu, cuda = _backend.describe_backend("cpu"), _backend.describe_backend("cuda")
-    return rows + [(public, ops, cpu, cuda) for public, ops in _UNREGISTERED.items()]
+    return [(r.public, tuple(r.ops), r.cpu, r.cuda) for r in info_rows()]
 
 
 # public function -> the torch.library ops behind it

@@ -177,7 +177,7 @@ def define_op(
     twin = None
     if backward is not None:
         op.register_autograd(backward, setup_context=setup_context)
-        if eager and kernel is not None:
+        if eager and (eager_kernel or kernel) is not None:
             twin = _eager.autograd_function(f"_{name}_eager", eager_kernel or kernel, setup_context, backward)
     record = RegisteredOp(
         name=qualname, public=public, op=op, kernel=(eager_kernel or kernel) if eager else None, native=native,

@@ -17,11 +17,10 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from torch.library import triton_op
 
 from .. import _backend, _validation
-from . import _eager
 from ..reference import policy_loss as R
+from ._registry import define_op
 from .distributed_select import global_cov_select
 from .top_h import _uniform_reference
 
@@ -38,35 +37,28 @@ def _reference_keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, 
     return R.kl_cov_keys(log_prob, advantages, mask, stats)
 
 
-@triton_op("entropy_kernels::cov_stats", mutates_args=())
-def cov_stats(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _stats_signature(log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``(Σ m·A, Σ m·lp, Σ m, #valid)`` float64 ``[4]``. Internal."""
-    if _backend.use_triton(log_prob):
-        return _kernels.stats(log_prob, advantages, mask)
-    return R.masked_stats(log_prob, advantages, mask)
 
 
-@triton_op("entropy_kernels::cov_keys", mutates_args=())
-def cov_keys(
+def _keys_signature(
     log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, old_log_prob: Optional[torch.Tensor],
     stats: torch.Tensor, clip_mode: bool, clip_low: float, clip_high: float, lb: float, ub: float,
     seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """int64 selection keys ``[B, T]`` (0 = never selected) from the given statistics. Internal."""
-    if _backend.use_triton(log_prob):
-        return _kernels.keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
-    return _reference_keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
 
 
-@triton_op("entropy_kernels::cov_select", mutates_args=())
-def cov_select(
+def _select_signature(
     log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, old_log_prob: Optional[torch.Tensor],
     clip_mode: bool, ratio: float, clip_low: float, clip_high: float, lb: float, ub: float,
     seed: Optional[torch.Tensor], offset: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(selected bool [B, T], stats float64 [4])``. Internal: use the public functions."""
-    if _backend.use_triton(log_prob):
-        return _kernels.select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
+
+
+def _select_reference(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed,
+                      offset):
     stats = R.masked_stats(log_prob, advantages, mask)
     key = _reference_keys(log_prob, advantages, mask, old_log_prob, stats, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
     if clip_mode:
@@ -76,8 +68,13 @@ def cov_select(
     return R.select_top(key, k), stats
 
 
-@triton_op("entropy_kernels::cov_policy_loss", mutates_args=())
-def cov_policy_loss(
+def _select_eager(*args):
+    """Eagerly: one cooperative launch where the device allows it, else the five phase launches."""
+    return _kernels.one_launch_or_phases(args[0].device, lambda: _kernels.select_fused(*args),
+                                         lambda: _kernels.select(*args), "Clip-Cov/KL-Cov selection")
+
+
+def _loss_signature(
     old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
     selected: torch.Tensor, stats: torch.Tensor, row_count: Optional[torch.Tensor], clip_mode: bool, agg: int,
     clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor], den: Optional[torch.Tensor],
@@ -89,10 +86,6 @@ def cov_policy_loss(
     ``den`` instead when it is one; ``row_count`` = :func:`row_count` (required by the seq-mean
     reductions, ``agg`` 1 and 2); ``weights``: verl's rollout_is_weights (constants) or None.
     Internal: use :mod:`entropy_kernels.training.policy_loss`."""
-    return _loss_implementation(
-        old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high,
-        kl_coef, weights, den, given, mult,
-    )
 
 
 def _loss_setup_context(ctx, inputs, output):
@@ -109,17 +102,9 @@ def _loss_backward(ctx, grad_loss, _grad_metrics, _grad_coef):
     return (None, grad_lp) + (None,) * 14
 
 
-cov_policy_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
-
-
-# --------------------------------------------------------------------------------------------
-# eager fast path (_backend.eager_direct): the public functions call the launchers directly,
-# the loss through an autograd.Function twin of cov_policy_loss (ops/_eager.py)
-
-
 def _loss_implementation(old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low,
                          clip_high, kl_coef, weights, den, given, mult):
-    """The body of :func:`cov_policy_loss` (and of its eager twin)."""
+    """The body of ``cov_policy_loss`` (and of its eager twin)."""
     args = (old_log_prob, log_prob, advantages, mask, selected, stats)
     tail = (clip_mode, agg, clip_low, clip_high, kl_coef, weights, den if den is not None else given, mult)
     if _backend.use_triton(log_prob):
@@ -127,25 +112,65 @@ def _loss_implementation(old_log_prob, log_prob, advantages, mask, selected, sta
     return R.cov_loss_parts_reference(*args, *tail)
 
 
-_CovPolicyLossFunction = _eager.autograd_function(
-    "_CovPolicyLossFunction", _loss_implementation, _loss_setup_context, _loss_backward
+def _batch():
+    b, t = 4, 64
+    lp = -torch.rand(b, t) * 3
+    mask = _validation.kernel_mask("mask", torch.rand(b, t) > 0.2)
+    return lp + 0.1 * torch.randn(b, t), lp, torch.randn(b, t), mask
+
+
+def _select_samples():
+    old, lp, adv, mask = _batch()
+    yield (lp, adv, mask, None, False, 0.05, 0.0, 0.0, 0.0, 0.0, None, None), "KL-Cov"
+    yield (lp, adv, mask, old, True, 0.05, 0.2, 0.28, -1.0, 5.0, torch.tensor([5]), torch.tensor([2])), "Clip-Cov"
+
+
+def _stats_samples():
+    for args, label in _select_samples():
+        yield args[:3], label
+
+
+def _keys_samples():
+    for (lp, adv, mask, old, clip, _, low, high, lb, ub, seed, offset), label in _select_samples():
+        yield (lp, adv, mask, old, R.masked_stats(lp, adv, mask), clip, low, high, lb, ub, seed, offset), label
+
+
+def _loss_samples():
+    for (lp, adv, mask, old, clip, ratio, low, high, lb, ub, seed, offset), label in _select_samples():
+        old = lp + 0.1 * torch.randn_like(lp)
+        selected, stats = _select_reference(lp, adv, mask, old, clip, ratio, low, high, lb, ub, seed, offset)
+        yield (old, lp, adv, mask, selected, stats, None, clip, 0, low, high, 0.0 if clip else 1.0, None, None, 0.0,
+               1.0), f"{label}, token-mean"
+
+
+_PUBLIC = "clip_cov_policy_loss / kl_cov_policy_loss / clip_cov_select / kl_cov_select"
+COV_STATS = define_op("cov_stats", _stats_signature, public=_PUBLIC, kernel=_kernels.stats if _kernels else None,
+                      reference=R.masked_stats, samples=_stats_samples)
+COV_KEYS = define_op("cov_keys", _keys_signature, public=_PUBLIC, kernel=_kernels.keys if _kernels else None,
+                     reference=_reference_keys, samples=_keys_samples)
+COV_SELECT = define_op("cov_select", _select_signature, public=_PUBLIC, kernel=_kernels.select if _kernels else None,
+                       eager_kernel=_select_eager if _kernels else None, reference=_select_reference,
+                       samples=_select_samples)
+COV_POLICY_LOSS = define_op(
+    "cov_policy_loss", _loss_signature, public=_PUBLIC, implementation=_loss_implementation,
+    eager_kernel=_loss_implementation, backward=_loss_backward, setup_context=_loss_setup_context,
+    samples=_loss_samples,
 )
+# the torch.library ops themselves (what torch.compile sees)
+cov_stats, cov_keys, cov_select, cov_policy_loss = COV_STATS.op, COV_KEYS.op, COV_SELECT.op, COV_POLICY_LOSS.op
 
 
 def policy_loss_parts(
     old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode: bool, agg: int,
     clip_low: float, clip_high: float, kl_coef: float, weights: Optional[torch.Tensor], given, mult: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`cov_policy_loss`, launched directly in eager mode; ``given`` is a float or a 0-dim
+    """``cov_policy_loss``, launched directly in eager mode; ``given`` is a float or a 0-dim
     fp64 tensor (the op's ``den``)."""
     den = given if isinstance(given, torch.Tensor) else None
-    args = (
+    return COV_POLICY_LOSS(
         old_log_prob, log_prob, advantages, mask, selected, stats, row_count, clip_mode, agg, clip_low, clip_high, kl_coef,
         weights, den, 0.0 if den is not None else given, mult,
     )
-    if _backend.launch_triton_directly(log_prob):
-        return _CovPolicyLossFunction.apply(*args)
-    return cov_policy_loss(*args)
 
 
 class _FusedCovLossFunction(torch.autograd.Function):
@@ -209,10 +234,8 @@ def fused_policy_loss(
 
 
 def masked_stats(log_prob, advantages, mask) -> torch.Tensor:
-    """:func:`cov_stats`, launched directly in eager mode."""
-    if _backend.launch_triton_directly(log_prob):
-        return _kernels.stats(log_prob, advantages, mask)
-    return cov_stats(log_prob, advantages, mask)
+    """``cov_stats``, launched directly in eager mode."""
+    return COV_STATS(log_prob, advantages, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,11 +260,7 @@ def select_tokens(
     old_log_prob = old_log_prob.detach() if old_log_prob is not None else None
     if group is not None:
         return global_cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group)
-    if _backend.launch_triton_directly(log_prob):
-        args = (log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
-        return _kernels.one_launch_or_phases(log_prob.device, lambda: _kernels.select_fused(*args),
-                                             lambda: _kernels.select(*args), "Clip-Cov/KL-Cov selection")
-    return cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
+    return COV_SELECT(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
 
 
 # --------------------------------------------------------------------------------------------
