@@ -85,13 +85,15 @@ class RegisteredOp:
     backends: Tuple[str, str] = ("", "")
 
     def direct(self, args: tuple) -> bool:
-        """Whether a call with ``args`` launches the kernel directly (the eager fast path)."""
+        """Whether a call with ``args`` launches the kernel directly (the eager fast path): the
+        routing tensor decides for a Triton op; a native op also needs every tensor plain (its
+        ``out`` buffer may be the only subclass). Cheap: it runs on every decoding step."""
         if self.kernel is None:
             return False
         t = _route_tensor(args)
         if self.native:
             return _backend.eager_direct(t) and _plain_tensors(args)
-        return _backend.launch_triton_directly(t) and _plain_tensors(args)
+        return _backend.launch_triton_directly(t)
 
     def __call__(self, *args):
         if self.direct(args):
@@ -106,7 +108,7 @@ class RegisteredOp:
 
 def define_op(
     name: str,
-    signature: Callable,
+    signature: Optional[Callable] = None,
     *,
     public: str,
     kernel: Optional[Callable] = None,
@@ -124,7 +126,8 @@ def define_op(
     """Register ``entropy_kernels::<name>`` and return its :class:`RegisteredOp`.
 
     ``signature`` is a function whose annotated parameters and return type are the op's schema
-    (its body is never run; its docstring documents the op). Two kinds of op:
+    (its body is never run; its docstring documents the op); a composite op's annotated
+    ``implementation`` serves as its own. The kinds of op:
 
     - Triton (``fake`` is None): ``kernel(*args)`` where :func:`_backend.use_triton` holds,
       else ``reference(*args)``; the reference doubles as the fake impl.
@@ -150,6 +153,7 @@ def define_op(
     >>> del REGISTRY["entropy_kernels::doc_double"]
     """
     qualname = f"entropy_kernels::{name}"
+    signature = signature or implementation
     if qualname in REGISTRY:
         raise ValueError(f"op {qualname} is already registered")
     native = fake is not None

@@ -114,7 +114,7 @@ def _chunked_samples():
 
 
 CHUNKED = define_op(
-    "linear_cross_entropy_chunked", _chunked, public="linear_cross_entropy", implementation=_chunked,
+    "linear_cross_entropy_chunked", public="linear_cross_entropy", implementation=_chunked,
     backward=_chunked_backward, setup_context=_chunked_setup_context, eager=False, samples=_chunked_samples,
 )
 linear_cross_entropy_chunked = CHUNKED.op  # the torch.library op (what torch.compile sees)

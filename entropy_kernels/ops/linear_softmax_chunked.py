@@ -91,10 +91,10 @@ def _backward_samples():
 
 
 _PUBLIC = "linear_logprob_entropy"
-BACKWARD = define_op("linear_softmax_chunked_backward", _backward_impl, public=_PUBLIC,
+BACKWARD = define_op("linear_softmax_chunked_backward", public=_PUBLIC,
                      implementation=_backward_impl, eager=False, samples=_backward_samples)
 _backward, _setup_context = stats_autograd(BACKWARD.op)
-STATS = define_op("linear_softmax_stats_chunked", _stats, public=_PUBLIC, implementation=_stats,
+STATS = define_op("linear_softmax_stats_chunked", public=_PUBLIC, implementation=_stats,
                   backward=_backward, setup_context=_setup_context, eager=False, samples=_stats_samples)
 # the torch.library ops themselves (what torch.compile sees)
 linear_softmax_stats_chunked, linear_softmax_chunked_backward = STATS.op, BACKWARD.op

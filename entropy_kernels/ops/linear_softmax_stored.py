@@ -87,9 +87,9 @@ def _backward_samples():
 
 
 _PUBLIC = "linear_logprob_entropy"
-BACKWARD = define_op("linear_softmax_stored_backward", _backward_impl, public=_PUBLIC, implementation=_backward_impl,
+BACKWARD = define_op("linear_softmax_stored_backward", public=_PUBLIC, implementation=_backward_impl,
                      eager=False, samples=_backward_samples)
-STATS = define_op("linear_softmax_stats_stored", _stats, public=_PUBLIC, implementation=_stats, backward=_backward,
+STATS = define_op("linear_softmax_stats_stored", public=_PUBLIC, implementation=_stats, backward=_backward,
                   setup_context=_setup_context, eager=False, samples=head_samples)
 # the torch.library ops themselves (what torch.compile sees)
 linear_softmax_stats_stored, linear_softmax_stored_backward = STATS.op, BACKWARD.op
