@@ -20,6 +20,10 @@ import torch  # noqa: E402
 
 from entropy_kernels import _backend  # noqa: E402
 
+import interpreter_speedups  # noqa: E402
+
+interpreter_speedups.install()
+
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETING = _backend.interpreting() and _backend.triton_available()
 
