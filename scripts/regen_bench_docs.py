@@ -314,10 +314,11 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--charts", type=Path, default=ROOT / "docs" / "img" / "benchmarks",
+    ap.add_argument("--charts", default=str(ROOT / "docs" / "img" / "benchmarks"),
                     help="folder of the per-op PNG charts ('' for none)")
     args = ap.parse_args(argv)
-    if str(args.charts):
+    args.charts = Path(args.charts) if args.charts else None  # Path("") would be the current folder
+    if args.charts is not None:
         # the names plot_results gives (checked here without importing torch)
         wanted = [args.charts / (re.sub(r"[^a-z0-9]+", "-", op.lower()).strip("-") + ".png")
                   for op in newest_rows_per_op(load_results(args.results))]

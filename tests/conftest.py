@@ -21,11 +21,17 @@ import torch  # noqa: E402
 from entropy_kernels import _backend  # noqa: E402
 
 import interpreter_speedups  # noqa: E402
+from pairwise import pairwise_cover  # noqa: E402
 
 interpreter_speedups.install()
 
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETING = _backend.interpreting() and _backend.triton_available()
+
+
+# Fixtures that choose between kernel launch paths: the CPU reference ignores them, so on the
+# reference backend only their first value runs.
+KERNEL_ONLY_FIXTURES = ("small_blocks", "launch_path", "launches")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -38,6 +44,38 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "interpreter" in item.keywords and not INTERPRETING:
             item.add_marker(skip_interp)
+    if os.environ.get("EK_TEST_FULL_GRID") != "1":
+        _deselect(config, items, _redundant_items(items))
+
+
+def _backend_of(item):
+    spec = getattr(item, "callspec", None)
+    return getattr(spec.params.get("backend"), "name", None) if spec else None
+
+
+def _redundant_items(items):
+    """Items that add nothing: a kernel-only fixture's later values on the reference backend,
+    and, for tests marked ``interpreter_pairwise``, the interpreter rows outside a pairwise
+    covering of their parameter grid (see pairwise.py)."""
+    redundant, grids = set(), {}
+    for item in items:
+        backend = _backend_of(item)
+        indices = item.callspec.indices if backend else {}
+        if backend == "cpu-reference" and any(indices.get(name, 0) for name in KERNEL_ONLY_FIXTURES):
+            redundant.add(item.nodeid)
+        elif backend == "cpu-triton-interpreter" and item.get_closest_marker("interpreter_pairwise"):
+            grids.setdefault((item.path, item.originalname), []).append(item)
+    for grid in grids.values():
+        rows = [tuple((k, repr(v)) for k, v in item.callspec.params.items() if k != "backend") for item in grid]
+        keep = set(pairwise_cover(rows))
+        redundant.update(item.nodeid for i, item in enumerate(grid) if i not in keep)
+    return redundant
+
+
+def _deselect(config, items, nodeids):
+    if nodeids:
+        config.hook.pytest_deselected(items=[item for item in items if item.nodeid in nodeids])
+        items[:] = [item for item in items if item.nodeid not in nodeids]
 
 
 class Backend:

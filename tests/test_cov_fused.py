@@ -42,6 +42,7 @@ def _needs_triton(backend):
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.interpreter_pairwise
 def test_fused_equals_the_phase_launches_bit_for_bit(backend, small_blocks, monkeypatch, mode, dtype):  # noqa: F811
     """Same programs, chunks and warps for both paths, so even the partial sums add up in the same
     order: loss, metrics, n_selected and gradient must be identical."""

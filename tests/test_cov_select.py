@@ -97,6 +97,7 @@ def assert_kl_matches(sel, lp, adv, mask, ratio):
 
 @pytest.mark.parametrize("ratio", [2e-4, 0.01, 0.2, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.interpreter_pairwise
 def test_kl_cov_top_k_equals_float64_oracle(backend, small_blocks, launch_path, ratio, dtype):
     shapes = [(3, 50), (2, 333)] if backend.name == "cpu-triton-interpreter" else [(3, 50), (8, 1000), (1, 4097)]
     for b, t in shapes:
@@ -139,6 +140,7 @@ def test_kl_cov_k_formula_matches_python_int(backend):
 
 @pytest.mark.parametrize("band", [(1.0, 5.0), (0.2, 2.0), (-math.inf, math.inf)])
 @pytest.mark.parametrize("ratio", [2e-4, 0.05, 1.0])
+@pytest.mark.interpreter_pairwise
 def test_clip_cov_picks_min_n_eligible(backend, small_blocks, launch_path, band, ratio):
     shapes = [(3, 40), (2, 301)] if backend.name == "cpu-triton-interpreter" else [(3, 40), (16, 700)]
     for b, t in shapes:

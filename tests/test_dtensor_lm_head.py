@@ -9,10 +9,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import entropy_kernels as ek
+
+from ranks import run_ranks
 
 pytest.importorskip("torch.distributed.tensor")
 
@@ -144,7 +145,7 @@ def _worker(rank, world, init_file):
 
 @pytest.mark.slow
 def test_dtensor_lm_head_matches_single_process_gloo(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+    run_ranks(_worker, 2, str(tmp_path / "init"))
 
 
 def test_plain_tensors_pass_through():

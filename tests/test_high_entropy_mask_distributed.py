@@ -7,10 +7,11 @@ oracle (a stable sort of the concatenation) so the single-process op is not the 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import entropy_kernels as ek
 from entropy_kernels.ops import distributed_select
+
+from ranks import run_ranks
 
 
 def _batch():
@@ -94,7 +95,7 @@ def _worker(rank, world, init_file):
 @pytest.mark.slow
 def test_global_mask_equals_one_process_on_the_concatenation(tmp_path):
     """3 processes (uneven slices, an empty rank, ties and NaN across boundaries) and a 2-rank group."""
-    mp.spawn(_worker, args=(3, str(tmp_path / "init")), nprocs=3, join=True)
+    run_ranks(_worker, 3, str(tmp_path / "init"))
 
 
 def test_one_process_group_is_the_local_op(tmp_path):

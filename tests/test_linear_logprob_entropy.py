@@ -74,6 +74,7 @@ def five_token_chunks(monkeypatch):
 @pytest.mark.parametrize("impl", ["fused", "stored", "chunked", "reference"])
 @pytest.mark.parametrize("bias", [None, "random", "negative", "masked"])
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
+@pytest.mark.interpreter_pairwise
 def test_values_and_grads_match_float64(backend, impl, bias, temperature, five_token_chunks):
     if impl == "reference" and backend.name != "cpu-reference":
         pytest.skip("plain torch: one backend is enough")

@@ -87,6 +87,7 @@ def _double(*xs):
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.interpreter_pairwise
 def test_clip_cov_loss_and_gradient_vs_oracle(backend, small_blocks, mode, dtype):  # noqa: F811
     b, t = (3, 50) if backend.name == "cpu-triton-interpreter" else (6, 300)
     old, lp, adv, mask = make_batch(b, t, backend.device, scale=2.0)
@@ -112,6 +113,7 @@ def test_clip_cov_loss_and_gradient_vs_oracle(backend, small_blocks, mode, dtype
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.interpreter_pairwise
 def test_kl_cov_loss_and_gradient_vs_oracle(backend, small_blocks, mode, dtype):  # noqa: F811
     b, t = (3, 50) if backend.name == "cpu-triton-interpreter" else (6, 300)
     old, lp, adv, mask = make_batch(b, t, backend.device)

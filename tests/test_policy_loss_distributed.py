@@ -9,12 +9,13 @@ import contextlib
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import entropy_kernels as ek
 from entropy_kernels import _backend
 from entropy_kernels.reference.policy_loss import LOSS_AGG_MODES
 from entropy_kernels.training import clip_cov_policy_loss, kl_cov_policy_loss
+
+from ranks import run_ranks
 
 
 def _worker(rank, world, init_file, interpreted):
@@ -94,5 +95,5 @@ def _check_data_parallel_invariance(rank, world, old, lp, adv, mask, rows, group
 @pytest.mark.slow
 @pytest.mark.parametrize("interpreted", [False, pytest.param(True, marks=pytest.mark.interpreter)], ids=["reference", "interpreter"])
 def test_global_selection_matches_single_process_gloo(interpreted, tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), interpreted), nprocs=2, join=True)
+    run_ranks(_worker, 2, str(tmp_path / "init"), interpreted)
 

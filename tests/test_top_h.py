@@ -33,6 +33,7 @@ def warper_mask(logits, alpha, temperature):
 @pytest.mark.parametrize("vocab", [1000, 4097])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 1.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.interpreter_pairwise
 def test_transformers_mode_equals_top_h_logits_warper(backend, vocab, temperature, dtype):
     for _ in range(3):
         logits = (torch.randn(4, vocab) * torch.tensor([[1.0], [3.0], [0.3], [6.0]])).to(dtype)

@@ -7,9 +7,10 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import entropy_kernels as ek
+
+from ranks import run_ranks
 
 
 def _shards(vocab, world):
@@ -108,13 +109,13 @@ def _worker(rank, world, init_file, device):
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_vocab_parallel_matches_single_process_gloo(world, tmp_path):
-    mp.spawn(_worker, args=(world, str(tmp_path / "init"), "cpu"), nprocs=world, join=True)
+    run_ranks(_worker, world, str(tmp_path / "init"), "cpu")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL test needs >= 2 GPUs")
 def test_vocab_parallel_matches_single_process_nccl(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), "cuda"), nprocs=2, join=True)
+    run_ranks(_worker, 2, str(tmp_path / "init"), "cuda")
 
 
 def test_vocab_parallel_rejects_other_impls():
