@@ -54,15 +54,22 @@ def _backend_of(item):
 
 
 def _redundant_items(items):
-    """Items that add nothing: a kernel-only fixture's later values on the reference backend,
-    and, for tests marked ``interpreter_pairwise``, the interpreter rows outside a pairwise
-    covering of their parameter grid (see pairwise.py)."""
+    """Items that add nothing:
+
+    - on the reference backend: a kernel-only fixture's later values, and tests marked
+      ``kernel_backends_only`` (opchecks that tests/test_registry.py runs there for every op);
+    - under the interpreter: ``impl="reference"`` (plain torch on CPU tensors, the reference
+      backend's run again), and for tests marked ``interpreter_pairwise`` the rows outside a
+      pairwise covering of their parameter grid (pairwise.py)."""
     redundant, grids = set(), {}
     for item in items:
         backend = _backend_of(item)
         indices = item.callspec.indices if backend else {}
-        if backend == "cpu-reference" and any(indices.get(name, 0) for name in KERNEL_ONLY_FIXTURES):
+        if backend == "cpu-reference" and (any(indices.get(name, 0) for name in KERNEL_ONLY_FIXTURES)
+                             or item.get_closest_marker("kernel_backends_only")):
             redundant.add(item.nodeid)
+        elif backend == "cpu-triton-interpreter" and item.callspec.params.get("impl") == "reference":
+            redundant.add(item.nodeid)  # plain torch on CPU tensors: the cpu-reference run, again
         elif backend == "cpu-triton-interpreter" and item.get_closest_marker("interpreter_pairwise"):
             grids.setdefault((item.path, item.originalname), []).append(item)
     for grid in grids.values():

@@ -235,6 +235,7 @@ def test_float_and_integer_masks(backend):
 # ---- ops, compile, errors --------------------------------------------------------------------
 
 
+@pytest.mark.kernel_backends_only
 def test_opcheck(backend):
     old, lp, adv, mask = make_batch(2, 37, backend.device, scale=2.0)
     seed, off = torch.tensor([1], device=backend.device), torch.tensor([0], device=backend.device)

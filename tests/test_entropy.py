@@ -232,6 +232,7 @@ def test_gradcheck_float64(backend):
 
 
 @pytest.mark.parametrize("with_row_temperature", [False, True])
+@pytest.mark.kernel_backends_only
 def test_opcheck(backend, with_row_temperature):
     x = random_logits((4, 77), torch.float32, backend.device, masked_fraction=0.1)
     row_t = (torch.rand(4) + 0.5).to(backend.device) if with_row_temperature else None

@@ -200,6 +200,7 @@ def test_gradcheck_float64(backend):
             assert torch.autograd.gradcheck(f, (h, w, b), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.kernel_backends_only
 def test_opcheck(backend):
     dtype = torch.float32
     h, w, b, y = make_inputs(backend.device, dtype, (9,), d=16, v=40, with_bias=True)

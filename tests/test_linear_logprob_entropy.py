@@ -145,6 +145,7 @@ def test_gradcheck_float64(backend, five_token_chunks):
             assert torch.autograd.gradcheck(f, (h.requires_grad_(), w.requires_grad_(), b.requires_grad_()), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.kernel_backends_only
 def test_opcheck_stored(backend):
     h, w, b, y = make(backend.device, torch.float32, (9,), bias="random")
     # The stored path's logits come from a BLAS matmul whose summation order can depend on the
@@ -159,6 +160,7 @@ def test_opcheck_stored(backend):
                               (torch.randn_like(stats), stats, logits, h.detach(), w.detach(), b.detach(), y, 0.0, 0.8), **tol)
 
 
+@pytest.mark.kernel_backends_only
 def test_opcheck_chunked(backend):
     h, w, b, y = make(backend.device, torch.float32, (9,), bias="random")
     tol = dict(rtol=2e-5, atol=1e-4)  # BLAS summation order, as for the stored path

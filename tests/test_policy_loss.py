@@ -359,6 +359,7 @@ def test_fused_hidden_state_path_matches_logits(backend):
         assert "entropy" in metrics and torch.isfinite(metrics["entropy"])
 
 
+@pytest.mark.kernel_backends_only
 def test_opcheck(backend):
     old, lp, adv, mask = make_batch(2, 37, backend.device, scale=2.0)
     sel = torch.rand(2, 37, device=backend.device) < 0.2

@@ -27,8 +27,6 @@ import triton.language as tl
 from ._launch import cdiv, launcher, next_pow2, sm_count
 from ._online import online_softmax_update_rows
 
-N_PARTIALS = 5  # m, s, u, sum_z, z_y
-
 
 @triton.jit
 def _logits_tile(
