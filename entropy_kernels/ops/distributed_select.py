@@ -21,7 +21,7 @@ from typing import Tuple
 
 import torch
 
-from ..reference import policy_loss as R
+from ..selection_keys import clip_cov_count, kl_cov_count
 
 DIGIT_BITS = 8
 _PASSES = tuple(range(32 - DIGIT_BITS, -1, -DIGIT_BITS))  # 24, 16, 8, 0
@@ -68,11 +68,11 @@ def kth_largest_key(key: torch.Tensor, k: torch.Tensor, group=None):
 
 
 def key_value(key: torch.Tensor) -> torch.Tensor:
-    """The float32 value of a key of ``reference.policy_loss.float_key`` (its inverse on non-NaN).
+    """The float32 value of a key of ``selection_keys.float_key`` (its inverse on non-NaN).
 
     Example
     -------
-    >>> from entropy_kernels.reference.policy_loss import float_key
+    >>> from entropy_kernels.selection_keys import float_key
     >>> key_value(float_key(torch.tensor([-2.5, 0.0, 3.25])))
     tensor([-2.5000,  0.0000,  3.2500])
     """
@@ -87,7 +87,7 @@ def global_select_top(key: torch.Tensor, k: torch.Tensor, group) -> torch.Tensor
     Parameters
     ----------
     key : int64 Tensor ``[...]``; candidates have keys in ``[1, 2**32)``, ``0`` marks a
-        non-candidate (as :func:`entropy_kernels.reference.policy_loss.float_key` makes them).
+        non-candidate (as :func:`entropy_kernels.selection_keys.float_key` makes them).
     k : 0-dim int64 Tensor on ``key``'s device: the global count (clamped to the number of
         candidates); the same on every rank.
     group : a ``torch.distributed`` process group (every rank calls this together).
@@ -173,9 +173,9 @@ def global_cov_select(
     if clip_mode:
         n_elig = (flat > 0).sum().to(torch.float64)
         dist.all_reduce(n_elig, op=dist.ReduceOp.SUM, group=group)
-        k = torch.minimum(R.clip_cov_count(total, ratio), n_elig.long())
+        k = torch.minimum(clip_cov_count(total, ratio), n_elig.long())
     else:
-        k = R.kl_cov_count(total, ratio)
+        k = kl_cov_count(total, ratio)
     k = torch.clamp(k, max=allc.numel())
     thresh = allc.gather(0, torch.clamp(k - 1, min=0).reshape(1)).reshape(())
     selected = (composite >= thresh) & (flat > 0) & (k > 0)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from .. import _backend, _validation
-from ..reference.high_entropy import high_entropy_count, high_entropy_mask_reference
-from ..reference.policy_loss import float_key
+from ..reference.high_entropy import high_entropy_mask_reference
+from ..selection_keys import float_key, high_entropy_count
 from ._registry import define_op
 from .distributed_select import global_select_top
 

@@ -6,21 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .policy_loss import float_key, select_top
-
-
-def high_entropy_count(n_valid: torch.Tensor, top_fraction: float) -> torch.Tensor:
-    """``k = max(1, ceil(q·n − 1e-9))`` (0 when ``n = 0``) as a 0-dim int64 tensor, float64 math.
-    The 1e-9 slack keeps ``q·n`` that lands on an integer up to rounding (``0.2·10 =
-    2.0000000000000004``) from being rounded up.
-
-    Example
-    -------
-    >>> high_entropy_count(torch.tensor(10), 0.2), high_entropy_count(torch.tensor(0), 0.2)
-    (tensor(2), tensor(0))
-    """
-    k = torch.ceil(n_valid.to(torch.float64) * float(top_fraction) - 1e-9)
-    return torch.where(n_valid > 0, torch.clamp(k.to(torch.int64), min=1), 0)
+from ..selection_keys import float_key, high_entropy_count  # noqa: F401  (re-exported)
+from .policy_loss import select_top
 
 
 def high_entropy_mask_reference(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from .. import _validation
 from ..ops import cov_select as _ops
 from ..ops.linear_logprob_entropy import logprob_entropy
-from ..reference.policy_loss import agg_normalization
+from ..loss_aggregation import agg_normalization
 
 Metrics = Dict[str, torch.Tensor]
 

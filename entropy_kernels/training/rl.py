@@ -10,7 +10,7 @@ import torch
 
 from .. import _validation
 from ..ops.linear_logprob_entropy import logprob_entropy
-from ..reference.policy_loss import LOSS_AGG_MODES, aggregate  # noqa: F401  (re-exported by training)
+from ..loss_aggregation import LOSS_AGG_MODES, aggregate  # noqa: F401  (re-exported by training)
 
 
 def response_logprobs_and_entropy(

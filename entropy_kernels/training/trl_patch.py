@@ -34,7 +34,7 @@ import torch
 from ..ops.distributed_select import key_value, kth_largest_key
 from ..ops.high_entropy_mask import high_entropy_mask
 from ..ops.linear_logprob_entropy import linear_logprob_entropy
-from ..reference.policy_loss import float_key
+from ..selection_keys import float_key
 
 SUPPORTED_TRL = ("1.16",)
 MASK_RULES = ("trl", "top_k")
