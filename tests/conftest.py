@@ -109,6 +109,13 @@ BACKENDS = [
 ]
 
 
+def aot_once(first: bool) -> dict:
+    """opcheck keyword arguments: every check on an op's first call of a test, the cheap ones
+    (schema, autograd registration, fake tensors) on its variants. The AOT-autograd trace with
+    dynamic shapes is 94 % of opcheck's time (~1 s a call on two cores, more under the interpreter)."""
+    return {} if first else {"test_utils": ("test_schema", "test_autograd_registration", "test_faketensor")}
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Every op test runs once per backend: CPU reference, Triton interpreted on CPU, CUDA."""

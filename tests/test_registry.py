@@ -11,6 +11,8 @@ import entropy_kernels  # noqa: F401  (registers the ops)
 from entropy_kernels import config
 from entropy_kernels.ops._registry import REGISTRY, info_rows
 
+from conftest import aot_once
+
 
 CASES = [
     pytest.param(name, i, id=f"{name.split('::')[1]}-{label}")
@@ -38,11 +40,6 @@ def test_every_op_is_registered_and_has_samples():
     assert "entropy" in publics
 
 
-# opcheck's AOT-autograd trace with dynamic shapes is 94 % of its time (~0.9 s a call on two
-# cores): it runs on each op's first sample; schema, autograd registration and fake tensors on all.
-CHEAP_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
-
-
 @pytest.mark.parametrize("name, i", CASES)
 def test_opcheck(name, i):
     rec = REGISTRY[name]
@@ -50,7 +47,7 @@ def test_opcheck(name, i):
     if rec.differentiable:
         for t in _float_inputs(args)[:1]:
             t.requires_grad_()
-    torch.library.opcheck(rec.op, args, **({} if i == 0 else {"test_utils": CHEAP_CHECKS}))
+    torch.library.opcheck(rec.op, args, **aot_once(i == 0))  # the AOT trace on each op's first sample
 
 
 @pytest.mark.interpreter

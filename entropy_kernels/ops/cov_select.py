@@ -21,6 +21,7 @@ import torch
 from .. import _backend, _validation
 from ..reference import policy_loss as R
 from ._registry import define_op
+from .cov_rule import CovRule
 from .distributed_select import global_cov_select
 from .top_h import _uniform_reference
 
@@ -211,8 +212,7 @@ def row_count(mask: torch.Tensor, agg: int) -> Optional[torch.Tensor]:
 
 
 def fused_policy_loss(
-    old_log_prob, log_prob, advantages, mask, clip_mode: bool, agg: int, ratio: float,
-    clip_low: float, clip_high: float, lb: float, ub: float, kl_coef: float,
+    old_log_prob, log_prob, advantages, mask, rule: CovRule, agg: int, kl_coef: float,
     seed: Optional[torch.Tensor], offset: Optional[torch.Tensor], weights: Optional[torch.Tensor] = None,
     given=0.0, mult: float = 1.0,
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -225,8 +225,8 @@ def fused_policy_loss(
     return _kernels.one_launch_or_phases(
         log_prob.device,
         lambda: _FusedCovLossFunction.apply(
-            old_log_prob, log_prob, advantages, mask, row_count(mask, agg), clip_mode, agg, ratio, clip_low, clip_high,
-            lb, ub, kl_coef, seed, offset, weights, given, mult,
+            old_log_prob, log_prob, advantages, mask, row_count(mask, agg), rule.clip_mode, agg, rule.ratio,
+            rule.clip_low, rule.clip_high, rule.lb, rule.ub, kl_coef, seed, offset, weights, given, mult,
         ),
         lambda: None,  # the caller's phase path (it computes row_count itself)
         "Clip-Cov/KL-Cov kernel",
@@ -243,7 +243,7 @@ def masked_stats(log_prob, advantages, mask) -> torch.Tensor:
 
 
 def select_tokens(
-    log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group
+    log_prob, advantages, mask, old_log_prob, rule: CovRule, seed, offset, group
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(selected, local stats)``, single-process or global over ``group``'s ranks
     (:func:`~entropy_kernels.ops.distributed_select.global_cov_select`); inputs are detached
@@ -253,14 +253,14 @@ def select_tokens(
     Example
     -------
     >>> lp = torch.tensor([[-1.0, -0.5, -3.0, -2.0]]); adv = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
-    >>> select_tokens(lp, adv, torch.ones(1, 4), None, False, 0.5, 0.0, 0.0, 0.0, 0.0, None, None, None)[0]
+    >>> select_tokens(lp, adv, torch.ones(1, 4), None, CovRule.kl_cov(0.5), None, None, None)[0]
     tensor([[False,  True,  True, False]])
     """
     log_prob, advantages = log_prob.detach(), advantages.detach()
     old_log_prob = old_log_prob.detach() if old_log_prob is not None else None
     if group is not None:
-        return global_cov_select(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group)
-    return COV_SELECT(log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset)
+        return global_cov_select(log_prob, advantages, mask, old_log_prob, rule, seed, offset, group)
+    return COV_SELECT(log_prob, advantages, mask, old_log_prob, *rule.flat(), seed, offset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +331,8 @@ def clip_cov_select(
     )
     _validation.check_process_group("process_group", process_group)
     seed, offset = _validation.seed_and_offset(generator, seed, offset, "log_prob", log_prob)
-    sel, _ = select_tokens(log_prob.detach(), advantages, response_mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group)
+    rule = CovRule.clip_cov(ratio, low, high, lb, ub)
+    sel, _ = select_tokens(log_prob.detach(), advantages, response_mask, old_log_prob, rule, seed, offset, process_group)
     return sel
 
 
@@ -372,5 +373,5 @@ def kl_cov_select(
     )
     ratio = _validation.check_fraction("kl_cov_ratio", kl_cov_ratio)
     _validation.check_process_group("process_group", process_group)
-    sel, _ = select_tokens(log_prob.detach(), advantages, response_mask, None, False, ratio, 0.0, 0.0, 0.0, 0.0, None, None, process_group)
+    sel, _ = select_tokens(log_prob.detach(), advantages, response_mask, None, CovRule.kl_cov(ratio), None, None, process_group)
     return sel

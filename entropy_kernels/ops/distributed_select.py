@@ -22,6 +22,7 @@ from typing import Tuple
 import torch
 
 from ..selection_keys import clip_cov_count, kl_cov_count
+from .cov_rule import CovRule
 
 DIGIT_BITS = 8
 _PASSES = tuple(range(32 - DIGIT_BITS, -1, -DIGIT_BITS))  # 24, 16, 8, 0
@@ -123,7 +124,7 @@ def global_select_top(key: torch.Tensor, k: torch.Tensor, group) -> torch.Tensor
 
 
 def global_cov_select(
-    log_prob, advantages, mask, old_log_prob, clip_mode, ratio, clip_low, clip_high, lb, ub, seed, offset, group
+    log_prob, advantages, mask, old_log_prob, rule: CovRule, seed, offset, group
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Selection over the concatenation (rank order) of every rank's ``[B, T]`` batch.
 
@@ -143,8 +144,8 @@ def global_cov_select(
     >>> f = os.path.join(tempfile.mkdtemp(), "init")
     >>> dist.init_process_group("gloo", init_method=f"file://{f}", rank=0, world_size=1)
     >>> lp = torch.tensor([[-1.0, -0.5, -3.0, -2.0]]); adv = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
-    >>> sel, _ = global_cov_select(lp, adv, torch.ones(1, 4), None, False, 0.5, 0.0, 0.0, 0.0, 0.0, None, None,
-    ...                            dist.group.WORLD)
+    >>> from entropy_kernels.ops.cov_rule import CovRule
+    >>> sel, _ = global_cov_select(lp, adv, torch.ones(1, 4), None, CovRule.kl_cov(0.5), None, None, dist.group.WORLD)
     >>> sel
     tensor([[False,  True,  True, False]])
     >>> dist.destroy_process_group()
@@ -159,9 +160,11 @@ def global_cov_select(
     local = ops.cov_stats(log_prob, advantages, mask)
     total = local.clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    clip_mode, ratio = rule.clip_mode, rule.ratio
     if clip_mode:
         offset = offset + rank * n
-    key = ops.cov_keys(log_prob, advantages, mask, old_log_prob, total, clip_mode, clip_low, clip_high, lb, ub, seed, offset)
+    key = ops.cov_keys(log_prob, advantages, mask, old_log_prob, total, clip_mode, rule.clip_low, rule.clip_high, rule.lb,
+                       rule.ub, seed, offset)
     flat = key.reshape(-1)
     gidx = torch.arange(n, device=flat.device, dtype=torch.int64) + rank * n
     composite = torch.where(flat > 0, flat * 2**31 + (2**31 - 1 - gidx), torch.zeros_like(flat))

@@ -18,6 +18,7 @@ import torch
 
 from .. import _validation
 from ..ops import cov_select as _ops
+from ..ops.cov_rule import CovRule
 from ..ops.linear_logprob_entropy import logprob_entropy
 from ..loss_aggregation import agg_normalization
 
@@ -71,20 +72,19 @@ def _metrics(pg_clipfrac, ppo_kl, pg_clipfrac_lower, n_selected) -> Metrics:
     return {"pg_clipfrac": pg_clipfrac, "ppo_kl": ppo_kl, "pg_clipfrac_lower": pg_clipfrac_lower, "n_selected": n_selected}
 
 
-def _loss(old_log_prob, log_prob, advantages, mask, selected, stats, clip_mode, agg: _Aggregation, low, high, coef) -> Tuple[torch.Tensor, Metrics]:
+def _loss(old_log_prob, log_prob, advantages, mask, selected, stats, rule: CovRule, agg: _Aggregation, coef) -> Tuple[torch.Tensor, Metrics]:
     loss, metrics, _ = _ops.policy_loss_parts(
-        old_log_prob, log_prob, advantages, mask, selected, stats, _ops.row_count(mask, agg.reduction), clip_mode,
-        agg.reduction, low, high, coef, agg.weights, agg.given, agg.mult,
+        old_log_prob, log_prob, advantages, mask, selected, stats, _ops.row_count(mask, agg.reduction), rule.clip_mode,
+        agg.reduction, rule.clip_low, rule.clip_high, coef, agg.weights, agg.given, agg.mult,
     )
     lower = torch.zeros((), dtype=metrics.dtype, device=metrics.device)
     return loss, _metrics(metrics[0], metrics[1], lower, selected.sum())
 
 
-def _fused(old_log_prob, log_prob, advantages, mask, clip_mode, agg: _Aggregation, ratio, low, high, lb, ub, coef, seed, offset):
+def _fused(old_log_prob, log_prob, advantages, mask, rule: CovRule, agg: _Aggregation, coef, seed, offset):
     """The one-launch path (``ops.cov_select.fused_policy_loss``), or None where it does not apply."""
     out = _ops.fused_policy_loss(
-        old_log_prob, log_prob, advantages, mask, clip_mode, agg.reduction, ratio, low, high, lb, ub, coef, seed, offset,
-        agg.weights, agg.given, agg.mult,
+        old_log_prob, log_prob, advantages, mask, rule, agg.reduction, coef, seed, offset, agg.weights, agg.given, agg.mult,
     )
     if out is None:
         return None
@@ -169,6 +169,7 @@ def clip_cov_policy_loss(
     low, high, ratio, lb, ub = _validation.clip_cov_options(
         clip_ratio, clip_ratio_low, clip_ratio_high, clip_cov_ratio, clip_cov_lb, clip_cov_ub
     )
+    rule = CovRule.clip_cov(ratio, low, high, lb, ub)
     _validation.check_process_group("process_group", process_group)
     if selection is not None:
         if generator is not None or seed is not None or process_group is not None:
@@ -179,15 +180,13 @@ def clip_cov_policy_loss(
         # offset None means 0 to the one-launch kernel (saves an allocation and a fill)
         seed, offset = _validation.seed_and_offset(generator, seed, offset, "log_prob", log_prob, zero_offset=False)
         if process_group is None:
-            out = _fused(old_log_prob, log_prob, advantages, mask, True, agg, ratio, low, high, lb, ub, 0.0, seed, offset)
+            out = _fused(old_log_prob, log_prob, advantages, mask, rule, agg, 0.0, seed, offset)
             if out is not None:
                 return out
         if offset is None:
             offset = torch.zeros_like(seed)
-        selected, stats = _ops.select_tokens(
-            log_prob.detach(), advantages, mask, old_log_prob, True, ratio, low, high, lb, ub, seed, offset, process_group
-        )
-    return _loss(old_log_prob, log_prob, advantages, mask, selected, stats, True, agg, low, high, 0.0)
+        selected, stats = _ops.select_tokens(log_prob.detach(), advantages, mask, old_log_prob, rule, seed, offset, process_group)
+    return _loss(old_log_prob, log_prob, advantages, mask, selected, stats, rule, agg, 0.0)
 
 
 def kl_cov_policy_loss(
@@ -237,7 +236,7 @@ def kl_cov_policy_loss(
     """
     old_log_prob, log_prob, advantages, mask = _validation.check_policy_inputs(old_log_prob, log_prob, advantages, response_mask)
     agg = _aggregation(log_prob, loss_agg_mode, rollout_is_weights, global_batch_info)
-    ratio = _validation.check_fraction("kl_cov_ratio", kl_cov_ratio)
+    rule = CovRule.kl_cov(_validation.check_fraction("kl_cov_ratio", kl_cov_ratio))
     coef = _validation.check_nonneg("ppo_kl_coef", ppo_kl_coef)
     _validation.check_process_group("process_group", process_group)
     if selection is not None:
@@ -247,13 +246,11 @@ def kl_cov_policy_loss(
         stats = _ops.masked_stats(log_prob.detach(), advantages, mask)
     else:
         if process_group is None:
-            out = _fused(old_log_prob, log_prob, advantages, mask, False, agg, ratio, 0.0, 0.0, 0.0, 0.0, coef, None, None)
+            out = _fused(old_log_prob, log_prob, advantages, mask, rule, agg, coef, None, None)
             if out is not None:
                 return out
-        selected, stats = _ops.select_tokens(
-            log_prob.detach(), advantages, mask, None, False, ratio, 0.0, 0.0, 0.0, 0.0, None, None, process_group
-        )
-    return _loss(old_log_prob, log_prob, advantages, mask, selected, stats, False, agg, 0.0, 0.0, coef)
+        selected, stats = _ops.select_tokens(log_prob.detach(), advantages, mask, None, rule, None, None, process_group)
+    return _loss(old_log_prob, log_prob, advantages, mask, selected, stats, rule, agg, coef)
 
 
 def linear_cov_policy_loss(
