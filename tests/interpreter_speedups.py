@@ -25,7 +25,7 @@ import numpy as np
 
 def install() -> bool:
     """Install both shortcuts; True when both are in place."""
-    return _vectorise_xor_sum() & _patch_language_once_per_launch()
+    return _vectorise_xor_sum() & _patch_language_once_per_launch() & _remember_numpy_dtypes()
 
 
 def _vectorise_xor_sum() -> bool:
@@ -97,4 +97,36 @@ def _patch_language_once_per_launch() -> bool:
 
     patch_lang._ek_once_per_launch = True
     interpreter._patch_lang = patch_lang
+    return True
+
+
+def _remember_numpy_dtypes() -> bool:
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return False
+    original = getattr(interpreter, "_get_np_dtype", None)
+    if original is None or not hasattr(tl, "pointer_type") or not hasattr(tl, "block_type"):
+        return False
+    if getattr(original, "_ek_remembered", False):
+        return True
+    pointer = np.dtype(np.uint64)
+    answers = {}
+
+    def get_np_dtype(tt_dtype):
+        if isinstance(tt_dtype, tl.block_type):
+            tt_dtype = tt_dtype.element_ty
+        if isinstance(tt_dtype, tl.pointer_type):
+            return pointer
+        name = getattr(tt_dtype, "name", None)
+        if not isinstance(name, str):
+            return original(tt_dtype)
+        answer = answers.get(name)
+        if answer is None:
+            answer = answers[name] = original(tt_dtype)
+        return answer
+
+    get_np_dtype._ek_remembered = True
+    interpreter._get_np_dtype = get_np_dtype
     return True
