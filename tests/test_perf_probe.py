@@ -27,7 +27,12 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("probe")
     env = dict(os.environ, OUT=str(out))
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "perf_probe.py"), "--dry-run", "--parallel", "2"],
+    script = ROOT / "scripts" / "perf_probe.py"
+    # the script as its own process, with the tests' interpreter shortcuts installed first (the
+    # steps' forked children inherit them): interpreter_speedups.py, the same kernels run
+    boot = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); import interpreter_speedups; "
+            "interpreter_speedups.install(); sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", boot, str(ROOT / "tests"), str(script), "--dry-run", "--parallel", "2"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     wall = time.monotonic() - t0
     files = list(out.glob("*_probe_dry_run.json"))

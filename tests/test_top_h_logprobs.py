@@ -111,6 +111,21 @@ def test_alpha_one_keeps_the_full_mass(backend):
     torch.testing.assert_close(log_mass.cpu(), torch.zeros(2), atol=1e-5, rtol=0)
 
 
+def test_kept_mass_never_rounds_above_one(backend):
+    """log Σ_kept p <= 0 and log p_kept >= log p on every row, also where the kept mass is 1 up to
+    fp32 rounding (a peaked row, or nearly the whole row kept), where an fp32 sum can exceed 1."""
+    x = torch.randn(64, 300) * 2
+    x[::2, 0] += 25.0  # peaked rows: one token holds all but ~1e-10 of the mass
+    x = x.to(backend.device)
+    alpha = torch.rand(64, device=backend.device) * 0.1 + 0.9
+    seed, off = torch.tensor([11], device=backend.device), torch.tensor([0], device=backend.device)
+    _, log_mass = run(backend, ek.top_h_mask, x, alpha, mode="exact", return_log_mass=True)
+    _, logprob, logprob_kept = run(backend, ek.top_h_sample, x, alpha, mode="exact", seed=seed, offset=off,
+                                   return_logprobs=True)
+    assert (log_mass <= 0).all(), log_mass.max()
+    assert (logprob_kept >= logprob).all(), (logprob_kept - logprob).min()
+
+
 @pytest.mark.kernel_backends_only
 def test_opcheck_with_stats(backend):
     logits = (torch.randn(3, 200) * 2).to(backend.device)

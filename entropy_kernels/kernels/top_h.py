@@ -72,6 +72,14 @@ def _gumbel_scores(z, kept, token, row, seed_ptr, offset_ptr):
 
 
 @triton.jit
+def _log_kept_mass(kept_p):
+    """log Σ_kept p, at most 0: the kept share of the mass is <= 1, but an fp32 sum can land just
+    above it, which would make a token's log p_kept < log p. NaN rows stay NaN (NaN > 0 is false)."""
+    log_mass = tl.log(kept_p)
+    return tl.where(log_mass > 0.0, 0.0, log_mass)
+
+
+@triton.jit
 def _prefix_sums(x_row, n_cols, inv_temp, t, lse, BLOCK: tl.constexpr):
     """(Σp, Σp·log p) over the tokens whose key >= t; and the largest key below t of a finite
     logit (-1 if none)."""
@@ -256,7 +264,7 @@ def _top_h_kernel(
         if STATS:  # (lse, log Σ_kept p): the kept set's mass from the candidates' p
             kept_p = tl.sum(tl.where(keep, tl.exp(z - lse), 0.0), 0)
             tl.store(stats_ptr + row * 2, lse)
-            tl.store(stats_ptr + row * 2 + 1, tl.log(kept_p))
+            tl.store(stats_ptr + row * 2 + 1, _log_kept_mass(kept_p))
         if WRITE_MASK:
             tl.store(mask_ptr + row.to(tl.int64) * n_cols + idx, 1, mask=keep)
         if SAMPLE:
@@ -324,7 +332,7 @@ def _top_h_kernel(
             tl.store(sample_ptr + row, best_idx.to(tl.int64))
         if STATS:
             tl.store(stats_ptr + row * 2, lse)
-            tl.store(stats_ptr + row * 2 + 1, tl.log(tl.sum(kept_vec, 0)))
+            tl.store(stats_ptr + row * 2 + 1, _log_kept_mass(tl.sum(kept_vec, 0)))
 
 
 def top_h(

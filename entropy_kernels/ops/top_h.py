@@ -69,7 +69,7 @@ def _top_h_reference(logits, alpha, temperature, exact, top_n, write_mask, seed,
         z = torch.where(torch.isnan(z), float("-inf"), z)  # NaN counts as -inf, as in the kernel
         lse = torch.logsumexp(z, dim=-1)
         kept = torch.logsumexp(torch.where(keep, z, float("-inf")), dim=-1)
-        stats = torch.stack([lse, kept - lse], dim=-1)
+        stats = torch.stack([lse, torch.clamp(kept - lse, max=0.0)], dim=-1)  # <= 0 also after rounding
     mask = keep if write_mask else torch.zeros((0, 0), dtype=torch.bool, device=logits.device)
     return mask, samples, stats
 
