@@ -196,7 +196,7 @@ def policy_loss(
     given=0.0, mult: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, metrics [2], coef [B, T])``; ``coef = ∂loss/∂log_prob``. ``agg, given, mult``:
-    the reduction and denominator of ``reference.policy_loss.agg_normalization``; ``row_count``
+    the reduction and denominator of ``loss_aggregation.agg_normalization``; ``row_count``
     (Σ m per sequence, ``ops.cov_select.row_count``) is required by the seq-mean reductions
     (``agg`` 1, 2); ``weights``: per-token factors of the loss (verl's rollout_is_weights)."""
     _check_row_count(row_count, agg)

@@ -23,7 +23,7 @@ def _loss_phase(
 ):
     """Per-token loss and ``coef = ∂loss/∂lp``; partials (Σ w·loss, Σ m·kl, Σ m over the selected)
     in columns 4-6 of the program's row of ``part_ptr``. AGG (the reduction of
-    ``reference.policy_loss.agg_normalization``): 0 Σ over tokens, 1 Σ over sequences of the
+    ``loss_aggregation.agg_normalization``): 0 Σ over tokens, 1 Σ over sequences of the
     token sums, 2 of the token means; for 1 and 2 ``rowcnt_ptr`` holds Σ m per sequence. The
     denominator: ``_loss_denominator``. HAS_IW: each token's loss times ``iw_ptr`` (verl's
     rollout_is_weights)."""

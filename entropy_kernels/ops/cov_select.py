@@ -83,7 +83,7 @@ def _loss_signature(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, metrics [pg_clipfrac, ppo_kl] fp32, coef [B, T])`` with ``coef = ∂loss/∂log_prob``
     (saved for the backward). ``agg, given, mult``: the reduction and denominator of
-    ``reference.policy_loss.agg_normalization``, the given denominator as the 0-dim fp64 tensor
+    ``loss_aggregation.agg_normalization``, the given denominator as the 0-dim fp64 tensor
     ``den`` instead when it is one; ``row_count`` = :func:`row_count` (required by the seq-mean
     reductions, ``agg`` 1 and 2); ``weights``: verl's rollout_is_weights (constants) or None.
     Internal: use :mod:`entropy_kernels.training.policy_loss`."""

@@ -27,7 +27,7 @@ Metrics = Dict[str, torch.Tensor]
 
 class _Aggregation(NamedTuple):
     """How the per-token losses become the loss: the kernels' reduction and denominator
-    (``reference.policy_loss.agg_normalization``) and the per-token weights."""
+    (``loss_aggregation.agg_normalization``) and the per-token weights."""
 
     reduction: int
     given: Union[float, torch.Tensor]
@@ -140,7 +140,7 @@ def clip_cov_policy_loss(
         verl's rollout correction: each token's loss (and gradient) times this constant weight.
     **global_batch_info : ``dp_size``, ``batch_num_tokens``, ``global_batch_size``, ``loss_scale_factor``
         verl's ``config.global_batch_info``: normalise by the global batch instead of the
-        micro-batch, as verl's ``agg_loss`` (``reference.policy_loss.agg_normalization``). The
+        micro-batch, as verl's ``agg_loss`` (``loss_aggregation.agg_normalization``). The
         counts may be Python numbers or one-element tensors: pass tensors (updated in place)
         when a step that changes them is captured in a CUDA graph -- a Python number is baked
         into the graph -- or compiled (a new number would recompile).

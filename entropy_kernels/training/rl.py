@@ -82,7 +82,7 @@ def aggregate_loss(
     positions never contribute, even if their loss is nan; an empty batch gives 0.
     ``global_batch_info`` -- ``dp_size``, ``batch_num_tokens``, ``global_batch_size``,
     ``loss_scale_factor`` -- normalises by the global batch as verl does
-    (:func:`entropy_kernels.reference.policy_loss.agg_normalization`).
+    (:func:`entropy_kernels.loss_aggregation.agg_normalization`).
 
     Example
     -------
